@@ -1,0 +1,1 @@
+"""HTTP face of the SILO service (OpenAI-compatible API, admin, attribution)."""
