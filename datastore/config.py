@@ -1,0 +1,56 @@
+"""Build and index parameters of a datastore, validated once and stored in its manifest."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+BACKENDS = ("exact", "faiss-flat", "faiss-ivfpq", "milvus")
+
+
+@dataclass(frozen=True)
+class DatastoreConfig:
+    """How a datastore is built and searched.
+
+    The IVF-PQ defaults are SILO's (nlist 4096, M 64 sub-quantizers of 8 bits, nprobe 8);
+    small test stores pass smaller values. `train_size` caps the keys used to train IVF-PQ.
+    """
+
+    backend: str = "exact"
+    nlist: int = 4096
+    m: int = 64
+    nbits: int = 8
+    nprobe: int = 8
+    train_size: int = 262_144
+    device: str = "cpu"  # exact search: "cpu" or "cuda"; faiss moves to GPU where it can
+    encode_batch: int = 16  # sequences per encoder call
+    flush_entries: int = 65_536  # entries buffered before they are written and committed
+    block_tokens: int = 128  # RIC block length B, in tokens
+    block_overlap: int = 32  # tokens shared by consecutive blocks
+    bm25_backend: str = "bm25s"
+    ngram: bool = True  # keep the verbatim (n-gram) attribution index
+    milvus_uri: str = ""  # "" = milvus-lite in the datastore folder; else a server URI
+    name: str = "datastore"
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        for name in ("nlist", "m", "nprobe", "train_size", "encode_batch", "flush_entries",
+                     "block_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 1 <= self.nbits <= 16:
+            raise ValueError(f"nbits must be in [1, 16], got {self.nbits}")
+        if not 0 <= self.block_overlap < self.block_tokens:
+            raise ValueError(
+                f"block_overlap must be in [0, block_tokens), got {self.block_overlap}"
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DatastoreConfig:
+        """Read a stored config, ignoring keys this version does not know."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

@@ -1,0 +1,441 @@
+"""The `Datastore` facade: one folder, one object, every operation the service needs.
+
+    folder/
+      manifest.json        name, model fingerprint, config, counts, checksums
+      documents.sqlite     the document table (WAL) and opt-out receipts
+      keys.f16 values.i32 charpos.i32   the kNN entries
+      index.faiss | milvus.db           the kNN index (none for exact)
+      bm25/ ngram/                      RIC blocks and the verbatim index
+
+Searches never take a lock on the opt-out path: they read the current `TableSnapshot`
+(an immutable reference), compute or reuse its `EntryFilter`, search, and retry if an
+opt-out swapped the snapshot meanwhile, so a search that starts after an opt-out is
+acknowledged never returns a removed document. Adds and compaction, which change the
+index itself, hold the index's write lock; searches hold its read lock.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from datastore.build import IngestStats, index_text, ingest
+from datastore.config import DatastoreConfig
+from datastore.document import Document, LicenseClass
+from datastore.encoder import KeyEncoder
+from datastore.errors import (
+    ConflictError,
+    CorruptDatastoreError,
+    InvalidInputError,
+    NotFoundError,
+)
+from datastore.filter import EntryFilter, SearchFilter, compute_filter
+from datastore.index import KnnIndex, create_index, open_index
+from datastore.knn import FILES as KV_FILES
+from datastore.knn import KeyValueStore
+from datastore.manifest import (
+    Manifest,
+    check_model,
+    read_manifest,
+    verify_checksums,
+    write_manifest,
+)
+from datastore.optout import OptOutSelector, Receipt, purge_ranges, record_optout
+from datastore.table import CLASS_CODES, DocumentTable, TableSnapshot
+
+_T = TypeVar("_T")
+SNIPPET_CHARS = 80  # characters of context on each side of an entry's position
+FILTER_CACHE = 32  # filters kept per snapshot (one per distinct policy/scope)
+
+
+@dataclass(frozen=True)
+class EntryInfo:
+    """Attribution of one kNN entry: where its key came from."""
+
+    entry_id: int
+    doc_id: str
+    source: str
+    license_class: LicenseClass
+    position: int  # token position in the document of the key (the value is t+1)
+    char_offset: int  # where the next token starts in the document text
+    snippet: str | None  # text around the position; None once compaction erased it
+
+
+@dataclass(frozen=True)
+class DatastoreInfo:
+    """Counts and settings, for `silo datastore info` and the admin API."""
+
+    name: str
+    path: str
+    backend: str
+    model_fingerprint: str
+    documents: int
+    live_documents: int
+    entries: int
+    live_entries: int
+    indexed_entries: int
+    blocks: int
+    key_dim: int
+    optouts: int
+    bytes_on_disk: int
+
+
+class _ReadWriteLock:
+    """Many readers or one writer (searches vs. index mutation)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writing:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            while self._writing or self._readers:
+                self._cond.wait()
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
+def _text_indexes(folder: Path, config: DatastoreConfig, create: bool) -> tuple[Any, Any]:
+    """The BM25 and n-gram indexes of the folder, or None where their modules are absent."""
+    bm25 = ngram = None
+    try:
+        from datastore.bm25 import create_bm25, open_bm25
+
+        path = folder / "bm25"
+        bm25 = create_bm25(config.bm25_backend, path) if create or not path.exists() \
+            else open_bm25(config.bm25_backend, path)
+    except ImportError:
+        pass
+    if config.ngram:
+        try:
+            from datastore.ngram import NgramIndex
+
+            path = folder / "ngram"
+            ngram = NgramIndex.create(path) if create or not path.exists() \
+                else NgramIndex.from_dir(path)
+        except ImportError:
+            pass
+    return bm25, ngram
+
+
+class Datastore:
+    """A datastore folder opened for search, opt-out, add and compaction."""
+
+    def __init__(self, folder: Path, manifest: Manifest, table: DocumentTable,
+                 kv: KeyValueStore, index: KnnIndex | None) -> None:
+        self.folder = folder
+        self.manifest = manifest
+        self.config = DatastoreConfig.from_json(manifest.config)
+        self.table = table
+        self.kv = kv
+        self.index = index  # None only while a first build is under way
+        self.bm25, self.ngram = _text_indexes(folder, self.config, create=False)
+        self._snapshot = table.snapshot()
+        self._filters: OrderedDict[tuple[int, SearchFilter], EntryFilter] = OrderedDict()
+        self._writer = threading.Lock()  # one add / opt-out / compaction at a time
+        self._index_lock = _ReadWriteLock()
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    @classmethod
+    def build(cls, path: Path, documents: Iterable[Document], encoder: KeyEncoder,
+              config: DatastoreConfig | None = None, progress: bool = True,
+              trained_index: Path | None = None) -> Datastore:
+        """Build a datastore in `path`, or resume a build that stopped there.
+
+        trained_index: a faiss index file whose trained IVF-PQ quantizer is reused.
+        """
+        folder = Path(path)
+        config = config or DatastoreConfig()
+        if (folder / "manifest.json").exists():
+            manifest = read_manifest(folder)
+            check_model(manifest, encoder.fingerprint, folder)
+            if manifest.status == "ready":
+                raise ConflictError(f"{folder} already holds a built datastore; use add")
+            config = DatastoreConfig.from_json(manifest.config)  # resume as first asked
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            manifest = Manifest(config.name, encoder.fingerprint, encoder.dim,
+                                config.to_json())
+            write_manifest(folder, manifest)
+            _text_indexes(folder, config, create=True)
+        table = DocumentTable.from_dir(folder)
+        kv = KeyValueStore(folder, encoder.dim)
+        ingest(documents, encoder, table, kv, config, skip_existing=True, progress=progress)
+        store = cls(folder, manifest, table, kv, None)
+        store.index = create_index(config, folder, kv, trained_index)
+        store._catch_up(encoder)
+        store.manifest = replace(store.manifest, status="ready")
+        store._write_manifest(rewritten=store.index.files)
+        return store
+
+    @classmethod
+    def open(cls, path: Path, encoder_fingerprint: str | None = None,
+             verify: bool = True) -> Datastore:
+        """Open a built datastore. A different model fingerprint is a ModelMismatchError;
+        `verify` checks every file against the manifest's checksums first."""
+        folder = Path(path)
+        manifest = read_manifest(folder)
+        check_model(manifest, encoder_fingerprint, folder)
+        if manifest.status != "ready":
+            raise CorruptDatastoreError(
+                f"{folder}: the build did not finish; run the build again to resume it")
+        if verify:
+            verify_checksums(folder, manifest)
+        table = DocumentTable.from_dir(folder)
+        if verify:
+            table.check_integrity()
+        kv = KeyValueStore.from_dir(folder, manifest.key_dim)
+        if len(kv) != manifest.indexed_upto:
+            raise CorruptDatastoreError(
+                f"{folder}: the key files hold {len(kv)} entries, the manifest "
+                f"{manifest.indexed_upto}")
+        config = DatastoreConfig.from_json(manifest.config)
+        return cls(folder, manifest, table, kv, open_index(config, folder, kv))
+
+    def close(self) -> None:
+        close = getattr(self.index, "close", None)
+        if close is not None:
+            close()
+        self.table.close()
+
+    def __enter__(self) -> Datastore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- changing contents -----------------------------------------------------------
+
+    def add_documents(self, documents: Iterable[Document], encoder: KeyEncoder,
+                      progress: bool = False) -> IngestStats:
+        """Add documents without a rebuild; an id already present is a ConflictError and
+        nothing is added."""
+        check_model(self.manifest, encoder.fingerprint, self.folder)
+        docs = list(documents)
+        ids = [d.doc_id for d in docs]
+        if len(set(ids)) != len(ids):
+            raise ConflictError("the same document id appears twice in the request")
+        with self._writer:
+            taken = self.table.existing(ids)
+            if taken:
+                raise ConflictError(f"documents already in the datastore: {taken[:10]}")
+            stats = ingest(docs, encoder, self.table, self.kv, self.config,
+                           skip_existing=False, progress=progress)
+            self._catch_up(encoder)
+            self._write_manifest(rewritten=self._index().files)
+        return stats
+
+    def _catch_up(self, encoder: KeyEncoder) -> None:
+        """Index entries and texts the manifest says are not indexed yet, then publish
+        the new snapshot (new documents become searchable)."""
+        index = self._index()
+        n = len(self.kv)
+        with self._index_lock.write():
+            for start in range(self.manifest.indexed_upto, n, self.config.flush_entries):
+                end = min(n, start + self.config.flush_entries)
+                index.add(np.asarray(self.kv.keys[start:end], np.float32),
+                          np.arange(start, end, dtype=np.int64))
+            index.save()
+        next_row = self.manifest.text_indexed_upto
+        if self.bm25 is not None or self.ngram is not None:
+            next_row = index_text(self.table, encoder, self.config, self.bm25, self.ngram,
+                                  next_row)
+        self.manifest = replace(self.manifest, indexed_upto=n, text_indexed_upto=next_row)
+        self._snapshot = self.table.snapshot()
+
+    def optout(self, selector: OptOutSelector | None = None, *,
+               doc_ids: Iterable[str] = (), source: str | None = None,
+               url_prefix: str | None = None, reason: str | None = None) -> Receipt:
+        """Remove documents from every search, durably, before returning the receipt."""
+        if selector is None:
+            selector = OptOutSelector(tuple(doc_ids), source, url_prefix, reason)
+        with self._writer:
+            receipt, rows = record_optout(selector, self.table, self._snapshot)
+            self._snapshot = self._snapshot.with_removed(rows)  # atomic reference swap
+        return receipt
+
+    def receipts(self) -> list[Receipt]:
+        return [Receipt.from_row(r) for r in self.table.optout_rows()]
+
+    def receipt(self, optout_id: str) -> Receipt:
+        rows = self.table.optout_rows(optout_id)
+        if not rows:
+            raise NotFoundError(f"no opt-out {optout_id!r}")
+        return Receipt.from_row(rows[0])
+
+    def compact(self) -> int:
+        """Physically erase removed documents: index vectors, key rows, blocks, n-gram
+        entries and stored text. Returns the number of documents purged."""
+        with self._writer:
+            rows = self.table.rows_to_purge()
+            if not rows:
+                return 0
+            snap = self._snapshot
+            starts, ends, block_ids = purge_ranges(snap, rows)
+            with self._index_lock.write():
+                self._index().remove(starts, ends)
+                self._index().save()
+                self.kv.erase(starts, ends)
+            if self.bm25 is not None:
+                self.bm25.delete(block_ids)
+                self.bm25.save()
+            if self.ngram is not None:
+                self.ngram.delete([snap.doc_ids[r] for r in rows])
+                self.ngram.save()
+            self.table.purge(time.time())
+            self._write_manifest(rewritten=(*KV_FILES, *self._index().files))
+        return len(rows)
+
+    def _index(self) -> KnnIndex:
+        assert self.index is not None, "index used before the build created it"
+        return self.index
+
+    def _write_manifest(self, rewritten: Iterable[str] = ()) -> None:
+        """Refresh counts and checksums; key files only grew unless named in `rewritten`."""
+        snap = self._snapshot
+        counts = {"documents": len(snap.doc_ids), "entries": snap.n_entries,
+                  "blocks": snap.n_blocks}
+        files = [*KV_FILES, *self._index().files]
+        sums = dict(self.manifest.checksums)
+        for name in rewritten:
+            sums.pop(name, None)
+        self.manifest = replace(self.manifest, counts=counts, checksums=sums)
+        self.manifest = self.manifest.with_checksums(self.folder, files)
+        write_manifest(self.folder, self.manifest)
+
+    # ---- search ----------------------------------------------------------------------
+
+    @property
+    def snapshot(self) -> TableSnapshot:
+        return self._snapshot
+
+    def entry_filter(self, request: SearchFilter | None = None) -> EntryFilter:
+        """The filter of `request` over the current snapshot (cached per snapshot)."""
+        snap = self._snapshot
+        key = (id(snap), request or SearchFilter())
+        found = self._filters.get(key)
+        if found is not None and found.docs is snap:
+            return found
+        entry_filter = compute_filter(snap, key[1])
+        self._filters[key] = entry_filter
+        while len(self._filters) > FILTER_CACHE:
+            self._filters.popitem(last=False)
+        return entry_filter
+
+    def knn_search(self, queries: np.ndarray, k: int, filter: SearchFilter | None = None,
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """queries (q, dim) float32 -> (distances (q, k) float32 squared L2, entry ids
+        (q, k) int64, -1 padded)."""
+        q = np.asarray(queries, dtype=np.float32)
+        if q.ndim != 2 or q.shape[1] != self.manifest.key_dim:
+            raise InvalidInputError(
+                f"queries must be (n, {self.manifest.key_dim}) float32, got {q.shape}")
+        if k < 1:
+            raise InvalidInputError(f"k must be >= 1, got {k}")
+
+        def search(entry_filter: EntryFilter) -> tuple[np.ndarray, np.ndarray]:
+            with self._index_lock.read():
+                return self._index().search(q, k, entry_filter)
+
+        return self._consistent(filter, search)
+
+    def _consistent(self, request: SearchFilter | None,
+                    search: Callable[[EntryFilter], _T]) -> _T:
+        """Run `search` under the request's current filter; run it again if an opt-out
+        swapped the snapshot meanwhile, so no result outlives an acknowledged opt-out."""
+        while True:
+            entry_filter = self.entry_filter(request)
+            result = search(entry_filter)
+            if self._snapshot is entry_filter.docs:
+                return result
+
+    def values(self, entry_ids: np.ndarray) -> np.ndarray:
+        """Next token of each entry id (any shape); -1 where the id is -1."""
+        ids = np.asarray(entry_ids, dtype=np.int64)
+        return np.where(ids < 0, -1, np.asarray(self.kv.values)[np.maximum(ids, 0)])
+
+    def bm25_search(self, query: str, k: int, filter: SearchFilter | None = None,
+                    ) -> list[Any]:
+        """Top-k RIC blocks for `query` (BM25Hit), excluding filtered documents."""
+        if self.bm25 is None:
+            raise NotFoundError(f"{self.folder} has no BM25 index")
+        bm25 = self.bm25
+        return self._consistent(filter, lambda f: list(bm25.search(query, k,
+                                                                    allow=f.allows_doc)))
+
+    def verbatim(self, text: str, k: int = 5, filter: SearchFilter | None = None,
+                 ) -> list[Any]:
+        """Documents holding the longest verbatim spans of `text` (SpanMatch)."""
+        if self.ngram is None:
+            raise NotFoundError(f"{self.folder} has no n-gram index")
+        ngram = self.ngram
+        return self._consistent(filter, lambda f: list(ngram.longest_matches(
+            text, k, allow=f.allows_doc)))
+
+    # ---- attribution and info --------------------------------------------------------
+
+    def entry_info(self, entry_ids: Iterable[int]) -> list[EntryInfo]:
+        """Document, position and snippet of each entry id; unknown ids are an error."""
+        ids = np.asarray(list(entry_ids), dtype=np.int64)
+        snap = self._snapshot
+        bad = ids[(ids < 0) | (ids >= snap.n_entries)]
+        if len(bad):
+            raise NotFoundError(f"no kNN entry {int(bad[0])} (the datastore has "
+                                f"{snap.n_entries} entries)")
+        rows = snap.rows_of_entries(ids)
+        charpos = np.asarray(self.kv.charpos)
+        texts: dict[int, str | None] = {}
+        out = []
+        for entry, row in zip(ids.tolist(), rows.tolist(), strict=True):
+            if row not in texts:
+                texts[row] = self.table.text(row)
+            text, at = texts[row], int(charpos[entry])
+            snippet = None if text is None else \
+                text[max(0, at - SNIPPET_CHARS):at + SNIPPET_CHARS]
+            out.append(EntryInfo(entry, snap.doc_ids[row], snap.sources[snap.source_code[row]],
+                                 CLASS_CODES[snap.class_code[row]],
+                                 entry - int(snap.entry_start[row]), at, snippet))
+        return out
+
+    def info(self) -> DatastoreInfo:
+        snap = self._snapshot
+        live = ~snap.removed
+        return DatastoreInfo(
+            name=self.manifest.name, path=str(self.folder), backend=self.config.backend,
+            model_fingerprint=self.manifest.model_fingerprint,
+            documents=len(snap.doc_ids), live_documents=int(live.sum()),
+            entries=snap.n_entries,
+            live_entries=int((snap.entry_end - snap.entry_start)[live].sum()),
+            indexed_entries=len(self._index()), blocks=snap.n_blocks,
+            key_dim=self.manifest.key_dim, optouts=len(self.table.optout_rows()),
+            bytes_on_disk=sum(p.stat().st_size for p in self.folder.rglob("*") if p.is_file()),
+        )
