@@ -1,0 +1,154 @@
+"""`silo datastore build|add|remove|compact|info`: the datastore from the command line.
+
+The commands load the LM (`--model`, the shipped default if omitted) and hand it to the
+datastore as its key encoder; `datastore` itself never imports `silo`. Library errors
+(and unreadable files) are printed as one line, with exit code 2 and no traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from datastore.errors import SiloError
+
+console = Console(stderr=True)
+out = Console()
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+ModelOpt = Annotated[Path | None, typer.Option(
+    help="LM folder (save_pretrained layout); default: the shipped models/silo-small.")]
+CorpusOpt = Annotated[list[Path], typer.Option(
+    "--corpus", help="Corpus JSONL/JSONL.gz files or folders (repeat the option).")]
+StoreOpt = Annotated[Path, typer.Option("--datastore", "--out", help="Datastore folder.")]
+PolicyOpt = Annotated[str | None, typer.Option(
+    help="Licence classes to take from the corpus, e.g. copyleft,restricted; all if unset.")]
+
+
+def _clean_errors(command: _F) -> _F:
+    """One line and exit code 2 for errors the user can fix, never a traceback."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (SiloError, OSError) as e:
+            console.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
+            raise typer.Exit(2) from None
+
+    return run  # type: ignore[return-value]
+
+
+def _encoder(model: Path | None, batch_size: int) -> Any:
+    from silo.encoder import LMEncoder
+    from silo.model import DEFAULT_MODEL, load_lm
+
+    return LMEncoder.from_loaded(load_lm(model or DEFAULT_MODEL), batch_size=batch_size)
+
+
+def _documents(corpus: list[Path], policy: str | None) -> Iterator[Any]:
+    from datastore.document import parse_policy
+    from silo.corpus import read_corpus
+
+    if not corpus:
+        raise SiloError("name at least one corpus file with --corpus")
+    return read_corpus(corpus, parse_policy(policy) if policy else None)
+
+
+def _print_json(data: Any) -> None:
+    out.print_json(json.dumps(data, default=str))
+
+
+@_clean_errors
+def build(
+    out_dir: StoreOpt,
+    corpus: CorpusOpt,
+    model: ModelOpt = None,
+    backend: Annotated[str, typer.Option(
+        help="exact | faiss-flat | faiss-ivfpq | milvus")] = "faiss-flat",
+    policy: PolicyOpt = None,
+    nlist: Annotated[int, typer.Option(help="IVF lists (faiss-ivfpq).")] = 4096,
+    m: Annotated[int, typer.Option(help="PQ sub-quantizers; must divide the key dim.")] = 64,
+    nbits: Annotated[int, typer.Option(help="Bits per PQ code.")] = 8,
+    nprobe: Annotated[int, typer.Option(help="IVF lists searched per query.")] = 8,
+    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 8,
+    name: Annotated[str, typer.Option(help="Datastore name in the manifest.")] = "datastore",
+) -> None:
+    """Build a datastore from corpus files (re-run the same command to resume)."""
+    from datastore.config import DatastoreConfig
+    from datastore.store import Datastore
+
+    try:
+        config = DatastoreConfig(backend=backend, nlist=nlist, m=m, nbits=nbits,
+                                 nprobe=nprobe, encode_batch=batch_size, name=name)
+    except ValueError as e:
+        raise SiloError(str(e)) from None
+    encoder = _encoder(model, batch_size)
+    with Datastore.build(out_dir, _documents(corpus, policy), encoder, config) as store:
+        _print_json(asdict(store.info()))
+
+
+@_clean_errors
+def add(datastore: StoreOpt, corpus: CorpusOpt, model: ModelOpt = None,
+        policy: PolicyOpt = None) -> None:
+    """Add documents to a built datastore, without a rebuild (existing ids are refused)."""
+    from datastore.store import Datastore
+
+    encoder = _encoder(model, 8)
+    with Datastore.open(datastore, encoder_fingerprint=encoder.fingerprint) as store:
+        stats = store.add_documents(_documents(corpus, policy), encoder, progress=True)
+        _print_json(asdict(stats))
+
+
+@_clean_errors
+def remove(
+    datastore: StoreOpt,
+    doc_id: Annotated[list[str] | None, typer.Option(help="A document id (repeatable).")] = None,
+    source: Annotated[str | None, typer.Option(help="Every document of this source.")] = None,
+    url_prefix: Annotated[str | None, typer.Option(help="Every document under this url.")
+                          ] = None,
+    reason: Annotated[str | None, typer.Option(help="Recorded on the receipt.")] = None,
+) -> None:
+    """Opt documents out: effective at once, durable; prints the receipt."""
+    from datastore.store import Datastore
+
+    with Datastore.open(datastore, verify=False) as store:
+        receipt = store.optout(doc_ids=doc_id or (), source=source, url_prefix=url_prefix,
+                               reason=reason)
+        _print_json(receipt.to_json())
+
+
+@_clean_errors
+def compact(datastore: StoreOpt) -> None:
+    """Physically erase opted-out documents (vectors, blocks, stored text)."""
+    from datastore.store import Datastore
+
+    with Datastore.open(datastore) as store:
+        purged = store.compact()
+        _print_json({"documents_purged": purged, **asdict(store.info())})
+
+
+@_clean_errors
+def info(datastore: StoreOpt,
+         receipts: Annotated[bool, typer.Option(help="List opt-out receipts too.")] = False,
+         ) -> None:
+    """Counts, backend, model fingerprint and size of a datastore."""
+    from datastore.store import Datastore
+
+    with Datastore.open(datastore, verify=False) as store:
+        data: dict[str, Any] = asdict(store.info())
+        if receipts:
+            data["receipts"] = [r.to_json() for r in store.receipts()]
+        _print_json(data)
+
+
+app = typer.Typer(help="Build, change and inspect kNN/BM25 datastores.", no_args_is_help=True)
+for _command in (build, add, remove, compact, info):
+    app.command()(_command)
