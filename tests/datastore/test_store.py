@@ -294,3 +294,26 @@ def test_optout_rebuilds_filter_from_table_on_reload(tmp_path: Path) -> None:
     assert reopened.entry_filter().allows_doc("doc-2") is False
     assert reopened.entry_filter().allows_doc("doc-3") is True
     assert os.path.exists(tmp_path / "ds" / "documents.sqlite")
+
+
+def test_bm25_and_verbatim_go_through_the_same_filter(tmp_path: Path) -> None:
+    docs = corpus(20, seed=6)
+    docs[4] = replace(docs[4], text="the rare aardvark sings an aria under the moon",
+                      license_class=LicenseClass.PD)
+    docs[9] = replace(docs[9], text="an aardvark sings an aria under the sun at noon",
+                      license_class=LicenseClass.RESTRICTED)
+    store = _build(tmp_path / "ds", docs, block_tokens=4, block_overlap=1)
+    assert store.snapshot.n_blocks > len(docs)
+    hits = store.bm25_search("aardvark aria", 5)
+    assert {h.doc_id for h in hits} == {"doc-4", "doc-9"}
+    permissive = SearchFilter(policy=frozenset({LicenseClass.PD, LicenseClass.SW,
+                                                LicenseClass.BY, LicenseClass.COPYLEFT}))
+    assert {h.doc_id for h in store.bm25_search("aardvark aria", 5, permissive)} == {"doc-4"}
+    spans = store.verbatim("aardvark sings an aria under the", 3)
+    assert {s.doc_id for s in spans} >= {"doc-4", "doc-9"}
+    store.optout(doc_ids=["doc-4"])
+    assert {h.doc_id for h in store.bm25_search("aardvark aria", 5)} == {"doc-9"}
+    assert "doc-4" not in {s.doc_id for s in store.verbatim("rare aardvark sings", 3)}
+    record = store.table.get("doc-9")
+    block = store.bm25.doc(record.block_start)  # type: ignore[union-attr]
+    assert block.doc_id == "doc-9" and block.text in docs[9].text
