@@ -27,6 +27,7 @@ class DatastoreConfig:
     flush_entries: int = 65_536  # entries buffered before they are written and committed
     block_tokens: int = 128  # RIC block length B, in tokens
     block_overlap: int = 32  # tokens shared by consecutive blocks
+    bm25: bool = True  # keep the BM25 block index (RIC-LM)
     bm25_backend: str = "bm25s"
     ngram: bool = True  # keep the verbatim (n-gram) attribution index
     milvus_uri: str = ""  # "" = milvus-lite in the datastore folder; else a server URI

@@ -87,11 +87,21 @@ def range_bitmap(starts: np.ndarray, ends: np.ndarray, n: int, inside: bool) -> 
     byte i // 8, little-endian): set for ids in a range when `inside`, else for ids
     outside every range. Ranges are disjoint; (r,) int64 each. Returns (ceil(n/8),) uint8.
     """
-    delta = np.zeros(n + 1, dtype=np.int32)
-    np.add.at(delta, starts, 1)
-    np.add.at(delta, ends, -1)
-    covered = np.cumsum(delta[:-1]) > 0
+    covered = np.zeros(n, dtype=bool)
+    for s, e in zip(starts.tolist(), ends.tolist(), strict=True):  # r slices, not n adds
+        covered[s:e] = True
     return np.packbits(covered if inside else ~covered, bitorder="little")
+
+
+def _clear_bits(bitmap: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> None:
+    """Clear bits [starts[i], ends[i]) of a packed little-endian bitmap, in place."""
+    for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+        if e <= s:
+            continue
+        lo, hi = s >> 3, (e - 1) >> 3  # first and last byte touched
+        bits = np.unpackbits(bitmap[lo:hi + 1], bitorder="little")
+        bits[s - 8 * lo:e - 8 * lo] = 0
+        bitmap[lo:hi + 1] = np.packbits(bits, bitorder="little")
 
 
 class EntryFilter:
@@ -115,12 +125,23 @@ class EntryFilter:
 
     def allows_doc(self, doc_id: str) -> bool:
         """For BM25 and n-gram search: may a hit from this document be returned?"""
-        row = self._doc_rows.get(doc_id)
+        row = self.docs.row_of.get(doc_id)
         return row is not None and not bool(self.excluded_docs[row])
 
-    @cached_property
-    def _doc_rows(self) -> dict[str, int]:
-        return {d: i for i, d in enumerate(self.docs.doc_ids)}
+    def excluding(self, docs: TableSnapshot, rows: np.ndarray) -> EntryFilter:
+        """This filter over `docs`, a snapshot that differs from ours only by more removed
+        `rows`. Costs O(documents + bitmap bytes) rather than O(entries): the bitmap, if
+        already built, is copied and the new ranges cleared."""
+        assert docs.n_entries == self.n_entries, "derive filters only across opt-outs"
+        excluded = self.excluded_docs.copy()
+        excluded[rows] = True
+        derived = EntryFilter(docs, excluded)
+        if "allow_bitmap" in self.__dict__:  # built: patch a copy instead of rebuilding
+            bitmap = self.allow_bitmap.copy()
+            new = np.asarray(rows, dtype=np.int64)
+            _clear_bits(bitmap, docs.entry_start[new], docs.entry_end[new])
+            derived.__dict__["allow_bitmap"] = bitmap
+        return derived
 
     def excludes(self, entry_ids: np.ndarray) -> np.ndarray:
         """Bool mask of the same shape: True where the entry id is excluded, is -1, or was

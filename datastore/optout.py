@@ -129,8 +129,7 @@ def record_optout(selector: OptOutSelector, table: DocumentTable,
     """Resolve, tombstone and record in one transaction. Returns the receipt and the
     rows removed, which the caller marks in its in-memory snapshot."""
     doc_ids = resolve(selector, table)
-    index = {d: i for i, d in enumerate(snapshot.doc_ids)} if doc_ids else {}
-    rows = np.array([index[d] for d in doc_ids], dtype=np.int64)
+    rows = np.array([snapshot.row_of[d] for d in doc_ids], dtype=np.int64)
     entries, blocks = removal_counts(snapshot, rows)
     receipt = Receipt(f"optout-{uuid.uuid4().hex[:16]}", tuple(doc_ids), entries, blocks,
                       time.time(), selector.to_json(), selector.reason)

@@ -126,14 +126,15 @@ class _ReadWriteLock:
 def _text_indexes(folder: Path, config: DatastoreConfig, create: bool) -> tuple[Any, Any]:
     """The BM25 and n-gram indexes of the folder, or None where their modules are absent."""
     bm25 = ngram = None
-    try:
-        from datastore.bm25 import create_bm25, open_bm25
+    if config.bm25:
+        try:
+            from datastore.bm25 import create_bm25, open_bm25
 
-        path = folder / "bm25"
-        bm25 = create_bm25(config.bm25_backend, path) if create or not path.exists() \
-            else open_bm25(config.bm25_backend, path)
-    except ImportError:
-        pass
+            path = folder / "bm25"
+            bm25 = create_bm25(config.bm25_backend, path) if create or not path.exists() \
+                else open_bm25(config.bm25_backend, path)
+        except ImportError:
+            pass
     if config.ngram:
         try:
             from datastore.ngram import NgramIndex
@@ -279,8 +280,14 @@ class Datastore:
         if selector is None:
             selector = OptOutSelector(tuple(doc_ids), source, url_prefix, reason)
         with self._writer:
-            receipt, rows = record_optout(selector, self.table, self._snapshot)
-            self._snapshot = self._snapshot.with_removed(rows)  # atomic reference swap
+            old = self._snapshot
+            receipt, rows = record_optout(selector, self.table, old)
+            new = old.with_removed(rows)
+            # carry the warm filters over (cheaply) so the next search pays no rebuild
+            for (snap_id, request), entry_filter in list(self._filters.items()):
+                if snap_id == id(old) and entry_filter.docs is old:
+                    self._filters[(id(new), request)] = entry_filter.excluding(new, rows)
+            self._snapshot = new  # atomic reference swap: searches now exclude `rows`
         return receipt
 
     def receipts(self) -> list[Receipt]:

@@ -115,6 +115,7 @@ class TableSnapshot:
     source_code: np.ndarray
     sources: tuple[str, ...]
     removed: np.ndarray
+    row_of: dict[str, int]  # doc_id -> row; shared, never mutated, by derived snapshots
 
     @property
     def n_entries(self) -> int:
@@ -318,6 +319,6 @@ def snapshot_of(doc_ids: Sequence[str], classes: Sequence[str], sources: Sequenc
         block_start=ranges[:, 2].copy(), block_end=ranges[:, 3].copy(),
         class_code=np.array([code[c] for c in classes], dtype=np.int8),
         source_code=np.array([source_index[s] for s in sources], dtype=np.int32),
-        sources=names, removed=removed,
+        sources=names, removed=removed, row_of={d: i for i, d in enumerate(doc_ids)},
     )
 

@@ -91,3 +91,16 @@ def test_milvus_expression_names_excluded_ranges() -> None:
 def test_access_scope_validates_its_fields() -> None:
     with pytest.raises(ValueError, match="license_classes"):
         AccessScope(license_classes=frozenset({"pd"}))  # type: ignore[arg-type]
+
+
+def test_derived_filter_equals_a_fresh_one() -> None:
+    snap = _snapshot(300, seed=4)
+    request = SearchFilter(policy=frozenset({LicenseClass.PD, LicenseClass.SW}))
+    old = compute_filter(snap, request)
+    _ = old.allow_bitmap  # built, so the derived filter patches a copy
+    rows = np.array([5, 6, 7, 120, 299])
+    new_snap = snap.with_removed(rows)
+    derived, fresh = old.excluding(new_snap, rows), compute_filter(new_snap, request)
+    np.testing.assert_array_equal(derived.allow_bitmap, fresh.allow_bitmap)
+    np.testing.assert_array_equal(derived.starts, fresh.starts)
+    np.testing.assert_array_equal(derived.ends, fresh.ends)

@@ -126,9 +126,10 @@ def test_optout_survives_kill_9_in_another_process(tmp_path: Path) -> None:
     assert not docs & {"doc-4", "doc-5"}
 
 
+@pytest.mark.parametrize("backend", ["exact", "faiss-flat"])
 def test_search_started_after_the_receipt_never_sees_the_removed_document(
-        tmp_path: Path) -> None:
-    store = _build(tmp_path / "ds", corpus(80, seed=2))
+        tmp_path: Path, backend: str) -> None:
+    store = _build(tmp_path / "ds", corpus(80, seed=2), backend)
     target = store.table.get("doc-7")
     queries = np.asarray(store.kv.keys[target.entry_start:target.entry_end], np.float32)
     acked = threading.Event()
