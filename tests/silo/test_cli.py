@@ -1,0 +1,100 @@
+"""The `silo` command run as a user would run it: a real subprocess."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def silo(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from silo.cli import main; main()", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_train_tiny_preset_then_eval_and_generate(tmp_path: Path) -> None:
+    out = tmp_path / "tiny"
+    run = silo("train", "--config", "configs/tiny.toml", "--out", str(out))
+    assert run.returncode == 0, run.stderr
+    assert "valid ppl" in run.stderr
+    assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
+
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(str(out)).config.model_type == "llama"
+
+    res = tmp_path / "eval.json"
+    run = silo(
+        "eval",
+        "data/corpus/devil.jsonl.gz",
+        "--model",
+        str(out),
+        "--split",
+        "all",
+        "--window",
+        "64",
+        "--stride",
+        "32",
+        "--max-tokens",
+        "300",
+        "--json",
+        str(res),
+    )
+    assert run.returncode == 0, run.stderr
+    [devil] = json.loads(res.read_text())
+    assert devil["domain"] == "devil" and devil["tokens"] == 300 and 1 < devil["perplexity"] < 512
+
+    run = silo("generate", "The Devil's Dictionary", "--model", str(out), "--max-tokens", "8")
+    assert run.returncode == 0 and run.stdout.startswith("The Devil's Dictionary")
+
+
+def test_bad_corpus_line_is_one_clear_line_naming_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "text": "ok", "license": "MIT"}\n{"id": "b", "text": ""}\n')
+    run = silo("corpus", "stats", str(bad), "--strict")
+    assert run.returncode == 2
+    assert f"{bad}:2: no text" in run.stderr and "Traceback" not in run.stderr
+    run = silo("corpus", "stats", str(bad))
+    assert run.returncode == 0 and "skipped 1 bad lines" in run.stderr
+
+
+def test_unknown_names_are_refused(tmp_path: Path) -> None:
+    run = silo("corpus", "build", "--sources", "kjv,nonsense", "--out", str(tmp_path))
+    assert run.returncode == 2 and "unknown sources ['nonsense']" in run.stderr
+    run = silo("eval", "data/corpus/devil.jsonl.gz", "--model", str(tmp_path / "none"))
+    assert run.returncode == 2 and "no model at" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_corpus_split_writes_disjoint_files(tmp_path: Path, corpus_file: Path) -> None:
+    run = silo(
+        "corpus",
+        "split",
+        str(corpus_file),
+        "--out",
+        str(tmp_path / "s"),
+        "--policy",
+        "pd,sw",
+        "--valid-frac",
+        "0.3",
+        "--test-frac",
+        "0.3",
+    )
+    assert run.returncode == 0, run.stderr
+    from silo.corpus import read_jsonl
+
+    ids = [
+        [d.doc_id for d in read_jsonl(tmp_path / "s" / f"{s}.jsonl.gz")]
+        for s in ("train", "valid", "test")
+    ]
+    flat = [i for part in ids for i in part]
+    assert len(flat) == len(set(flat)) == 8  # the 8 pd+sw fixture documents, once each
