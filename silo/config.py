@@ -39,6 +39,10 @@ PRESETS: dict[str, ModelPreset] = {
     "tiny": ModelPreset(
         hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_length=128
     ),
+    # ~1.7M parameters: small-scale experiments (minutes on a CPU).
+    "mini": ModelPreset(
+        hidden_size=128, num_layers=4, num_heads=4, intermediate_size=344, max_length=512
+    ),
     # ~5M parameters: the shipped default, trainable on two CPU cores in about an hour.
     "small": ModelPreset(
         hidden_size=256, num_layers=4, num_heads=4, intermediate_size=688, max_length=512
