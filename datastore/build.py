@@ -31,7 +31,7 @@ from datastore.table import DocumentRecord, DocumentTable, TableSnapshot
 
 @dataclass(frozen=True)
 class EncodedDocument:
-    """One document's entries: keys (n, dim) float32, values (n,) int32 next tokens,
+    """One document's entries: keys (n, dim) float16, values (n,) int32 next tokens,
     charpos (n,) int32 char offset of each next token; n = tokens - 1 (0 if < 2)."""
 
     doc: Document
@@ -71,7 +71,9 @@ def document_entries(ids: Sequence[int], offsets: Sequence[tuple[int, int]],
 
 def block_spans(text: str, offsets: Sequence[tuple[int, int]],
                 config: DatastoreConfig) -> list[tuple[int, int]]:
-    """Character spans of the document's RIC blocks ([] while the BM25 side is absent)."""
+    """Character spans of the document's RIC blocks ([] without a BM25 index)."""
+    if not config.bm25:
+        return []
     try:
         from datastore.blocks import split_blocks
     except ImportError:
@@ -104,8 +106,12 @@ def encode_documents(docs: Iterable[Document], encoder: KeyEncoder,
 
 def _encode_batch(batch: list[Document], encoder: KeyEncoder,
                   config: DatastoreConfig) -> list[EncodedDocument]:
-    ids = [encoder.tokenize(d.text) for d in batch]
-    offsets = [encoder.token_offsets(d.text) for d in batch]
+    both = getattr(encoder, "tokenize_with_offsets", None)  # one tokenizer pass, if offered
+    if both is not None:
+        ids, offsets = map(list, zip(*(both(d.text) for d in batch), strict=True))
+    else:
+        ids = [encoder.tokenize(d.text) for d in batch]
+        offsets = [encoder.token_offsets(d.text) for d in batch]
     # single-token documents have no entry; do not spend a forward pass on them
     todo = [i for i, t in enumerate(ids) if len(t) >= 2]
     hidden = dict(zip(todo, encoder.encode([ids[i] for i in todo]) if todo else [],
@@ -114,6 +120,7 @@ def _encode_batch(batch: list[Document], encoder: KeyEncoder,
     for i, doc in enumerate(batch):
         h = hidden.get(i, np.zeros((0, encoder.dim), np.float32))
         keys, values, charpos = document_entries(ids[i], offsets[i], h)
+        keys = keys.astype(np.float16)  # stored fp16: convert early, halve what is buffered
         out.append(EncodedDocument(doc, keys, values, charpos,
                                    len(block_spans(doc.text, offsets[i], config)), len(ids[i])))
     return out

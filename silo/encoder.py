@@ -74,8 +74,13 @@ class LMEncoder:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        return self.tokenize_with_offsets(text)[1]
+
+    def tokenize_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids and their character spans in one tokenizer pass (the builder uses
+        it when an encoder offers it)."""
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        return [(int(s), int(e)) for s, e in enc["offset_mapping"]]
+        return list(enc["input_ids"]), [(int(s), int(e)) for s, e in enc["offset_mapping"]]
 
     @torch.inference_mode()
     def _base_model_gives_head_input(self) -> bool:
