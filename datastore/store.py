@@ -39,11 +39,13 @@ from datastore.errors import (
 )
 from datastore.filter import EntryFilter, SearchFilter, compute_filter
 from datastore.index import KnnIndex, create_index, open_index
+from datastore.index.faiss_index import INDEX_FILE
 from datastore.knn import FILES as KV_FILES
 from datastore.knn import KeyValueStore
 from datastore.manifest import (
     Manifest,
     check_model,
+    file_checksums,
     read_manifest,
     verify_checksums,
     write_manifest,
@@ -206,21 +208,45 @@ class Datastore:
         folder = Path(path)
         manifest = read_manifest(folder)
         check_model(manifest, encoder_fingerprint, folder)
-        if manifest.status != "ready":
+        if manifest.status == "building":
             raise CorruptDatastoreError(
                 f"{folder}: the build did not finish; run the build again to resume it")
+        interrupted = manifest.status == "adding"
         if verify:
-            verify_checksums(folder, manifest)
+            # after an interrupted add the key files and index may have grown past their
+            # checksums; the files an add never touches are still checked
+            verify_checksums(folder, manifest, skip=(*KV_FILES, INDEX_FILE) if interrupted
+                             else ())
         table = DocumentTable.from_dir(folder)
         if verify:
             table.check_integrity()
         kv = KeyValueStore.from_dir(folder, manifest.key_dim)
+        config = DatastoreConfig.from_json(manifest.config)
+        if interrupted:
+            return cls._finish_interrupted_add(folder, manifest, table, kv, config)
         if len(kv) != manifest.indexed_upto:
             raise CorruptDatastoreError(
                 f"{folder}: the key files hold {len(kv)} entries, the manifest "
                 f"{manifest.indexed_upto}")
-        config = DatastoreConfig.from_json(manifest.config)
         return cls(folder, manifest, table, kv, open_index(config, folder, kv))
+
+    @classmethod
+    def _finish_interrupted_add(cls, folder: Path, manifest: Manifest, table: DocumentTable,
+                                kv: KeyValueStore, config: DatastoreConfig) -> Datastore:
+        """Complete the kNN side of an add that stopped midway: keep the documents the
+        table committed, drop key rows it never committed, index what the saved index
+        lacks. The BM25/n-gram side catches up at the next add (it needs the encoder)."""
+        kv.truncate(table.snapshot().n_entries)
+        index = open_index(config, folder, kv)
+        saved = manifest.checksums.get(INDEX_FILE)
+        if saved is not None and file_checksums(folder / INDEX_FILE) != saved:
+            # the index was saved after the add's vectors went in (saves are atomic)
+            manifest = replace(manifest, indexed_upto=len(kv))
+        store = cls(folder, manifest, table, kv, index)
+        store._index_entries()
+        store.manifest = replace(store.manifest, status="ready")
+        store._write_manifest(rewritten=(*KV_FILES, *index.files))
+        return store
 
     def close(self) -> None:
         close = getattr(self.index, "close", None)
@@ -249,15 +275,28 @@ class Datastore:
             taken = self.table.existing(ids)
             if taken:
                 raise ConflictError(f"documents already in the datastore: {taken[:10]}")
+            self.manifest = replace(self.manifest, status="adding")
+            write_manifest(self.folder, self.manifest)  # intent: repaired at open if cut
             stats = ingest(docs, encoder, self.table, self.kv, self.config,
                            skip_existing=False, progress=progress)
             self._catch_up(encoder)
+            self.manifest = replace(self.manifest, status="ready")
             self._write_manifest(rewritten=self._index().files)
         return stats
 
     def _catch_up(self, encoder: KeyEncoder) -> None:
         """Index entries and texts the manifest says are not indexed yet, then publish
         the new snapshot (new documents become searchable)."""
+        self._index_entries()
+        next_row = self.manifest.text_indexed_upto
+        if self.bm25 is not None or self.ngram is not None:
+            next_row = index_text(self.table, encoder, self.config, self.bm25, self.ngram,
+                                  next_row)
+        self.manifest = replace(self.manifest, text_indexed_upto=next_row)
+        self._snapshot = self.table.snapshot()
+
+    def _index_entries(self) -> None:
+        """Add key rows [indexed_upto, len(kv)) to the kNN index and save it."""
         index = self._index()
         n = len(self.kv)
         with self._index_lock.write():
@@ -266,12 +305,7 @@ class Datastore:
                 index.add(np.asarray(self.kv.keys[start:end], np.float32),
                           np.arange(start, end, dtype=np.int64))
             index.save()
-        next_row = self.manifest.text_indexed_upto
-        if self.bm25 is not None or self.ngram is not None:
-            next_row = index_text(self.table, encoder, self.config, self.bm25, self.ngram,
-                                  next_row)
-        self.manifest = replace(self.manifest, indexed_upto=n, text_indexed_upto=next_row)
-        self._snapshot = self.table.snapshot()
+        self.manifest = replace(self.manifest, indexed_upto=n)
 
     def optout(self, selector: OptOutSelector | None = None, *,
                doc_ids: Iterable[str] = (), source: str | None = None,

@@ -318,3 +318,53 @@ def test_bm25_and_verbatim_go_through_the_same_filter(tmp_path: Path) -> None:
     record = store.table.get("doc-9")
     block = store.bm25.doc(record.block_start)  # type: ignore[union-attr]
     assert block.doc_id == "doc-9" and block.text in docs[9].text
+
+
+class _FailingEncoder(SyntheticEncoder):
+    """Raises on its n-th encode call, like a process killed mid-add."""
+
+    def __init__(self, fail_at: int) -> None:
+        super().__init__()
+        self.fail_at = fail_at
+
+    def encode(self, batch):  # type: ignore[no-untyped-def]
+        if self.calls + 1 == self.fail_at:
+            raise KeyboardInterrupt
+        return super().encode(batch)
+
+
+def test_interrupted_add_is_repaired_at_open(tmp_path: Path) -> None:
+    docs = corpus(40, seed=7)
+    store = _build(tmp_path / "ds", docs[:20], "faiss-flat")
+    with pytest.raises(KeyboardInterrupt):
+        store.add_documents(docs[20:], _FailingEncoder(fail_at=4))  # 3 batches flushed
+    store.close()
+    reopened = Datastore.open(tmp_path / "ds")
+    committed = len(reopened.snapshot.doc_ids)
+    assert 20 < committed < 40
+    assert len(reopened.index) == len(reopened.kv) == reopened.snapshot.n_entries  # type: ignore[arg-type]
+    reopened.add_documents(docs[committed:], SyntheticEncoder())
+    whole = _build(tmp_path / "whole", docs, "faiss-flat")
+    queries = _queries(whole, 10, seed=1)
+    _assert_same_results(reopened.knn_search(queries, 5), whole.knn_search(queries, 5),
+                         reopened, whole)
+    reopened.close()
+    Datastore.open(tmp_path / "ds")  # checksums verify again
+
+
+def test_add_cut_after_the_index_was_saved_adds_nothing_twice(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = corpus(30, seed=8)
+    store = _build(tmp_path / "ds", docs[:20], "faiss-flat")
+
+    def cut(self: Datastore, rewritten: object = ()) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Datastore, "_write_manifest", cut)
+    with pytest.raises(KeyboardInterrupt):
+        store.add_documents(docs[20:], SyntheticEncoder())
+    monkeypatch.undo()
+    store.close()
+    reopened = Datastore.open(tmp_path / "ds")
+    assert len(reopened.snapshot.doc_ids) == 30
+    assert len(reopened.index) == len(reopened.kv)  # type: ignore[arg-type]
