@@ -1,0 +1,181 @@
+"""Per-token provenance and per-sentence attribution of SiloLM output (DESIGN: Attribution).
+
+kNN-LM: a neighbour's contribution to a token is lam times the kNN probability mass it
+gave to that token (`silo.knnlm.target_neighbour_mass`); a document's contribution to a
+sentence is the sum over the sentence's tokens of its neighbours' contributions.
+RIC-LM: the passages in the context while a token was produced, with their BM25 scores;
+a document's RIC score for a sentence is the best score of its passages there.
+
+The per-sentence shape, shared with the server:
+
+    {"sentences": [{"text", "documents": [{"doc_id", "source", "license_class",
+                                           "score", "snippet", "via"}]}]}
+
+Documents are ranked best first: kNN documents by summed contribution, then documents
+that only reached the sentence through RIC passages, by BM25 score.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """One datastore entry that voted for a token; contribution = lam * its kNN mass."""
+
+    entry_id: int
+    doc_id: str
+    distance: float  # squared L2 between the query and the entry's key
+    contribution: float
+
+
+@dataclass(frozen=True)
+class PassageRef:
+    """A RIC passage that was in the context while a token was produced."""
+
+    block_id: int
+    doc_id: str
+    score: float  # BM25
+    text: str
+
+
+@dataclass(frozen=True)
+class TokenProvenance:
+    """Where one token came from: the neighbours that voted for it (those with a share
+    of its probability, best first) and the passages in context."""
+
+    neighbours: tuple[Neighbour, ...] = ()
+    passages: tuple[PassageRef, ...] = ()
+
+
+@dataclass(frozen=True)
+class DocumentInfo:
+    """What attribution shows of a document besides its id."""
+
+    source: str
+    license_class: str
+    snippet: str | None
+
+
+@dataclass(frozen=True)
+class AttributedDocument:
+    doc_id: str
+    source: str
+    license_class: str
+    score: float
+    snippet: str | None
+    via: str  # "knn" (score = summed contribution) or "ric" (score = BM25)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"doc_id": self.doc_id, "source": self.source,
+                "license_class": self.license_class, "score": self.score,
+                "snippet": self.snippet, "via": self.via}
+
+
+@dataclass(frozen=True)
+class SentenceAttribution:
+    text: str
+    documents: tuple[AttributedDocument, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"text": self.text, "documents": [d.to_json() for d in self.documents]}
+
+
+@dataclass(frozen=True)
+class Attribution:
+    sentences: tuple[SentenceAttribution, ...] = field(default_factory=tuple)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"sentences": [s.to_json() for s in self.sentences]}
+
+    def doc_ids(self) -> set[str]:
+        return {d.doc_id for s in self.sentences for d in s.documents}
+
+
+SNIPPET_CHARS = 160  # characters of a RIC passage shown as its snippet
+
+# a sentence ends after . ! ? (with closing quotes/brackets) followed by space, or at a
+# blank line; the end of the text closes the last one
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s)|\n\s*\n")
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans [start, end) of the sentences of `text`, covering it entirely."""
+    spans, start = [], 0
+    for m in _SENTENCE_END.finditer(text):
+        if m.end() > start:
+            spans.append((start, m.end()))
+            start = m.end()
+    if start < len(text) or not spans:
+        spans.append((start, len(text)))
+    return spans
+
+
+def token_sentences(token_ends: Sequence[int], spans: Sequence[tuple[int, int]]) -> list[int]:
+    """Sentence index of each token, from the character offset where the token ends
+    (a token that straddles a boundary belongs to the sentence it ends in)."""
+    out, s = [], 0
+    for end in token_ends:
+        while s < len(spans) - 1 and end > spans[s][1]:
+            s += 1
+        out.append(s)
+    return out
+
+
+@dataclass(frozen=True)
+class _Ranked:
+    doc_id: str
+    score: float
+    via: str
+    entry_id: int | None  # the neighbour that gave most (kNN)
+    passage: str | None  # the best passage's text (RIC)
+
+
+def rank_documents(provenance: Sequence[TokenProvenance]) -> list[_Ranked]:
+    """The documents behind a run of tokens: kNN documents by summed contribution, then
+    RIC-only documents by best BM25 score, best first."""
+    knn: dict[str, float] = {}
+    best_entry: dict[str, tuple[float, int]] = {}
+    ric: dict[str, tuple[float, str]] = {}
+    for prov in provenance:
+        for n in prov.neighbours:
+            knn[n.doc_id] = knn.get(n.doc_id, 0.0) + n.contribution
+            if n.contribution > best_entry.get(n.doc_id, (-1.0, -1))[0]:
+                best_entry[n.doc_id] = (n.contribution, n.entry_id)
+        for p in prov.passages:
+            if p.score > ric.get(p.doc_id, (float("-inf"), ""))[0]:
+                ric[p.doc_id] = (p.score, p.text)
+    ranked = [_Ranked(d, c, "knn", best_entry[d][1], None)
+              for d, c in sorted(knn.items(), key=lambda kv: -kv[1])]
+    ranked += [_Ranked(d, s, "ric", None, t)
+               for d, (s, t) in sorted(ric.items(), key=lambda kv: -kv[1][0]) if d not in knn]
+    return ranked
+
+
+def attribute(text: str, token_ends: Sequence[int], provenance: Sequence[TokenProvenance],
+              describe: Callable[[str, int | None], DocumentInfo],
+              max_documents: int = 5) -> Attribution:
+    """Per-sentence attribution of `text`, whose tokens end at `token_ends` (chars) and
+    have `provenance` (one per token). `describe(doc_id, entry_id)` supplies source,
+    licence class and, for kNN, the snippet around the entry (RIC documents show the
+    start of their best passage)."""
+    assert len(token_ends) == len(provenance), "one provenance per token"
+    spans = sentence_spans(text)
+    which = token_sentences(token_ends, spans)
+    per_sentence: list[list[TokenProvenance]] = [[] for _ in spans]
+    for s, prov in zip(which, provenance, strict=True):
+        per_sentence[s].append(prov)
+    sentences = []
+    for (start, end), provs in zip(spans, per_sentence, strict=True):
+        docs = []
+        for r in rank_documents(provs)[:max_documents]:
+            info = describe(r.doc_id, r.entry_id)
+            snippet = info.snippet if r.passage is None else r.passage[:SNIPPET_CHARS]
+            docs.append(AttributedDocument(r.doc_id, info.source, info.license_class,
+                                           float(r.score), snippet, r.via))
+        sentences.append(SentenceAttribution(text[start:end], tuple(docs)))
+    return Attribution(tuple(sentences))

@@ -1,0 +1,95 @@
+"""kNN-LM: the neighbour vote, its interpolation with the parametric LM, and the mass each
+neighbour gave to a token (for attribution). Pure functions over torch tensors.
+
+    p_kNN(y) = sum over neighbours i with value v_i = y of softmax_i(-d_i / tau)
+    p(y)     = (1 - lam) * p_LM(y) + lam * p_kNN(y)        (lam weights the kNN side)
+
+d_i are squared L2 distances, as every datastore backend returns them; neighbours padded
+with entry id -1 (fewer than k allowed entries) take no part. A row with no neighbour at
+all has no kNN distribution, and its mixture is the parametric one (lam acts as 0).
+Everything is computed in log space, so tiny kNN masses and long-tail LM probabilities
+survive in float32.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class KnnParams:
+    """k neighbours, interpolation weight lam (kNN side) and softmax temperature tau."""
+
+    k: int = 1024
+    lam: float = 0.25
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+        if not 0.0 <= self.lam <= 1.0:
+            raise ValueError(f"lam must be in [0, 1], got {self.lam}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+
+def neighbour_log_weights(distances: torch.Tensor, values: torch.Tensor,
+                          temperature: float) -> torch.Tensor:
+    """log softmax(-d / tau) over each row's valid neighbours.
+
+    distances (n, k) squared L2, values (n, k) int64 with -1 for padding -> (n, k)
+    float32 log weights, -inf at padding; a row with no valid neighbour is all -inf.
+    """
+    logits = -distances.float() / temperature
+    logits = logits.masked_fill(values < 0, -math.inf)
+    norm = torch.logsumexp(logits, dim=1, keepdim=True)
+    # all-padding rows: logsumexp is -inf and -inf - -inf is nan; keep them -inf
+    return torch.where(torch.isfinite(norm), logits - norm, torch.full_like(logits, -math.inf))
+
+
+def knn_log_probs(distances: torch.Tensor, values: torch.Tensor, vocab_size: int,
+                  temperature: float) -> torch.Tensor:
+    """log p_kNN over the vocabulary.
+
+    distances (n, k), values (n, k) int64 (-1 = padding) -> (n, vocab_size) float32;
+    -inf for tokens no neighbour voted for (every token of a row with no neighbour).
+    """
+    weights = neighbour_log_weights(distances, values, temperature).exp()  # (n, k)
+    probs = torch.zeros(values.shape[0], vocab_size, dtype=torch.float32,
+                        device=values.device)
+    probs.scatter_add_(1, values.clamp(min=0), weights)  # padding adds 0 to token 0
+    return probs.log()
+
+
+def interpolate(lm_log_probs: torch.Tensor, knn_log_probs: torch.Tensor, lam: float,
+                has_neighbours: torch.Tensor | None = None) -> torch.Tensor:
+    """log((1 - lam) p_LM + lam p_kNN), per row.
+
+    lm_log_probs, knn_log_probs (n, V) -> (n, V). `has_neighbours` (n,) bool marks rows
+    with a kNN distribution; the others keep the LM's row unchanged. lam = 0 returns
+    `lm_log_probs` itself, bit for bit.
+    """
+    if lam == 0.0:
+        return lm_log_probs
+    if lam == 1.0:
+        mixed = knn_log_probs
+    else:
+        mixed = torch.logaddexp(lm_log_probs + math.log1p(-lam), knn_log_probs + math.log(lam))
+    if has_neighbours is None:
+        return mixed
+    return torch.where(has_neighbours[:, None], mixed, lm_log_probs)
+
+
+def target_neighbour_mass(distances: torch.Tensor, values: torch.Tensor,
+                          targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The kNN probability mass each neighbour gave to its row's target token.
+
+    distances (n, k), values (n, k), targets (n,) -> (n, k) float32: softmax weight where
+    the neighbour's value is the target, 0 elsewhere. Rows sum to p_kNN(target); times lam
+    this is each neighbour's contribution to the mixture (DESIGN: Attribution).
+    """
+    weights = neighbour_log_weights(distances, values, temperature).exp()
+    return torch.where(values == targets[:, None], weights, torch.zeros_like(weights))

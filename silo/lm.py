@@ -1,0 +1,704 @@
+"""SiloLM: the parametric LM combined with its datastore, for scoring and generation.
+
+One object, four modes (`SiloOptions.mode`):
+
+    parametric   the LM alone
+    knnlm        p = (1 - lam) p_LM + lam p_kNN; queries are the LM head's inputs
+    ric          BM25 passages prepended to the context (silo.ric); top-1, or REPLUG over k
+    knnlm+ric    the RIC-LM distribution interpolated with p_kNN, whose queries come from
+                 the plain context (the datastore keys were made without passages)
+
+Public API (frozen dataclasses in, frozen dataclasses out; thread-safe for concurrent
+callers, who share the model and the datastore read-only):
+
+    lm = SiloLM.from_dirs(model_dir, datastore_dir)          # or SiloLM(model, tokenizer, store)
+    lm.tokenizer, lm.encode(text) -> list[int], lm.decode(ids) -> str, lm.max_length
+    lm.defaults -> KnnParams                                  # the datastore's tuned k, lam, tau
+    lm.score(requests: Sequence[ScoreRequest]) -> list[ScoreResult]
+        token log-probs of every prompt token given the ones before it (None for the
+        first, as lm-evaluation-harness expects with echo), top-N per position, and
+        with `attribution` on, per-token provenance and per-sentence attribution.
+        Requests are batched together (grouped by their options).
+    lm.generate_stream(request: GenerationRequest) -> Iterator[TokenEvent]
+        one event per generated token, choices interleaved; the last event of a choice
+        carries its finish_reason ("stop" or "length").
+    lm.generate(request) -> GenerationResult
+        the stream collected: per choice the tokens, text, log-probs, finish reason,
+        provenance and attribution; with `echo` also the prompt's ScoreResult.
+
+Per-request settings live in `SiloOptions` (mode, k, lam, knn_temperature,
+license_classes, attribution, RIC parameters; unset k/lam/tau take the datastore's
+tuned defaults) and the caller's `AccessScope`. Every kNN and BM25 search of a request
+goes through the datastore's one entry filter built from these two, so a filtered
+request sees exactly what a datastore without the excluded documents would show.
+With `attribution` off no provenance is looked up at all.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from datastore.document import LicenseClass
+from datastore.errors import InvalidInputError
+from datastore.filter import AccessScope, SearchFilter
+from datastore.table import CLASS_CODES
+from silo.attribution import (
+    Attribution,
+    DocumentInfo,
+    Neighbour,
+    PassageRef,
+    TokenProvenance,
+    attribute,
+)
+from silo.encoder import window_starts
+from silo.knnlm import KnnParams, interpolate, knn_log_probs, target_neighbour_mass
+from silo.ric import (
+    Passage,
+    RicParams,
+    chunk_starts,
+    ensemble,
+    query_ids,
+    replug_log_weights,
+    with_passage,
+)
+
+MODES = ("parametric", "knnlm", "ric", "knnlm+ric")
+DEFAULTS_FILE = "silo_knnlm.json"  # tuned k, lam, tau, kept in the datastore folder
+
+
+@dataclass(frozen=True)
+class SiloOptions:
+    """Per-request SILO settings; None takes the datastore's tuned default."""
+
+    mode: str = "knnlm"
+    k: int | None = None
+    lam: float | None = None
+    knn_temperature: float | None = None
+    license_classes: frozenset[LicenseClass] | None = None  # None: every class
+    attribution: bool = False
+    ric: RicParams = field(default_factory=RicParams)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        # KnnParams validates the values that are set
+        KnnParams(self.k or 1, 0.0 if self.lam is None else self.lam,
+                  self.knn_temperature or 1.0)
+
+    @property
+    def uses_knn(self) -> bool:
+        return self.mode in ("knnlm", "knnlm+ric")
+
+    @property
+    def uses_ric(self) -> bool:
+        return self.mode in ("ric", "knnlm+ric")
+
+
+def _check_ids(ids: Sequence[int], name: str) -> None:
+    if not all(isinstance(t, int) and t >= 0 for t in ids):
+        raise ValueError(f"{name} must be non-negative token ids")
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """Score every token of `prompt_ids` given the ones before it."""
+
+    prompt_ids: tuple[int, ...]
+    top_logprobs: int = 0  # N most likely tokens per position (0: none)
+    options: SiloOptions = field(default_factory=SiloOptions)
+    scope: AccessScope = field(default_factory=AccessScope)
+
+    def __post_init__(self) -> None:
+        _check_ids(self.prompt_ids, "prompt_ids")
+        if self.top_logprobs < 0:
+            raise ValueError(f"top_logprobs must be >= 0, got {self.top_logprobs}")
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """Per token of the prompt: its log-prob (None for the first), the top-N (token id
+    -> log-prob; None for the first, or when not asked), and with attribution on the
+    provenance of each token (None for the first) and the per-sentence attribution."""
+
+    tokens: tuple[int, ...]
+    token_logprobs: tuple[float | None, ...]
+    top_logprobs: tuple[dict[int, float] | None, ...] | None = None
+    provenance: tuple[TokenProvenance | None, ...] | None = None
+    attribution: Attribution | None = None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Continue `prompt_ids` n times. temperature 0 is greedy decoding."""
+
+    prompt_ids: tuple[int, ...]
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    n: int = 1
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    logprobs: int = 0  # top-N per generated token
+    echo: bool = False  # also score the prompt
+    options: SiloOptions = field(default_factory=SiloOptions)
+    scope: AccessScope = field(default_factory=AccessScope)
+
+    def __post_init__(self) -> None:
+        _check_ids(self.prompt_ids, "prompt_ids")
+        if not self.prompt_ids:
+            raise ValueError("prompt_ids must hold at least one token")
+        if self.max_tokens < 0:
+            raise ValueError(f"max_tokens must be >= 0, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+        if self.logprobs < 0:
+            raise ValueError(f"logprobs must be >= 0, got {self.logprobs}")
+        if any(not s for s in self.stop):
+            raise ValueError("stop sequences must be non-empty strings")
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One generated token of choice `choice`, as streamed."""
+
+    choice: int
+    token_id: int
+    text: str  # text this token adds ("" while a multi-byte character is incomplete)
+    logprob: float
+    top_logprobs: dict[int, float] | None
+    provenance: TokenProvenance | None
+    finish_reason: str | None  # set on a choice's last event: "stop" or "length"
+
+
+@dataclass(frozen=True)
+class Completion:
+    index: int
+    token_ids: tuple[int, ...]
+    text: str  # cut before a stop sequence
+    token_logprobs: tuple[float, ...]
+    top_logprobs: tuple[dict[int, float], ...] | None
+    finish_reason: str
+    provenance: tuple[TokenProvenance, ...] | None = None
+    attribution: Attribution | None = None
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    choices: tuple[Completion, ...]
+    prompt: ScoreResult | None = None  # with echo
+
+
+@dataclass(frozen=True)
+class SiloConfig:
+    """Batching and the scoring windows (defaults: the model's context, half overlap)."""
+
+    batch_size: int = 8  # sequences per forward pass
+    window: int | None = None
+    stride: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.window is not None and self.window < 2:
+            raise ValueError(f"window must be >= 2, got {self.window}")
+        if self.stride is not None and self.stride < 1:
+            raise ValueError(f"stride must be >= 1, got {self.stride}")
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A request's options resolved against the datastore: what to compute."""
+
+    mode: str
+    knn: KnnParams
+    ric: RicParams
+    filter: SearchFilter
+    attribution: bool
+
+    @property
+    def uses_knn(self) -> bool:
+        return self.mode in ("knnlm", "knnlm+ric") and self.knn.lam > 0
+
+    @property
+    def uses_ric(self) -> bool:
+        return self.mode in ("ric", "knnlm+ric")
+
+
+@dataclass
+class _Group:
+    """Inputs (one per RIC passage, one without) whose last `scored` positions predict
+    the same targets; their distributions are ensembled with `log_weights`."""
+
+    inputs: list[list[int]]
+    scored: int
+    log_weights: torch.Tensor
+    passages: tuple[Passage, ...] = ()
+
+
+@dataclass
+class _Chunk:
+    """Distributions for m predicted positions: global target index (m,), the LM (or
+    RIC-LM) log-probs (m, V), and the kNN neighbours (m, k) when the plan uses them."""
+
+    index: np.ndarray
+    lm: torch.Tensor
+    distances: torch.Tensor | None = None
+    entry_ids: np.ndarray | None = None
+    values: torch.Tensor | None = None
+    passages: list[tuple[Passage, ...]] = field(default_factory=list)
+
+
+def read_defaults(folder: Path) -> KnnParams | None:
+    """The tuned kNN-LM parameters stored with a datastore, if any."""
+    path = Path(folder) / DEFAULTS_FILE
+    if not path.is_file():
+        return None
+    best = json.loads(path.read_text())["default"]
+    return KnnParams(int(best["k"]), float(best["lam"]), float(best["temperature"]))
+
+
+class SiloLM:
+    """A causal LM plus (optionally) its datastore; see the module docstring."""
+
+    def __init__(self, model: Any, tokenizer: Any, datastore: Any | None = None,
+                 config: SiloConfig | None = None, defaults: KnnParams | None = None) -> None:
+        from silo.model import context_length
+
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.datastore = datastore
+        self.config = config or SiloConfig()
+        self.max_length = context_length(model, tokenizer)
+        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        stored = read_defaults(datastore.folder) if datastore is not None else None
+        self.defaults = defaults or stored or KnnParams()
+        self.eos_id = int(tokenizer.eos_token_id)
+        self.pad_id = 0 if tokenizer.pad_token_id is None else int(tokenizer.pad_token_id)
+        self._special = frozenset(int(i) for i in tokenizer.all_special_ids)
+        self._passage_ids: dict[int, tuple[int, ...]] = {}
+
+    @classmethod
+    def from_dirs(cls, model_dir: Path, datastore_dir: Path | None = None,
+                  device: str = "cpu", config: SiloConfig | None = None) -> SiloLM:
+        """Load the LM and open its datastore (whose keys must come from this LM)."""
+        from datastore.store import Datastore
+        from silo.model import load_lm
+
+        lm = load_lm(model_dir, device=device)
+        store = None if datastore_dir is None else Datastore.open(
+            datastore_dir, encoder_fingerprint=lm.fingerprint)
+        return cls(lm.model, lm.tokenizer, store, config)
+
+    # ---- tokenizer -------------------------------------------------------------------
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
+
+    # ---- planning --------------------------------------------------------------------
+
+    def plan(self, options: SiloOptions, scope: AccessScope | None = None) -> _Plan:
+        """Resolve options against the datastore's defaults; a mode that needs the
+        datastore without one is an InvalidInputError."""
+        if options.mode != "parametric" and self.datastore is None:
+            raise InvalidInputError(f"mode {options.mode!r} needs a datastore; none is open")
+        if options.uses_ric and self.datastore is not None and self.datastore.bm25 is None:
+            raise InvalidInputError(f"mode {options.mode!r} needs the datastore's BM25 index")
+        d = self.defaults
+        knn = KnnParams(options.k or d.k, d.lam if options.lam is None else options.lam,
+                        options.knn_temperature or d.temperature)
+        return _Plan(options.mode, knn, options.ric,
+                     SearchFilter(options.license_classes, scope or AccessScope()),
+                     options.attribution)
+
+    # ---- the forward pass ------------------------------------------------------------
+
+    @torch.inference_mode()
+    def _forward(self, rows: list[list[int]], scored: list[int],
+                 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Right-padded batch -> per row, for its last `scored` positions: log-probs
+        (s, V) float32 and the LM head's input (s, dim) float32 (the kNN query)."""
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[i, :len(r)] = 1
+        captured: list[torch.Tensor] = []
+        head = self.model.get_output_embeddings()
+        hook = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+        try:
+            device = next(self.model.parameters()).device
+            logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        finally:
+            hook.remove()
+        lp = torch.log_softmax(logits.float(), dim=-1).cpu()
+        hidden = captured[0].float().cpu()
+        out_lp, out_h = [], []
+        for i, (r, s) in enumerate(zip(rows, scored, strict=True)):
+            out_lp.append(lp[i, len(r) - s:len(r)])
+            out_h.append(hidden[i, len(r) - s:len(r)])
+        return out_lp, out_h
+
+    def _run_groups(self, groups: list[_Group]) -> tuple[torch.Tensor, torch.Tensor]:
+        """All groups' predicted positions, in order: ensembled log-probs (m, V) and the
+        first input's LM-head inputs (m, dim)."""
+        flat = [(g, x) for g in groups for x in g.inputs]
+        lps: list[torch.Tensor] = []
+        hs: list[torch.Tensor] = []
+        # longest first in each forward pass would pad less, but order keeps it simple
+        for at in range(0, len(flat), self.config.batch_size):
+            part = flat[at:at + self.config.batch_size]
+            lp, h = self._forward([x for _, x in part], [g.scored for g, _ in part])
+            lps += lp
+            hs += h
+        out_lp, out_h, i = [], [], 0
+        for g in groups:
+            n = len(g.inputs)
+            out_lp.append(ensemble(torch.stack(lps[i:i + n]), g.log_weights))
+            out_h.append(hs[i])
+            i += n
+        return torch.cat(out_lp), torch.cat(out_h)
+
+    # ---- retrieval -------------------------------------------------------------------
+
+    def _retrieve(self, context: Sequence[int], plan: _Plan) -> tuple[Passage, ...]:
+        """Top-k BM25 passages for the context's last q tokens, through the filter."""
+        assert self.datastore is not None
+        q = query_ids(context, plan.ric.query_tokens, self._special)
+        text = self.decode(q).strip()
+        if not text:
+            return ()
+        hits = self.datastore.bm25_search(text, plan.ric.k, plan.filter)
+        out = []
+        for h in hits:
+            ids = self._passage_ids.get(h.block_id)
+            if ids is None:
+                ids = tuple(self.encode(h.text))
+                self._passage_ids[h.block_id] = ids
+            out.append(Passage(h.block_id, h.doc_id, float(h.score), h.text, ids))
+        return tuple(out)
+
+    def _ric_group(self, context: Sequence[int], scored: int, passages: tuple[Passage, ...],
+                   plan: _Plan) -> _Group:
+        if not passages:
+            return _Group([list(context[-self.max_length:])], scored, torch.zeros(1))
+        inputs = [with_passage(p.ids, context, self.max_length, self.eos_id) for p in passages]
+        weights = replug_log_weights([p.score for p in passages], plan.ric.weight_temperature)
+        return _Group(inputs, scored, weights, passages)
+
+    # ---- distributions over sequences ------------------------------------------------
+
+    def _window(self) -> tuple[int, int]:
+        window = min(self.config.window or self.max_length, self.max_length)
+        return window, self.config.stride or max(1, window // 2)
+
+    def _plain_groups(self, seqs: Sequence[Sequence[int]]) -> list[tuple[int, _Group]]:
+        """(global index of the first predicted target, group) over sliding windows:
+        every position but the last of each sequence is predicted exactly once."""
+        window, stride = self._window()
+        out, base = [], 0
+        for seq in seqs:
+            for s, e, keep in window_starts(len(seq) - 1, window, stride):
+                if e > keep:
+                    out.append((base + keep, _Group([list(seq[s:e])], e - keep, torch.zeros(1))))
+            base += max(0, len(seq) - 1)
+        return out
+
+    def _ric_groups(self, seqs: Sequence[Sequence[int]], plan: _Plan,
+                    ) -> list[tuple[int, _Group]]:
+        """One group per `stride` predicted positions, with the passages retrieved for the
+        context before them."""
+        out, base = [], 0
+        for seq in seqs:
+            for s, e in chunk_starts(len(seq) - 1, plan.ric.stride):
+                passages = self._retrieve(seq[:s + 1], plan)
+                out.append((base + s, self._ric_group(seq[:e], e - s, passages, plan)))
+            base += max(0, len(seq) - 1)
+        return out
+
+    def _chunks(self, seqs: Sequence[Sequence[int]], plan: _Plan) -> Iterator[_Chunk]:
+        """The LM side and the kNN neighbours of every predicted position, a few groups at
+        a time (so (m, V) tensors stay small)."""
+        queries = None
+        if plan.uses_knn and plan.uses_ric:  # kNN queries come from the plain context
+            plain = [h for _, h in self._iter_groups(self._plain_groups(seqs))]
+            queries = torch.cat(plain) if plain else None
+        groups = self._ric_groups(seqs, plan) if plan.uses_ric else self._plain_groups(seqs)
+        for at in range(0, len(groups), self.config.batch_size):
+            part = groups[at:at + self.config.batch_size]
+            lp, hidden = self._run_groups([g for _, g in part])
+            index = np.concatenate([np.arange(i, i + g.scored) for i, g in part])
+            chunk = _Chunk(index, lp, passages=[g.passages for _, g in part
+                                                for _ in range(g.scored)])
+            if plan.uses_knn:
+                q = hidden if queries is None else queries[torch.from_numpy(index)]
+                self._search(chunk, q, plan)
+            yield chunk
+
+    def _iter_groups(self, groups: list[tuple[int, _Group]]
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for at in range(0, len(groups), self.config.batch_size):
+            yield self._run_groups([g for _, g in groups[at:at + self.config.batch_size]])
+
+    def _search(self, chunk: _Chunk, queries: torch.Tensor, plan: _Plan) -> None:
+        assert self.datastore is not None
+        dist, ids = self.datastore.knn_search(queries.numpy(), plan.knn.k, plan.filter)
+        chunk.distances = torch.from_numpy(dist)
+        chunk.entry_ids = ids
+        chunk.values = torch.from_numpy(self.datastore.values(ids).astype(np.int64))
+
+    def _mixed(self, chunk: _Chunk, plan: _Plan) -> torch.Tensor:
+        """(m, V) log-probs of the plan's mixture for the chunk's positions."""
+        if chunk.values is None or chunk.distances is None:
+            return chunk.lm
+        knn = knn_log_probs(chunk.distances, chunk.values, self.vocab_size,
+                            plan.knn.temperature)
+        return interpolate(chunk.lm, knn, plan.knn.lam, (chunk.values >= 0).any(1))
+
+    def _provenance(self, chunk: _Chunk, targets: torch.Tensor, plan: _Plan,
+                    ) -> list[TokenProvenance]:
+        """Per position: the neighbours that voted for the target, with lam * mass, best
+        first, and the RIC passages in context."""
+        out = []
+        neighbours: list[tuple[Neighbour, ...]] = [() for _ in range(len(targets))]
+        if chunk.values is not None and chunk.distances is not None:
+            assert self.datastore is not None and chunk.entry_ids is not None
+            mass = plan.knn.lam * target_neighbour_mass(chunk.distances, chunk.values,
+                                                        targets, plan.knn.temperature)
+            snap = self.datastore.snapshot
+            rows = snap.rows_of_entries(chunk.entry_ids)
+            for i, j in zip(*np.nonzero(mass.numpy() > 0), strict=True):
+                neighbours[i] += (Neighbour(int(chunk.entry_ids[i, j]),
+                                            snap.doc_ids[int(rows[i, j])],
+                                            float(chunk.distances[i, j]), float(mass[i, j])),)
+        for i in range(len(targets)):
+            ranked = tuple(sorted(neighbours[i], key=lambda n: -n.contribution))
+            refs = tuple(PassageRef(p.block_id, p.doc_id, p.score, p.text)
+                         for p in chunk.passages[i])
+            out.append(TokenProvenance(ranked, refs))
+        return out
+
+    # ---- scoring ---------------------------------------------------------------------
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        """Score each request's prompt; requests with equal options share batches."""
+        results: list[ScoreResult | None] = [None] * len(requests)
+        by_plan: dict[tuple[SiloOptions, AccessScope], list[int]] = {}
+        for i, r in enumerate(requests):
+            by_plan.setdefault((r.options, r.scope), []).append(i)
+        for (options, scope), members in by_plan.items():
+            plan = self.plan(options, scope)
+            top = max(requests[i].top_logprobs for i in members)
+            scored = self._score_ids([requests[i].prompt_ids for i in members], plan, top)
+            for i, res in zip(members, scored, strict=True):
+                n = requests[i].top_logprobs
+                tops = None if res.top_logprobs is None or n == 0 else tuple(
+                    None if t is None else dict(list(t.items())[:n]) for t in res.top_logprobs)
+                results[i] = replace(res, top_logprobs=tops)
+        return [r for r in results if r is not None]
+
+    def _score_ids(self, seqs: Sequence[Sequence[int]], plan: _Plan, top: int,
+                   ) -> list[ScoreResult]:
+        n_pred = [max(0, len(s) - 1) for s in seqs]
+        starts = np.concatenate([[0], np.cumsum(n_pred)]).astype(np.int64)
+        targets = torch.tensor([t for s in seqs for t in list(s)[1:]], dtype=torch.long)
+        logprob = np.zeros(len(targets), np.float64)
+        tops: list[dict[int, float]] = [{} for _ in range(len(targets))]
+        provs: list[TokenProvenance] = [TokenProvenance() for _ in range(len(targets))]
+        for chunk in self._chunks(seqs, plan):
+            mixed = self._mixed(chunk, plan)
+            tgt = targets[torch.from_numpy(chunk.index)]
+            logprob[chunk.index] = mixed.gather(1, tgt[:, None])[:, 0].double().numpy()
+            if top:
+                values, ids = mixed.topk(min(top, mixed.shape[1]), dim=1)
+                for row, i in enumerate(chunk.index.tolist()):
+                    tops[i] = dict(zip(ids[row].tolist(), values[row].tolist(), strict=True))
+            if plan.attribution:
+                for i, p in zip(chunk.index.tolist(), self._provenance(chunk, tgt, plan),
+                                strict=True):
+                    provs[i] = p
+        return [self._score_result(seq, logprob[a:b], tops[a:b] if top else None,
+                                   provs[a:b] if plan.attribution else None)
+                for seq, a, b in zip(seqs, starts[:-1].tolist(), starts[1:].tolist(),
+                                     strict=True)]
+
+    def _score_result(self, seq: Sequence[int], logprob: np.ndarray,
+                      tops: list[dict[int, float]] | None,
+                      provs: list[TokenProvenance] | None) -> ScoreResult:
+        lead: tuple[None, ...] = (None,) if seq else ()
+        attribution = None
+        if provs is not None and len(seq) > 1:
+            attribution = self._attribute(list(seq[1:]), provs)
+        return ScoreResult(
+            tokens=tuple(seq), token_logprobs=lead + tuple(float(x) for x in logprob),
+            top_logprobs=None if tops is None else lead + tuple(tops),
+            provenance=None if provs is None else lead + tuple(provs),
+            attribution=attribution)
+
+    def _attribute(self, ids: Sequence[int], provs: Sequence[TokenProvenance]) -> Attribution:
+        """Per-sentence attribution of the text of `ids` (one provenance per id)."""
+        ends, text = [], ""
+        for i in range(len(ids)):
+            text = self.decode(ids[:i + 1])  # quadratic, but only on attribution's path
+            ends.append(len(text))
+        return attribute(text, ends, provs, self._describe)
+
+    def _describe(self, doc_id: str, entry_id: int | None) -> DocumentInfo:
+        assert self.datastore is not None
+        snap = self.datastore.snapshot
+        row = snap.row_of[doc_id]
+        info = None if entry_id is None else self.datastore.entry_info([entry_id])[0]
+        return DocumentInfo(snap.sources[snap.source_code[row]],
+                            CLASS_CODES[int(snap.class_code[row])].value,
+                            None if info is None else info.snippet)
+
+    # ---- the pieces tuning needs -----------------------------------------------------
+
+    def target_scores(self, seqs: Sequence[Sequence[int]], options: SiloOptions,
+                      k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For hyperparameter search: over every predicted token of `seqs` (in order),
+        the LM side's (parametric or RIC-LM) log-prob of the target (n,) float64, and its
+        k nearest neighbours: squared distances (n, k) float32 and values (n, k) int64."""
+        plan = replace(self.plan(replace(options, lam=1.0)), knn=KnnParams(k, 1.0, 1.0))
+        targets = torch.tensor([t for s in seqs for t in list(s)[1:]], dtype=torch.long)
+        lp = np.zeros(len(targets), np.float64)
+        dist = np.full((len(targets), k), np.inf, np.float32)
+        vals = np.full((len(targets), k), -1, np.int64)
+        for chunk in self._chunks(seqs, plan):
+            tgt = targets[torch.from_numpy(chunk.index)]
+            lp[chunk.index] = chunk.lm.gather(1, tgt[:, None])[:, 0].double().numpy()
+            assert chunk.distances is not None and chunk.values is not None
+            dist[chunk.index] = chunk.distances.numpy()
+            vals[chunk.index] = chunk.values.numpy()
+        return lp, dist, vals
+
+    # ---- generation ------------------------------------------------------------------
+
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        """Generate all choices (see `generate_stream`) and collect them."""
+        prompt = None
+        if request.echo:
+            prompt = self.score([ScoreRequest(request.prompt_ids, request.logprobs,
+                                              request.options, request.scope)])[0]
+        events: list[list[TokenEvent]] = [[] for _ in range(request.n)]
+        for ev in self.generate_stream(request):
+            events[ev.choice].append(ev)
+        choices = [self._completion(i, evs, request) for i, evs in enumerate(events)]
+        return GenerationResult(tuple(choices), prompt)
+
+    def _completion(self, index: int, events: list[TokenEvent],
+                    request: GenerationRequest) -> Completion:
+        ids = [e.token_id for e in events]
+        text = "".join(e.text for e in events)
+        provs = tuple(e.provenance for e in events if e.provenance is not None)
+        attribution = None
+        if request.options.attribution and ids:
+            attribution = self._attribute(ids, provs)
+        return Completion(
+            index, tuple(ids), text, tuple(e.logprob for e in events),
+            tuple(e.top_logprobs or {} for e in events) if request.logprobs else None,
+            events[-1].finish_reason or "length" if events else "length",
+            provs if request.options.attribution else None, attribution)
+
+    def generate_stream(self, request: GenerationRequest) -> Iterator[TokenEvent]:
+        """Generate `n` continuations together, one batched step per token; yields each
+        token as soon as it is chosen."""
+        plan = self.plan(request.options, request.scope)
+        gen = torch.Generator().manual_seed(
+            request.seed if request.seed is not None else int(torch.randint(2**31, ()).item()))
+        rows = [list(request.prompt_ids) for _ in range(request.n)]
+        new: list[list[int]] = [[] for _ in range(request.n)]
+        texts = [""] * request.n
+        passages: list[tuple[Passage, ...]] = [() for _ in range(request.n)]
+        live = list(range(request.n))
+        for step in range(request.max_tokens):
+            if not live:
+                return
+            if plan.uses_ric and step % plan.ric.stride == 0:
+                for r in live:
+                    passages[r] = self._retrieve(rows[r], plan)
+            chunk = self._step(rows, live, passages, plan)
+            mixed = self._mixed(chunk, plan)
+            picked = _sample(mixed, request.temperature, request.top_p, gen)
+            provs = self._provenance(chunk, picked, plan) if plan.attribution else None
+            still = []
+            for j, r in enumerate(live):
+                token = int(picked[j])
+                rows[r].append(token)
+                new[r].append(token)
+                ev = self._event(r, token, mixed[j], new[r], texts, request, step,
+                                 None if provs is None else provs[j])
+                yield ev
+                if ev.finish_reason is None:
+                    still.append(r)
+            live = still
+
+    def _step(self, rows: list[list[int]], live: list[int],
+              passages: list[tuple[Passage, ...]], plan: _Plan) -> _Chunk:
+        """Next-token distributions (and neighbours) of the live rows."""
+        plain = [_Group([rows[r][-self.max_length:]], 1, torch.zeros(1)) for r in live]
+        groups = [self._ric_group(rows[r], 1, passages[r], plan) for r in live] \
+            if plan.uses_ric else plain
+        lp, hidden = self._run_groups(groups)
+        chunk = _Chunk(np.arange(len(live)), lp, passages=[passages[r] for r in live]
+                       if plan.uses_ric else [() for _ in live])
+        if plan.uses_knn:
+            queries = self._run_groups(plain)[1] if plan.uses_ric else hidden
+            self._search(chunk, queries, plan)
+        return chunk
+
+    def _event(self, choice: int, token: int, dist: torch.Tensor, new: list[int],
+               texts: list[str], request: GenerationRequest, step: int,
+               provenance: TokenProvenance | None) -> TokenEvent:
+        """The event for a chosen token, cutting the text at a stop sequence."""
+        full = self.decode(new)
+        finish = None
+        if full.endswith("\ufffd"):  # an incomplete multi-byte character: wait for more
+            full = texts[choice]
+        cut = min((full.find(s) for s in request.stop if s in full), default=-1)
+        if cut >= 0:
+            full, finish = full[:cut], "stop"
+        elif step == request.max_tokens - 1 or token == self.eos_id:
+            finish = "stop" if token == self.eos_id else "length"
+        delta = full[len(texts[choice]):] if full.startswith(texts[choice]) else ""
+        texts[choice] = full
+        top = None
+        if request.logprobs:
+            values, ids = dist.topk(min(request.logprobs, dist.shape[0]))
+            top = dict(zip(ids.tolist(), values.tolist(), strict=True))
+        return TokenEvent(choice, token, delta, float(dist[token]), top, provenance, finish)
+
+
+def _sample(log_probs: torch.Tensor, temperature: float, top_p: float,
+            gen: torch.Generator) -> torch.Tensor:
+    """(m, V) log-probs -> (m,) token ids: argmax at temperature 0, else a draw from
+    softmax(log p / T) restricted to the smallest set of mass >= top_p."""
+    if temperature == 0:
+        return log_probs.argmax(dim=1)
+    probs = torch.softmax(log_probs / temperature, dim=1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=1, descending=True)
+        before = sorted_p.cumsum(1) - sorted_p  # mass of the tokens ranked above
+        sorted_p = torch.where(before < top_p, sorted_p, torch.zeros_like(sorted_p))
+        probs = torch.zeros_like(probs).scatter(1, order, sorted_p)
+    return torch.multinomial(probs, 1, generator=gen)[:, 0]
+
+
+def perplexity(logprobs: Sequence[float]) -> float:
+    """exp(mean NLL) of token log-probs (nats)."""
+    return math.exp(-sum(logprobs) / len(logprobs)) if logprobs else float("nan")

@@ -1,0 +1,78 @@
+"""kNN-LM math against hand-computed examples."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from silo.knnlm import (
+    KnnParams,
+    interpolate,
+    knn_log_probs,
+    neighbour_log_weights,
+    target_neighbour_mass,
+)
+
+# d = (0, ln 3) at tau = 1: softmax(-d) = (3/4, 1/4)
+D = torch.tensor([[0.0, math.log(3.0)]])
+
+
+def test_knn_distribution_sums_the_softmax_weights_of_each_value() -> None:
+    got = knn_log_probs(D, torch.tensor([[2, 0]]), vocab_size=4, temperature=1.0).exp()
+    torch.testing.assert_close(got, torch.tensor([[0.25, 0.0, 0.75, 0.0]]))
+    same = knn_log_probs(D, torch.tensor([[1, 1]]), vocab_size=3, temperature=1.0).exp()
+    torch.testing.assert_close(same, torch.tensor([[0.0, 1.0, 0.0]]))
+
+
+def test_temperature_scales_the_distances() -> None:
+    # tau = 2 halves the logit gap: weights (sqrt 3, 1) / (sqrt 3 + 1)
+    got = knn_log_probs(D, torch.tensor([[0, 1]]), vocab_size=2, temperature=2.0).exp()
+    r = math.sqrt(3.0)
+    torch.testing.assert_close(got, torch.tensor([[r / (r + 1), 1 / (r + 1)]]))
+
+
+def test_padding_takes_no_part_and_an_empty_row_has_no_distribution() -> None:
+    d = torch.tensor([[0.0, math.log(3.0), 0.0], [1.0, 2.0, 3.0]])
+    v = torch.tensor([[2, 0, -1], [-1, -1, -1]])
+    lw = neighbour_log_weights(d, v, 1.0)
+    torch.testing.assert_close(lw[0].exp(), torch.tensor([0.75, 0.25, 0.0]))
+    assert torch.isneginf(lw[1]).all()
+    lp = knn_log_probs(d, v, vocab_size=3, temperature=1.0)
+    torch.testing.assert_close(lp[0].exp(), torch.tensor([0.25, 0.0, 0.75]))
+    assert torch.isneginf(lp[1]).all()
+
+
+def test_interpolation_by_hand_and_lambda_zero_is_the_lm_exactly() -> None:
+    lm = torch.tensor([[0.5, 0.25, 0.25]]).log()
+    knn = knn_log_probs(D, torch.tensor([[1, 1]]), vocab_size=3, temperature=1.0)
+    mixed = interpolate(lm, knn, 0.5).exp()
+    torch.testing.assert_close(mixed, torch.tensor([[0.25, 0.625, 0.125]]))
+    assert torch.equal(interpolate(lm, knn, 0.0), lm)
+    torch.testing.assert_close(interpolate(lm, knn, 1.0).exp(), knn.exp())
+    torch.testing.assert_close(mixed.sum(), torch.tensor(1.0))
+
+
+def test_rows_without_neighbours_keep_the_lm_distribution() -> None:
+    lm = torch.tensor([[0.5, 0.5], [0.9, 0.1]]).log()
+    knn = torch.tensor([[0.0, 1.0], [0.0, 0.0]]).log()
+    got = interpolate(lm, knn, 0.3, has_neighbours=torch.tensor([True, False]))
+    torch.testing.assert_close(got.exp(), torch.tensor([[0.35, 0.65], [0.9, 0.1]]))
+
+
+def test_target_mass_is_each_neighbours_share_of_the_target() -> None:
+    v = torch.tensor([[2, 0]])
+    mass = target_neighbour_mass(D, v, torch.tensor([2]), 1.0)
+    torch.testing.assert_close(mass, torch.tensor([[0.75, 0.0]]))
+    p = knn_log_probs(D, v, vocab_size=3, temperature=1.0).exp()
+    torch.testing.assert_close(mass.sum(1), p[:, 2])
+
+
+def test_params_are_validated_naming_the_field() -> None:
+    with pytest.raises(ValueError, match="lam"):
+        KnnParams(lam=1.5)
+    with pytest.raises(ValueError, match="temperature"):
+        KnnParams(temperature=0.0)
+    with pytest.raises(ValueError, match="k must"):
+        KnnParams(k=0)

@@ -1,0 +1,253 @@
+"""SiloLM against brute-force references, and the equivalence guarantee end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from datastore.config import DatastoreConfig
+from datastore.document import Document, LicenseClass
+from datastore.errors import InvalidInputError
+from datastore.filter import AccessScope
+from datastore.store import Datastore
+from silo.encoder import LMEncoder
+from silo.lm import GenerationRequest, ScoreRequest, SiloConfig, SiloLM, SiloOptions
+from silo.ric import RicParams, with_passage
+from tests.conftest import make_documents
+
+CONFIG = DatastoreConfig(backend="exact", block_tokens=16, block_overlap=4, ngram=False,
+                         flush_entries=64, encode_batch=4)
+TEXT = "Lay, v. t. To cause to lie down. And God said, Let there be light."
+ALL = (SiloOptions("parametric"), SiloOptions("knnlm", k=8, lam=0.4, knn_temperature=2.0),
+       SiloOptions("ric", ric=RicParams(query_tokens=8, stride=6)),
+       SiloOptions("knnlm+ric", k=8, lam=0.4, knn_temperature=2.0,
+                   ric=RicParams(query_tokens=8, stride=6)))
+
+
+def _build(path: Path, model: object, tok: object, docs: list[Document]) -> Datastore:
+    enc = LMEncoder(model, tok, "tiny-fp", max_length=128, batch_size=4)
+    return Datastore.build(path, docs, enc, CONFIG, progress=False)
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory: pytest.TempPathFactory, tiny_lm: object,
+         tiny_tokenizer: object) -> SiloLM:
+    store = _build(tmp_path_factory.mktemp("full"), tiny_lm, tiny_tokenizer, make_documents())
+    return SiloLM(tiny_lm, tiny_tokenizer, store, SiloConfig(batch_size=3, window=24, stride=8))
+
+
+def _ids(lm: SiloLM, text: str = TEXT) -> tuple[int, ...]:
+    return (lm.eos_id, *lm.encode(text))
+
+
+def _lp(lm: SiloLM, options: SiloOptions, ids: tuple[int, ...], **kw: object) -> np.ndarray:
+    res = lm.score([ScoreRequest(ids, options=options, **kw)])[0]  # type: ignore[arg-type]
+    assert res.token_logprobs[0] is None
+    return np.array(res.token_logprobs[1:], dtype=np.float64)
+
+
+def test_parametric_scores_equal_the_model_with_echo_semantics(full: SiloLM) -> None:
+    ids = _ids(full)[:20]  # fits one window: no sliding
+    lm = SiloLM(full.model, full.tokenizer, None)
+    res = lm.score([ScoreRequest(ids, top_logprobs=3, options=SiloOptions("parametric"))])[0]
+    with torch.inference_mode():
+        ref = torch.log_softmax(full.model(input_ids=torch.tensor([ids])).logits[0], -1)
+    want = ref[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].numpy()
+    np.testing.assert_allclose(res.token_logprobs[1:], want, atol=1e-5)
+    assert res.top_logprobs is not None and res.top_logprobs[0] is None
+    best = res.top_logprobs[1]
+    assert best is not None and len(best) == 3
+    assert max(best, key=best.__getitem__) == int(ref[0].argmax())
+
+
+def test_lambda_zero_is_the_parametric_distribution(full: SiloLM) -> None:
+    ids = _ids(full)
+    base = _lp(full, SiloOptions("parametric"), ids)
+    assert np.array_equal(_lp(full, SiloOptions("knnlm", k=4, lam=0.0), ids), base)
+
+
+def test_knnlm_matches_a_brute_force_reference(full: SiloLM) -> None:
+    ids = _ids(full)[:20]
+    opts = SiloOptions("knnlm", k=5, lam=0.3, knn_temperature=3.0)
+    got = _lp(full, opts, ids)
+    with torch.inference_mode():
+        out = full.model(input_ids=torch.tensor([ids]), output_hidden_states=True)
+    p_lm = torch.softmax(out.logits[0], -1).double().numpy()
+    hidden = out.hidden_states[-1][0].double().numpy()  # the LM head's input
+    keys = np.asarray(full.datastore.kv.keys, np.float64)
+    values = np.asarray(full.datastore.kv.values)
+    for t in range(len(ids) - 1):
+        d = ((keys - hidden[t]) ** 2).sum(1)
+        near = np.argsort(d, kind="stable")[:5]
+        w = np.exp(-d[near] / 3.0)
+        w /= w.sum()
+        p_knn = w[values[near] == ids[t + 1]].sum()
+        want = np.log(0.7 * p_lm[t, ids[t + 1]] + 0.3 * p_knn)
+        assert got[t] == pytest.approx(want, abs=2e-3)
+
+
+def test_sliding_windows_and_batching_change_nothing(full: SiloLM) -> None:
+    ids = _ids(full, TEXT + " " + TEXT)
+    for opts in ALL:
+        wide = SiloLM(full.model, full.tokenizer, full.datastore, SiloConfig(batch_size=16))
+        a = _lp(full, opts, ids)
+        b = _lp(wide, opts, ids)
+        assert a.shape == (len(ids) - 1,) and np.isfinite(a).all()
+        if opts.mode in ("parametric", "knnlm"):  # same context up to window truncation
+            np.testing.assert_allclose(a[:16], b[:16], atol=1e-4)
+    many = full.score([ScoreRequest(ids[:n], options=ALL[1]) for n in (5, 1, 9)])
+    alone = [full.score([ScoreRequest(ids[:n], options=ALL[1])])[0] for n in (5, 1, 9)]
+    for x, y in zip(many, alone, strict=True):
+        np.testing.assert_allclose(np.array(x.token_logprobs[1:], float),
+                                   np.array(y.token_logprobs[1:], float), atol=1e-5)
+    assert many[1].token_logprobs == (None,)
+
+
+def test_replug_matches_a_hand_built_ensemble(full: SiloLM) -> None:
+    ids = _ids(full)[:24]
+    ric = RicParams(query_tokens=8, k=2, stride=4)
+    most = 0
+    got = _lp(full, SiloOptions("ric", ric=ric), ids)
+    store = full.datastore
+    for s in range(0, len(ids) - 1, 4):
+        e = min(len(ids) - 1, s + 4)
+        query = full.decode([t for t in ids[:s + 1][-8:] if t != full.eos_id]).strip()
+        hits = store.bm25_search(query, 2) if query else []
+        rows = [with_passage(full.encode(h.text), ids[:e], full.max_length, full.eos_id)
+                for h in hits] or [list(ids[:e])]
+        w = torch.log_softmax(torch.tensor([h.score for h in hits] or [0.0]), 0)
+        with torch.inference_mode():
+            lps = [torch.log_softmax(full.model(input_ids=torch.tensor([r])).logits[0], -1)
+                   [len(r) - (e - s):] for r in rows]
+        mix = torch.logsumexp(torch.stack(lps) + w[:, None, None], 0)
+        want = mix[torch.arange(e - s), torch.tensor(ids[s + 1:e + 1])]
+        np.testing.assert_allclose(got[s:e], want.numpy(), atol=1e-4)
+        most = max(most, len(hits))
+    assert most == 2  # some chunk really ensembled two passages
+
+
+@pytest.mark.parametrize("kind", ["optout", "policy", "scope"])
+def test_filtered_output_equals_a_datastore_without_the_documents(
+        tmp_path: Path, tiny_lm: object, tiny_tokenizer: object, kind: str) -> None:
+    docs = make_documents()
+    store = _build(tmp_path / "full", tiny_lm, tiny_tokenizer, docs)
+    scope = AccessScope()
+    policy = None
+    if kind == "optout":
+        store.optout(doc_ids=["cl/0", "pd/2"])
+        kept = [d for d in docs if d.doc_id not in ("cl/0", "pd/2")]
+    elif kind == "policy":
+        policy = frozenset({LicenseClass.PD, LicenseClass.SW})
+        kept = [d for d in docs if d.license_class in policy]
+    else:
+        scope = AccessScope(sources=frozenset({"kjv", "gcide"}))
+        kept = [d for d in docs if d.source in ("kjv", "gcide")]
+    excluded = {d.doc_id for d in docs} - {d.doc_id for d in kept}
+    reduced = _build(tmp_path / "reduced", tiny_lm, tiny_tokenizer, kept)
+    cfg = SiloConfig(batch_size=4, window=24, stride=8)
+    a = SiloLM(tiny_lm, tiny_tokenizer, store, cfg)
+    b = SiloLM(tiny_lm, tiny_tokenizer, reduced, cfg)
+    ids = _ids(a)
+    for base in ALL[1:]:
+        opts = SiloOptions(base.mode, k=6, lam=0.5, knn_temperature=2.0, license_classes=policy,
+                           attribution=True, ric=base.ric)
+        got = a.score([ScoreRequest(ids, options=opts, scope=scope)])[0]
+        want = b.score([ScoreRequest(ids, options=opts)])[0]
+        np.testing.assert_allclose(np.array(got.token_logprobs[1:], float),
+                                   np.array(want.token_logprobs[1:], float), atol=1e-4)
+        assert got.attribution is not None and not got.attribution.doc_ids() & excluded
+        named = {n.doc_id for p in got.provenance or () if p for n in p.neighbours}
+        named |= {q.doc_id for p in got.provenance or () if p for q in p.passages}
+        assert named and not named & excluded
+        gen = a.generate(GenerationRequest(ids[:6], max_tokens=5, temperature=0,
+                                           options=opts, scope=scope))
+        ref = b.generate(GenerationRequest(ids[:6], max_tokens=5, temperature=0, options=opts))
+        assert gen.choices[0].token_ids == ref.choices[0].token_ids
+        assert gen.choices[0].attribution is not None
+        assert not gen.choices[0].attribution.doc_ids() & excluded
+    store.close()
+    reduced.close()
+
+
+def test_contributions_are_lambda_times_the_knn_mass(full: SiloLM) -> None:
+    ids = _ids(full)[:16]
+    opts = SiloOptions("knnlm", k=8, lam=0.4, knn_temperature=2.0, attribution=True)
+    res = full.score([ScoreRequest(ids, options=opts)])[0]
+    lm_only = _lp(full, SiloOptions("parametric"), ids)
+    assert res.provenance is not None and res.attribution is not None
+    for t, prov in enumerate(res.provenance[1:]):
+        assert prov is not None
+        mass = sum(n.contribution for n in prov.neighbours)
+        # p = 0.6 p_LM + mass, with mass = 0.4 p_kNN(token)
+        mixed = np.exp(res.token_logprobs[t + 1])  # type: ignore[arg-type]
+        assert mixed == pytest.approx(0.6 * np.exp(lm_only[t]) + mass, abs=1e-5)
+    docs = [d for s in res.attribution.sentences for d in s.documents]
+    assert docs and all(d.via == "knn" and d.snippet for d in docs)
+    for s in res.attribution.sentences:
+        scores = [d.score for d in s.documents]
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_attribution_off_does_no_provenance_work(full: SiloLM,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*_a: object, **_k: object) -> None:
+        raise AssertionError("provenance looked up")
+
+    monkeypatch.setattr(full.datastore, "entry_info", boom)
+    monkeypatch.setattr(full, "_provenance", boom)
+    res = full.score([ScoreRequest(_ids(full), options=ALL[3])])[0]
+    assert res.provenance is None and res.attribution is None
+    gen = full.generate(GenerationRequest(_ids(full)[:5], max_tokens=3, options=ALL[3]))
+    assert gen.choices[0].provenance is None and gen.choices[0].attribution is None
+
+
+@pytest.mark.parametrize("opts", ALL, ids=lambda o: o.mode)
+def test_greedy_generation_follows_the_scored_distribution(full: SiloLM,
+                                                           opts: SiloOptions) -> None:
+    prompt = _ids(full)[:6]
+    res = full.generate(GenerationRequest(prompt, max_tokens=6, temperature=0, logprobs=2,
+                                          options=opts, echo=True))
+    (choice,) = res.choices
+    assert res.prompt is not None and res.prompt.token_logprobs[0] is None
+    assert len(choice.token_ids) <= 6 and choice.top_logprobs is not None
+    for lp, top, tok in zip(choice.token_logprobs, choice.top_logprobs, choice.token_ids,
+                            strict=True):
+        assert max(top, key=top.__getitem__) == tok and top[tok] == pytest.approx(lp)
+    if opts.mode in ("parametric", "knnlm"):  # scoring sees the same contexts
+        again = _lp(full, opts, prompt + choice.token_ids)[len(prompt) - 1:]
+        np.testing.assert_allclose(again, choice.token_logprobs, atol=1e-4)
+
+
+def test_sampling_is_seeded_and_honours_stop_n_and_max_tokens(full: SiloLM) -> None:
+    prompt = _ids(full)[:4]
+    req = GenerationRequest(prompt, max_tokens=8, temperature=1.0, top_p=0.9, n=3, seed=7,
+                            options=ALL[1])
+    a, b = full.generate(req), full.generate(req)
+    assert [c.token_ids for c in a.choices] == [c.token_ids for c in b.choices]
+    assert len(a.choices) == 3 and all(len(c.token_ids) <= 8 for c in a.choices)
+    text = a.choices[0].text
+    if len(text) > 2:
+        stop = text[1:3]
+        cut = full.generate(GenerationRequest(prompt, max_tokens=8, temperature=1.0,
+                                              top_p=0.9, n=1, seed=7, stop=(stop,),
+                                              options=ALL[1]))
+        assert cut.choices[0].finish_reason == "stop" and stop not in cut.choices[0].text
+    events = list(full.generate_stream(req))
+    assert "".join(e.text for e in events if e.choice == 0) == a.choices[0].text
+    finished = [e for e in events if e.finish_reason]
+    assert sorted(e.choice for e in finished) == [0, 1, 2]
+
+
+def test_bad_requests_are_library_errors(full: SiloLM) -> None:
+    lm = SiloLM(full.model, full.tokenizer, None)
+    with pytest.raises(InvalidInputError, match="needs a datastore"):
+        lm.score([ScoreRequest((1, 2), options=SiloOptions("knnlm"))])
+    with pytest.raises(ValueError, match="mode"):
+        SiloOptions("nearest")
+    with pytest.raises(ValueError, match="top_p"):
+        GenerationRequest((1,), top_p=0.0)
+    with pytest.raises(ValueError, match="prompt_ids"):
+        ScoreRequest((1, -2))
