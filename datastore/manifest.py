@@ -36,8 +36,8 @@ class Manifest:
     model_fingerprint: str
     key_dim: int
     config: dict[str, Any]
-    # "building" until the first build finishes, then "ready"; "adding" while an add
-    # changes the key files and the index (a crash there is repaired at the next open)
+    # "building" until the first build finishes, then "ready"; "adding"/"compacting"
+    # while those change the key files and the index (repaired at the next open)
     status: str = "building"
     version: int = FORMAT_VERSION
     key_dtype: str = "float16"
@@ -51,8 +51,9 @@ class Manifest:
     def __post_init__(self) -> None:
         if self.key_dim < 1:
             raise ValueError(f"key_dim must be >= 1, got {self.key_dim}")
-        if self.status not in ("building", "ready", "adding"):
-            raise ValueError(f"status must be building, ready or adding, got {self.status!r}")
+        if self.status not in ("building", "ready", "adding", "compacting"):
+            raise ValueError(f"status must be building, ready, adding or compacting, got "
+                             f"{self.status!r}")
         if not self.model_fingerprint:
             raise ValueError("model_fingerprint must not be empty")
 

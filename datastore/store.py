@@ -211,7 +211,7 @@ class Datastore:
         if manifest.status == "building":
             raise CorruptDatastoreError(
                 f"{folder}: the build did not finish; run the build again to resume it")
-        interrupted = manifest.status == "adding"
+        interrupted = manifest.status in ("adding", "compacting")
         if verify:
             # after an interrupted add the key files and index may have grown past their
             # checksums; the files an add never touches are still checked
@@ -222,8 +222,13 @@ class Datastore:
             table.check_integrity()
         kv = KeyValueStore.from_dir(folder, manifest.key_dim)
         config = DatastoreConfig.from_json(manifest.config)
-        if interrupted:
+        if manifest.status == "adding":
             return cls._finish_interrupted_add(folder, manifest, table, kv, config)
+        if manifest.status == "compacting":  # every step of compaction is idempotent
+            store = cls(folder, manifest, table, kv, open_index(config, folder, kv))
+            with store._writer:
+                store._purge()
+            return store
         if len(kv) != manifest.indexed_upto:
             raise CorruptDatastoreError(
                 f"{folder}: the key files hold {len(kv)} entries, the manifest "
@@ -337,23 +342,30 @@ class Datastore:
         """Physically erase removed documents: index vectors, key rows, blocks, n-gram
         entries and stored text. Returns the number of documents purged."""
         with self._writer:
-            rows = self.table.rows_to_purge()
-            if not rows:
+            if not self.table.rows_to_purge():
                 return 0
-            snap = self._snapshot
-            starts, ends, block_ids = purge_ranges(snap, rows)
-            with self._index_lock.write():
-                self._index().remove(starts, ends)
-                self._index().save()
-                self.kv.erase(starts, ends)
-            if self.bm25 is not None:
-                self.bm25.delete(block_ids)
-                self.bm25.save()
-            if self.ngram is not None:
-                self.ngram.delete([snap.doc_ids[r] for r in rows])
-                self.ngram.save()
-            self.table.purge(time.time())
-            self._write_manifest(rewritten=(*KV_FILES, *self._index().files))
+            self.manifest = replace(self.manifest, status="compacting")
+            write_manifest(self.folder, self.manifest)  # intent: redone at open if cut
+            return self._purge()
+
+    def _purge(self) -> int:
+        """The steps of compaction, each idempotent; the caller holds the writer lock."""
+        rows = self.table.rows_to_purge()
+        snap = self._snapshot
+        starts, ends, block_ids = purge_ranges(snap, rows)
+        with self._index_lock.write():
+            self._index().remove(starts, ends)
+            self._index().save()
+            self.kv.erase(starts, ends)
+        if self.bm25 is not None:
+            self.bm25.delete(block_ids)
+            self.bm25.save()
+        if self.ngram is not None:
+            self.ngram.delete([snap.doc_ids[r] for r in rows])
+            self.ngram.save()
+        self.table.purge(time.time())
+        self.manifest = replace(self.manifest, status="ready")
+        self._write_manifest(rewritten=(*KV_FILES, *self._index().files))
         return len(rows)
 
     def _index(self) -> KnnIndex:

@@ -368,3 +368,28 @@ def test_add_cut_after_the_index_was_saved_adds_nothing_twice(
     reopened = Datastore.open(tmp_path / "ds")
     assert len(reopened.snapshot.doc_ids) == 30
     assert len(reopened.index) == len(reopened.kv)  # type: ignore[arg-type]
+
+
+def test_compaction_cut_midway_is_finished_at_open(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = corpus(20, seed=9)
+    secret = "quokkasecret"
+    docs[5] = replace(docs[5], text=f"w1 {secret} w2 w3")
+    store = _build(tmp_path / "ds", docs, "faiss-flat")
+    store.optout(doc_ids=["doc-5"])
+
+    def cut(table: object, now: float) -> None:
+        raise KeyboardInterrupt  # after vectors and blocks went, before the text
+
+    monkeypatch.setattr("datastore.table.DocumentTable.purge", cut)
+    with pytest.raises(KeyboardInterrupt):
+        store.compact()
+    monkeypatch.undo()
+    store.close()
+    reopened = Datastore.open(tmp_path / "ds")
+    assert reopened.manifest.status == "ready" and reopened.receipts()[0].purged_at
+    for path in (tmp_path / "ds").rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+    reopened.close()
+    Datastore.open(tmp_path / "ds")
