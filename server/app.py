@@ -1,0 +1,113 @@
+"""The app factory: `create_app()` builds the FastAPI app; its lifespan loads the model
+and opens the datastores, then starts the model thread.
+
+    uvicorn --factory server.app:create_app      (what `silo serve` runs)
+
+Settings are read here (`Settings()`), not at import. Library errors are mapped to HTTP
+once, by `install_error_handlers`. Every request is counted and timed into the metrics
+and logged as one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request, Response
+
+from server.audit import AuditLog
+from server.auth import KeyRing
+from server.errors import install_error_handlers
+from server.metrics import Metrics, TimedDatastore
+from server.registry import DatastoreRegistry
+from server.routes import router
+from server.routes_admin import router as admin_router
+from server.service import SiloService, model_name_of
+from server.settings import Settings
+
+log = logging.getLogger("server.access")
+
+
+def load_service(settings: Settings, metrics: Metrics) -> SiloService:
+    """Load the model, open the active datastore and wire the service (slow: seconds)."""
+    from datastore.store import Datastore
+    from silo.encoder import LMEncoder
+    from silo.lm import SiloConfig, SiloLM
+    from silo.model import DEFAULT_MODEL, load_lm
+
+    loaded = load_lm(settings.model or DEFAULT_MODEL, device=settings.device)
+    config = SiloConfig(batch_size=settings.max_batch_size)
+
+    def open_lm(path: Path) -> SiloLM:
+        store = Datastore.open(path, encoder_fingerprint=loaded.fingerprint)
+        return SiloLM(loaded.model, loaded.tokenizer,
+                      TimedDatastore(store, metrics.knn_seconds), config)
+
+    paths = settings.named_datastores()
+    active = None
+    if settings.datastore is not None:
+        active = Path(settings.datastore).name
+        paths[active] = settings.datastore
+    registry = DatastoreRegistry(paths, active, open_lm,
+                                 SiloLM(loaded.model, loaded.tokenizer, None, config))
+    if active is not None:
+        registry.lm(active)  # open now: a broken datastore fails the start, not a request
+    return SiloService(settings, registry, LMEncoder.from_loaded(loaded), 
+                       model_name_of(loaded.path, settings.model_name), metrics)
+
+
+def _route_of(request: Request) -> str:
+    route = request.scope.get("route")
+    return getattr(route, "path", "unmatched")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The service app. `settings` default to the environment (`SILO_*`)."""
+    settings = settings or Settings()
+    state: dict[str, SiloService] = {}
+    metrics = Metrics(lambda: state["service"].datastore_infos() if state else {})
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service = load_service(settings, metrics)
+        state["service"] = app.state.service = service
+        service.worker.start()
+        log.info(json.dumps({"event": "ready", "model": service.model_name,
+                             "datastore": service.registry.active}))
+        try:
+            yield
+        finally:
+            service.worker.stop()
+            service.registry.close()
+
+    app = FastAPI(title="SILO service", version="0.1.0", lifespan=lifespan,
+                  description="An LM whose weights hold no legal risk, plus an opt-out "
+                              "datastore (kNN-LM, RIC-LM) with attribution.")
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.audit = AuditLog(settings.audit_log)
+    app.state.keys = KeyRing.from_settings(
+        settings.admin_key.get_secret_value() if settings.admin_key else None,
+        settings.user_keys(), settings.keys_file)
+    install_error_handlers(app, settings.retry_after_s)
+    app.include_router(router)
+    app.include_router(admin_router)
+
+    @app.middleware("http")
+    async def observe(request: Request,
+                      call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        seconds = time.perf_counter() - started
+        route = _route_of(request)
+        metrics.observe_request(route, request.method, response.status_code, seconds)
+        log.info(json.dumps({"method": request.method, "route": route,
+                             "status": response.status_code, "ms": round(1e3 * seconds, 2),
+                             "client": request.client.host if request.client else None}))
+        return response
+
+    return app

@@ -1,0 +1,214 @@
+"""Request and response models of the HTTP interface (DESIGN: Interface contract).
+
+The completions models follow OpenAI's legacy completions API, which lm-evaluation-harness
+and the `openai` client speak, plus the optional `silo` objects. Validation bounds that
+depend on settings (prompt length, max_tokens, n) are checked by the service, which
+knows them; the bounds here are the ones that never change.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from datastore.document import LicenseClass
+
+Prompt = str | list[str] | list[int] | list[list[int]]
+
+
+class SiloRequestOptions(BaseModel):
+    """The `silo` extension of a completion request; unset fields take the defaults."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    mode: Literal["parametric", "knnlm", "ric", "knnlm+ric"] | None = None
+    k: int | None = Field(default=None, ge=1, le=4096, description="Neighbours per token.")
+    lambda_: float | None = Field(default=None, alias="lambda", ge=0.0, le=1.0,
+                                  description="Weight of the kNN distribution.")
+    knn_temperature: float | None = Field(default=None, gt=0.0, le=1e6)
+    license_classes: list[LicenseClass] | None = Field(
+        default=None, description="Licence classes the datastore may contribute; all if unset.")
+    attribution: bool = False
+    datastore: str | None = Field(default=None, max_length=200,
+                                  description="A datastore name; the active one if unset.")
+
+
+class CompletionRequest(BaseModel):
+    """POST /v1/completions. Unknown OpenAI fields (user, best_of, ...) are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    prompt: Prompt = Field(..., description="Text, texts, token ids or lists of token ids.")
+    max_tokens: int | None = Field(default=16, ge=0)
+    temperature: float | None = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=1.0, gt=0.0, le=1.0)
+    n: int = Field(default=1, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), lt=2**63)
+    logprobs: int | None = Field(default=None, ge=0)
+    echo: bool = False
+    stream: bool = False
+    silo: SiloRequestOptions | None = None
+
+
+class LogProbs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None] | None
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: LogProbs | None = None
+    finish_reason: str | None = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AttributedDocument(BaseModel):
+    doc_id: str
+    source: str
+    license_class: str
+    score: float
+    snippet: str | None = None
+    via: str | None = Field(default=None, description="knn, ric, verbatim or bm25.")
+
+
+class SentenceAttribution(BaseModel):
+    text: str
+    documents: list[AttributedDocument]
+    index: int | None = Field(default=None, description="The choice this sentence belongs to.")
+
+
+class SiloResponseInfo(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    mode: str
+    datastore: str | None
+    k: int | None = None
+    lambda_: float | None = Field(default=None, alias="lambda")
+    knn_temperature: float | None = None
+    attribution: list[SentenceAttribution] | None = None
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+    silo: SiloResponseInfo | None = None
+
+
+class AttributionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(..., max_length=100_000)
+    k: int = Field(default=5, ge=1, le=100, description="Documents per sentence.")
+    license_classes: list[LicenseClass] | None = None
+    datastore: str | None = Field(default=None, max_length=200)
+
+
+class AttributionResponse(BaseModel):
+    sentences: list[SentenceAttribution]
+
+
+class TokenizeRequest(BaseModel):
+    model: str | None = None
+    prompt: str = Field(..., max_length=1_000_000)
+    add_special_tokens: bool = True
+
+
+class TokenizeResponse(BaseModel):
+    tokens: list[int]
+    count: int
+    max_model_len: int
+
+
+class DetokenizeRequest(BaseModel):
+    model: str | None = None
+    tokens: list[int] = Field(..., max_length=1_000_000)
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "silo"
+    max_model_len: int
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class AddDocumentsRequest(BaseModel):
+    documents: list[dict[str, Any]] = Field(
+        ..., min_length=1, max_length=10_000,
+        description="Corpus lines: id, text, license, license_class, source, url.")
+
+
+class AddDocumentsResponse(BaseModel):
+    datastore: str
+    documents: int
+    entries: int
+    blocks: int
+
+
+class OptOutRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    doc_ids: list[str] | None = Field(default=None, max_length=100_000)
+    source: str | None = None
+    url_prefix: str | None = None
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+class ReceiptModel(BaseModel):
+    optout_id: str
+    doc_ids: list[str]
+    entries_removed: int
+    blocks_removed: int
+    effective_at: float
+    purged_at: float | None = None
+    selector: dict[str, Any]
+    reason: str | None = None
+    datastore: str | None = None
+
+
+class ReceiptList(BaseModel):
+    datastore: str
+    receipts: list[ReceiptModel]
+
+
+class DatastoreEntry(BaseModel):
+    name: str
+    path: str
+    active: bool
+    loaded: bool
+    info: dict[str, Any] | None = None
+
+
+class DatastoreList(BaseModel):
+    active: str | None
+    datastores: list[DatastoreEntry]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    model: str
+    datastore: str | None

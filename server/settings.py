@@ -1,0 +1,60 @@
+"""Service settings, read from `SILO_*` environment variables (and a `.env` file).
+
+Built by the app factory (`Settings()` inside `create_app`), never at import, so tests
+and `silo serve` can set the environment first. List-valued settings are plain
+comma-separated strings (`SILO_API_KEYS=a,b`), parsed by the properties below.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Mode = Literal["parametric", "knnlm", "ric", "knnlm+ric"]
+MODES: tuple[str, ...] = ("parametric", "knnlm", "ric", "knnlm+ric")
+
+
+class Settings(BaseSettings):
+    """Everything the service reads from its environment."""
+
+    model_config = SettingsConfigDict(env_prefix="SILO_", env_file=".env", extra="ignore",
+                                      protected_namespaces=())
+
+    model: Path | None = Field(default=None, description="Model folder; default: shipped.")
+    model_name: str | None = Field(default=None, description="Name in /v1/models.")
+    datastore: Path | None = Field(default=None, description="The datastore active at start.")
+    datastores: str = Field(default="", description="More datastores to swap to: name=path,...")
+    default_mode: Mode = "knnlm"
+    device: str = "cpu"
+
+    admin_key: SecretStr | None = None
+    api_keys: SecretStr = SecretStr("")  # comma-separated user keys
+    keys_file: Path | None = None  # JSON: [{"key", "name", "sources", "license_classes"}]
+    audit_log: Path = Path("silo-audit.jsonl")
+
+    max_batch_size: int = Field(default=16, ge=1, description="Sequences per model call.")
+    batch_wait_ms: float = Field(default=2.0, ge=0, description="How long a batch waits to fill.")
+    max_queue: int = Field(default=64, ge=1, description="Queued sequences before 429.")
+    request_timeout_s: float = Field(default=120.0, gt=0)
+    max_prompt_tokens: int | None = Field(default=None, ge=1, description="Default: the context.")
+    max_tokens_limit: int = Field(default=1024, ge=1, description="Largest accepted max_tokens.")
+    max_n: int = Field(default=16, ge=1)
+    max_logprobs: int = Field(default=20, ge=0)
+    max_prompts: int = Field(default=64, ge=1, description="Prompts in one completion request.")
+    retry_after_s: int = Field(default=1, ge=1)
+
+    def user_keys(self) -> list[str]:
+        return [k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip()]
+
+    def named_datastores(self) -> dict[str, Path]:
+        """`SILO_DATASTORES` as {name: folder}; a bare path is named after its folder."""
+        out: dict[str, Path] = {}
+        for item in (s.strip() for s in self.datastores.split(",")):
+            if not item:
+                continue
+            name, _, path = item.rpartition("=") if "=" in item else ("", "", item)
+            out[name or Path(path).name] = Path(path)
+        return out
