@@ -137,17 +137,21 @@ def test_search_started_after_the_receipt_never_sees_the_removed_document(
     violations: list[int] = []
     searches_after_ack = [0]
 
-    def search_loop() -> None:
+    # one thread under a policy, so a warm bitmap is carried across the opt-out
+    not_restricted = SearchFilter(policy=frozenset(LicenseClass) - {LicenseClass.RESTRICTED})
+
+    def search_loop(request: SearchFilter | None) -> None:
         while not stop.is_set():
             after = acked.is_set()
-            _, ids = store.knn_search(queries, 3)
+            _, ids = store.knn_search(queries, 3, request)
             hit = (ids >= target.entry_start) & (ids < target.entry_end)
             if after:
                 searches_after_ack[0] += 1
                 if hit.any():
                     violations.append(int(ids[hit][0]))
 
-    threads = [threading.Thread(target=search_loop) for _ in range(3)]
+    threads = [threading.Thread(target=search_loop, args=(r,))
+               for r in (None, None, not_restricted)]
     for t in threads:
         t.start()
     receipt = store.optout(doc_ids=["doc-7"])
