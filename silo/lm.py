@@ -36,7 +36,6 @@ With `attribution` off no provenance is looked up at all.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -69,9 +68,9 @@ from silo.ric import (
     replug_log_weights,
     with_passage,
 )
+from silo.tuning import TargetScores, read_defaults
 
 MODES = ("parametric", "knnlm", "ric", "knnlm+ric")
-DEFAULTS_FILE = "silo_knnlm.json"  # tuned k, lam, tau, kept in the datastore folder
 
 
 @dataclass(frozen=True)
@@ -258,15 +257,6 @@ class _Chunk:
     entry_ids: np.ndarray | None = None
     values: torch.Tensor | None = None
     passages: list[tuple[Passage, ...]] = field(default_factory=list)
-
-
-def read_defaults(folder: Path) -> KnnParams | None:
-    """The tuned kNN-LM parameters stored with a datastore, if any."""
-    path = Path(folder) / DEFAULTS_FILE
-    if not path.is_file():
-        return None
-    best = json.loads(path.read_text())["default"]
-    return KnnParams(int(best["k"]), float(best["lam"]), float(best["temperature"]))
 
 
 class SiloLM:
@@ -570,11 +560,11 @@ class SiloLM:
     # ---- the pieces tuning needs -----------------------------------------------------
 
     def target_scores(self, seqs: Sequence[Sequence[int]], options: SiloOptions,
-                      k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """For hyperparameter search: over every predicted token of `seqs` (in order),
-        the LM side's (parametric or RIC-LM) log-prob of the target (n,) float64, and its
-        k nearest neighbours: squared distances (n, k) float32 and values (n, k) int64."""
-        plan = replace(self.plan(replace(options, lam=1.0)), knn=KnnParams(k, 1.0, 1.0))
+                      k: int, scope: AccessScope | None = None) -> TargetScores:
+        """For hyperparameter search, over every predicted token of `seqs` in order: the
+        LM side's log-prob of the target (parametric, or RIC-LM in the ric modes) and its
+        k nearest neighbours (queries as in `options.mode`; k = 0: no search)."""
+        plan = self.plan(replace(options, lam=1.0 if k else 0.0, k=k or None), scope)
         targets = torch.tensor([t for s in seqs for t in list(s)[1:]], dtype=torch.long)
         lp = np.zeros(len(targets), np.float64)
         dist = np.full((len(targets), k), np.inf, np.float32)
@@ -582,10 +572,10 @@ class SiloLM:
         for chunk in self._chunks(seqs, plan):
             tgt = targets[torch.from_numpy(chunk.index)]
             lp[chunk.index] = chunk.lm.gather(1, tgt[:, None])[:, 0].double().numpy()
-            assert chunk.distances is not None and chunk.values is not None
-            dist[chunk.index] = chunk.distances.numpy()
-            vals[chunk.index] = chunk.values.numpy()
-        return lp, dist, vals
+            if chunk.distances is not None and chunk.values is not None:
+                dist[chunk.index] = chunk.distances.numpy()
+                vals[chunk.index] = chunk.values.numpy()
+        return TargetScores(lp, dist, vals, targets.numpy())
 
     # ---- generation ------------------------------------------------------------------
 

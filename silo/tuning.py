@@ -1,0 +1,156 @@
+"""kNN-LM hyperparameter search: (k, lam, tau) per domain on the validation split.
+
+The expensive part, the forward passes and one k_max-neighbour search per token, runs
+once (`SiloLM.target_scores`); every grid point is then a cheap recombination of the
+cached log-probs and distances, since the k nearest of k_max neighbours sorted by
+distance are its first k. The best values are stored with the datastore
+(`silo_knnlm.json` in its folder) and become SiloLM's defaults for it.
+
+SILO's grid stops at tau = 40; small models have larger key distances relative to
+their spread, so the default grid reaches further (tau up to 320, lam up to 0.95).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from silo.knnlm import KnnParams, interpolate, target_neighbour_mass
+
+DEFAULTS_FILE = "silo_knnlm.json"
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The values searched; every combination is tried."""
+
+    ks: tuple[int, ...] = (16, 64, 256, 1024)
+    lams: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+    temperatures: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0)
+
+    def __post_init__(self) -> None:
+        for name in ("ks", "lams", "temperatures"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} must not be empty")
+        for k in self.ks:
+            KnnParams(k=k)
+        for lam in self.lams:
+            KnnParams(lam=lam)
+        for t in self.temperatures:
+            KnnParams(temperature=t)
+
+    @property
+    def k_max(self) -> int:
+        return max(self.ks)
+
+
+@dataclass(frozen=True)
+class TargetScores:
+    """Per predicted token: LM-side log-prob (n,) float64, neighbour squared distances
+    (n, k_max) float32 ascending and their values (n, k_max) int64 (-1 padding), and the
+    target tokens (n,) int64."""
+
+    lm_logprob: np.ndarray
+    distances: np.ndarray
+    values: np.ndarray
+    targets: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.lm_logprob)
+        if self.distances.shape[0] != n or self.values.shape != self.distances.shape:
+            raise ValueError("distances and values must be (n, k) with n = len(lm_logprob)")
+        if self.targets.shape != (n,):
+            raise ValueError(f"targets must be ({n},), got {self.targets.shape}")
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    k: int
+    lam: float
+    temperature: float
+    perplexity: float
+
+    @property
+    def params(self) -> KnnParams:
+        return KnnParams(self.k, self.lam, self.temperature)
+
+
+def knn_target_prob(scores: TargetScores, k: int, temperature: float) -> np.ndarray:
+    """p_kNN(target) from the first k neighbours: (n,) float64; 0 where none."""
+    mass = target_neighbour_mass(torch.from_numpy(scores.distances[:, :k]),
+                                 torch.from_numpy(scores.values[:, :k]),
+                                 torch.from_numpy(scores.targets), temperature)
+    return mass.sum(1).double().numpy()
+
+
+def _mix(lm_logprob: np.ndarray, p_knn: np.ndarray, has: np.ndarray, lam: float,
+         ) -> np.ndarray:
+    """silo.knnlm.interpolate on the targets only: (n,) each -> (n,) float64."""
+    with np.errstate(divide="ignore"):
+        log_knn = torch.from_numpy(np.log(p_knn))[:, None]
+    mixed = interpolate(torch.from_numpy(lm_logprob)[:, None], log_knn, lam,
+                        torch.from_numpy(has))
+    return mixed[:, 0].numpy()
+
+
+def mixed_logprob(scores: TargetScores, params: KnnParams) -> np.ndarray:
+    """log((1 - lam) p_LM(target) + lam p_kNN(target)) per token, (n,) float64; tokens
+    without any neighbour keep the LM's log-prob."""
+    has = np.asarray((scores.values[:, :params.k] >= 0).any(1))
+    p_knn = knn_target_prob(scores, params.k, params.temperature)
+    return _mix(scores.lm_logprob, p_knn, has, params.lam)
+
+
+def perplexity(logprob: np.ndarray) -> float:
+    return float(np.exp(-logprob.mean())) if len(logprob) else float("nan")
+
+
+def grid_search(scores: TargetScores, grid: Grid) -> list[GridPoint]:
+    """Perplexity at every grid point, best first."""
+    points = []
+    for k in grid.ks:
+        has = np.asarray((scores.values[:, :k] >= 0).any(1))
+        for t in grid.temperatures:
+            p_knn = knn_target_prob(scores, k, t)
+            for lam in grid.lams:
+                points.append(GridPoint(k, lam, t,
+                                        perplexity(_mix(scores.lm_logprob, p_knn, has, lam))))
+    return sorted(points, key=lambda p: p.perplexity)
+
+
+def best_overall(per_domain: Mapping[str, Sequence[GridPoint]]) -> GridPoint:
+    """The grid point with the lowest mean log-perplexity over the domains (each
+    domain's list covers the same grid)."""
+    table: dict[tuple[int, float, float], list[float]] = {}
+    for points in per_domain.values():
+        for p in points:
+            table.setdefault((p.k, p.lam, p.temperature), []).append(math.log(p.perplexity))
+    (k, lam, t), logs = min(table.items(), key=lambda kv: float(np.mean(kv[1])))
+    return GridPoint(k, lam, t, float(np.exp(np.mean(logs))))
+
+
+def write_defaults(folder: Path, default: GridPoint, per_domain: Mapping[str, GridPoint],
+                   note: str = "") -> Path:
+    """Store the tuned values with the datastore, where SiloLM reads its defaults."""
+    path = Path(folder) / DEFAULTS_FILE
+    data = {"default": asdict(default), "per_domain": {d: asdict(p) for d, p in
+                                                       per_domain.items()}, "note": note}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+    return path
+
+
+def read_defaults(folder: Path) -> KnnParams | None:
+    """The tuned kNN-LM parameters stored with a datastore, if any."""
+    path = Path(folder) / DEFAULTS_FILE
+    if not path.is_file():
+        return None
+    best = json.loads(path.read_text())["default"]
+    return KnnParams(int(best["k"]), float(best["lam"]), float(best["temperature"]))

@@ -1,0 +1,88 @@
+"""Grid search against SiloLM's own scoring, and defaults stored with the datastore."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datastore.config import DatastoreConfig
+from datastore.store import Datastore
+from silo.encoder import LMEncoder
+from silo.lm import ScoreRequest, SiloConfig, SiloLM, SiloOptions
+from silo.tuning import (
+    Grid,
+    GridPoint,
+    TargetScores,
+    best_overall,
+    grid_search,
+    mixed_logprob,
+    read_defaults,
+    write_defaults,
+)
+from tests.conftest import make_documents
+
+TEXTS = ["Lay, v. t. To cause to lie down.", "kernel: The essential part of a system."]
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory: pytest.TempPathFactory, tiny_lm: object,
+       tiny_tokenizer: object) -> SiloLM:
+    enc = LMEncoder(tiny_lm, tiny_tokenizer, "tiny-fp", max_length=128)
+    config = DatastoreConfig(backend="exact", bm25=False, ngram=False)
+    store = Datastore.build(tmp_path_factory.mktemp("ds"), make_documents(), enc, config,
+                            progress=False)
+    return SiloLM(tiny_lm, tiny_tokenizer, store, SiloConfig(batch_size=4))
+
+
+def test_grid_points_equal_silolm_scoring_at_those_values(lm: SiloLM) -> None:
+    seqs = [(lm.eos_id, *lm.encode(t)) for t in TEXTS]
+    grid = Grid(ks=(2, 8), lams=(0.3, 0.8), temperatures=(1.0, 10.0))
+    scores = lm.target_scores(seqs, SiloOptions("knnlm"), k=grid.k_max)
+    assert scores.distances.shape == (sum(len(s) - 1 for s in seqs), 8)
+    points = grid_search(scores, grid)
+    assert len(points) == 8
+    assert [p.perplexity for p in points] == sorted(p.perplexity for p in points)
+    for p in (points[0], points[-1]):
+        opts = SiloOptions("knnlm", k=p.k, lam=p.lam, knn_temperature=p.temperature)
+        res = lm.score([ScoreRequest(s, options=opts) for s in seqs])
+        lps = np.array([x for r in res for x in r.token_logprobs[1:]], dtype=np.float64)
+        assert p.perplexity == pytest.approx(float(np.exp(-lps.mean())), rel=1e-4)
+        np.testing.assert_allclose(mixed_logprob(scores, p.params), lps, atol=1e-4)
+    plain = lm.target_scores(seqs, SiloOptions("parametric"), k=0)
+    np.testing.assert_allclose(plain.lm_logprob, scores.lm_logprob)
+
+
+def test_rows_without_neighbours_keep_the_lm() -> None:
+    scores = TargetScores(np.log([0.5, 0.25]), np.array([[1.0], [np.inf]], np.float32),
+                          np.array([[3], [-1]]), np.array([3, 3]))
+    got = mixed_logprob(scores, GridPoint(1, 0.5, 1.0, 0.0).params)
+    np.testing.assert_allclose(np.exp(got), [0.75, 0.25])
+
+
+def test_best_overall_minimises_the_mean_log_perplexity() -> None:
+    a = [GridPoint(1, 0.5, 1.0, 10.0), GridPoint(2, 0.5, 1.0, 4.0)]
+    b = [GridPoint(1, 0.5, 1.0, 10.0), GridPoint(2, 0.5, 1.0, 30.0)]
+    best = best_overall({"a": a, "b": b})
+    # exp(mean(log)): (1) sqrt(100) = 10, (2) sqrt(120) ~ 10.95
+    assert (best.k, best.perplexity) == (1, pytest.approx(10.0))
+
+
+def test_defaults_round_trip_and_become_silolm_defaults(lm: SiloLM, tmp_path: Path) -> None:
+    assert read_defaults(tmp_path) is None
+    write_defaults(tmp_path, GridPoint(64, 0.7, 40.0, 12.0), {"x": GridPoint(16, 0.6, 20.0, 9.0)})
+    assert read_defaults(tmp_path) == GridPoint(64, 0.7, 40.0, 0.0).params
+    assert lm.datastore is not None
+    write_defaults(lm.datastore.folder, GridPoint(4, 0.6, 5.0, 1.0), {})
+    again = SiloLM(lm.model, lm.tokenizer, lm.datastore)
+    assert again.defaults == GridPoint(4, 0.6, 5.0, 0.0).params
+    assert again.plan(SiloOptions("knnlm")).knn == again.defaults
+    (lm.datastore.folder / "silo_knnlm.json").unlink()
+
+
+def test_grid_is_validated_naming_the_field() -> None:
+    with pytest.raises(ValueError, match="ks"):
+        Grid(ks=())
+    with pytest.raises(ValueError, match="lam"):
+        Grid(lams=(1.5,))
