@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -17,17 +18,6 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from datastore.document import Document
-
-
-def batched(items: Iterable[Document], size: int) -> Iterator[list[Document]]:
-    batch: list[Document] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def token_dtype(vocab_size: int) -> type[np.unsignedinteger]:
@@ -44,7 +34,8 @@ def tokenize_stream(
     parts: list[np.ndarray] = []
     dtype = token_dtype(len(tokenizer))
     with tqdm(desc=desc, unit=" docs") as bar:
-        for batch in batched(docs, 256):
+        stream = iter(docs)
+        while batch := list(islice(stream, 256)):
             encoded = tokenizer([d.text for d in batch], add_special_tokens=False)["input_ids"]
             for ids in encoded:
                 parts.append(np.asarray([eos, *ids], dtype=dtype))
