@@ -7,21 +7,17 @@ traceback.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from datastore.errors import SiloError
-
-console = Console(stderr=True, soft_wrap=True)
-out = Console()
+from silo.console import clean_errors, console, out
 
 CorpusArg = Annotated[list[Path], typer.Argument(help="Corpus JSONL(.gz) files or folders.")]
 PolicyOpt = Annotated[str | None, typer.Option(help="Licence classes to keep, e.g. pd,sw.")]
@@ -257,20 +253,6 @@ app.add_typer(corpus_app, name="corpus")
 app.add_typer(tokenizer_app, name="tokenizer")
 
 
-def clear_errors(fn: Callable[..., None]) -> Callable[..., None]:
-    """Print a library error as one line and exit 2, instead of a traceback."""
-
-    @functools.wraps(fn)
-    def run(*args: Any, **kwargs: Any) -> None:
-        try:
-            fn(*args, **kwargs)
-        except (SiloError, ValueError, OSError) as exc:
-            console.print(f"[red]error:[/red] {exc}", highlight=False)
-            raise typer.Exit(2) from None
-
-    return run
-
-
 commands: list[tuple[typer.Typer, str, Callable[..., None]]] = [
     (corpus_app, "build", corpus_build),
     (corpus_app, "stats", corpus_stats),
@@ -282,7 +264,7 @@ commands: list[tuple[typer.Typer, str, Callable[..., None]]] = [
     (app, "generate", generate_cmd),
 ]
 for group, name, fn in commands:
-    group.command(name)(clear_errors(fn))
+    group.command(name)(clean_errors(fn))
 
 
 def main() -> None:

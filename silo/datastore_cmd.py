@@ -7,21 +7,16 @@ datastore as its key encoder; `datastore` itself never imports `silo`. Library e
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
 from datastore.errors import SiloError
-
-console = Console(stderr=True)
-out = Console()
-_F = TypeVar("_F", bound=Callable[..., Any])
+from silo.console import clean_errors, out
 
 ModelOpt = Annotated[Path | None, typer.Option(
     help="LM folder (save_pretrained layout); default: the shipped models/silo-small.")]
@@ -30,20 +25,6 @@ CorpusOpt = Annotated[list[Path], typer.Option(
 StoreOpt = Annotated[Path, typer.Option("--datastore", "--out", help="Datastore folder.")]
 PolicyOpt = Annotated[str | None, typer.Option(
     help="Licence classes to take from the corpus, e.g. copyleft,restricted; all if unset.")]
-
-
-def _clean_errors(command: _F) -> _F:
-    """One line and exit code 2 for errors the user can fix, never a traceback."""
-
-    @functools.wraps(command)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except (SiloError, OSError) as e:
-            console.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
-            raise typer.Exit(2) from None
-
-    return run  # type: ignore[return-value]
 
 
 def _encoder(model: Path | None, batch_size: int) -> Any:
@@ -66,7 +47,7 @@ def _print_json(data: Any) -> None:
     out.print_json(json.dumps(data, default=str))
 
 
-@_clean_errors
+@clean_errors
 def build(
     out_dir: StoreOpt,
     corpus: CorpusOpt,
@@ -95,7 +76,7 @@ def build(
         _print_json(asdict(store.info()))
 
 
-@_clean_errors
+@clean_errors
 def add(datastore: StoreOpt, corpus: CorpusOpt, model: ModelOpt = None,
         policy: PolicyOpt = None) -> None:
     """Add documents to a built datastore, without a rebuild (existing ids are refused)."""
@@ -107,7 +88,7 @@ def add(datastore: StoreOpt, corpus: CorpusOpt, model: ModelOpt = None,
         _print_json(asdict(stats))
 
 
-@_clean_errors
+@clean_errors
 def remove(
     datastore: StoreOpt,
     doc_id: Annotated[list[str] | None, typer.Option(help="A document id (repeatable).")] = None,
@@ -125,7 +106,7 @@ def remove(
         _print_json(receipt.to_json())
 
 
-@_clean_errors
+@clean_errors
 def compact(datastore: StoreOpt) -> None:
     """Physically erase opted-out documents (vectors, blocks, stored text)."""
     from datastore.store import Datastore
@@ -135,7 +116,7 @@ def compact(datastore: StoreOpt) -> None:
         _print_json({"documents_purged": purged, **asdict(store.info())})
 
 
-@_clean_errors
+@clean_errors
 def info(datastore: StoreOpt,
          receipts: Annotated[bool, typer.Option(help="List opt-out receipts too.")] = False,
          ) -> None:
