@@ -107,9 +107,13 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
     """Character spans [start, end) of the sentences of `text`, covering it entirely."""
     spans, start = [], 0
     for m in _SENTENCE_END.finditer(text):
-        if m.end() > start:
+        if m.end() <= start:
+            continue
+        if spans and not text[start:m.end()].strip():  # blank run: joins the sentence before
+            spans[-1] = (spans[-1][0], m.end())
+        else:
             spans.append((start, m.end()))
-            start = m.end()
+        start = m.end()
     if start < len(text) or not spans:
         spans.append((start, len(text)))
     return spans

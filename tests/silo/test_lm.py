@@ -56,7 +56,7 @@ def test_parametric_scores_equal_the_model_with_echo_semantics(full: SiloLM) -> 
     with torch.inference_mode():
         ref = torch.log_softmax(full.model(input_ids=torch.tensor([ids])).logits[0], -1)
     want = ref[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].numpy()
-    np.testing.assert_allclose(res.token_logprobs[1:], want, atol=1e-5)
+    np.testing.assert_allclose(np.array(res.token_logprobs[1:], float), want, atol=1e-5)
     assert res.top_logprobs is not None and res.top_logprobs[0] is None
     best = res.top_logprobs[1]
     assert best is not None and len(best) == 3
@@ -77,6 +77,7 @@ def test_knnlm_matches_a_brute_force_reference(full: SiloLM) -> None:
         out = full.model(input_ids=torch.tensor([ids]), output_hidden_states=True)
     p_lm = torch.softmax(out.logits[0], -1).double().numpy()
     hidden = out.hidden_states[-1][0].double().numpy()  # the LM head's input
+    assert full.datastore is not None
     keys = np.asarray(full.datastore.kv.keys, np.float64)
     values = np.asarray(full.datastore.kv.values)
     for t in range(len(ids) - 1):
@@ -112,6 +113,7 @@ def test_replug_matches_a_hand_built_ensemble(full: SiloLM) -> None:
     most = 0
     got = _lp(full, SiloOptions("ric", ric=ric), ids)
     store = full.datastore
+    assert store is not None
     for s in range(0, len(ids) - 1, 4):
         e = min(len(ids) - 1, s + 4)
         query = full.decode([t for t in ids[:s + 1][-8:] if t != full.eos_id]).strip()
