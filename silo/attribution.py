@@ -105,7 +105,8 @@ _SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s)|\n\s*\n")
 
 def sentence_spans(text: str) -> list[tuple[int, int]]:
     """Character spans [start, end) of the sentences of `text`, covering it entirely."""
-    spans, start = [], 0
+    spans: list[tuple[int, int]] = []
+    start = 0
     for m in _SENTENCE_END.finditer(text):
         if m.end() <= start:
             continue
