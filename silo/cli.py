@@ -18,6 +18,7 @@ from rich.table import Table
 
 from datastore.errors import SiloError
 from silo.console import clean_errors, console, out
+from silo.serve_cmd import serve
 
 CorpusArg = Annotated[list[Path], typer.Argument(help="Corpus JSONL(.gz) files or folders.")]
 PolicyOpt = Annotated[str | None, typer.Option(help="Licence classes to keep, e.g. pd,sw.")]
@@ -262,6 +263,7 @@ commands: list[tuple[typer.Typer, str, Callable[..., None]]] = [
     (app, "train", train_cmd),
     (app, "eval", eval_cmd),
     (app, "generate", generate_cmd),
+    (app, "serve", serve),
 ]
 for group, name, fn in commands:
     group.command(name)(clean_errors(fn))
