@@ -16,10 +16,16 @@ factor), k1 = 0.9, b = 0.4 by default (Anserini's defaults). What remains differ
 Lucene stores each passage length in one byte (lossy beyond ~40 terms), and the regex
 splits some scripts (CJK ideographs, emoji) differently from Unicode word breaking.
 
-The entry filter is applied by over-fetch then drop: `allow(doc_id)` is asked of the
-best candidates, and more are fetched until k allowed hits are found or no more blocks
-match. Corpus statistics (idf, mean length) still count blocks the filter drops, until
-they are deleted and the index compacted.
+The entry filter `allow(doc_id)` is part of the ranking (`_rank`), so that each backend
+applies it its own way:
+
+- bm25s is exact: N, document frequencies and the mean block length are computed over
+  the allowed blocks only, so a filtered search returns exactly what an index that
+  never held the excluded blocks would (DESIGN.md, "The equivalence guarantee").
+- lucene over-fetches then drops: `allow` is asked of the best candidates, and more are
+  fetched until k allowed hits are found or no more blocks match. Its corpus
+  statistics still count the blocks the filter drops, until they are deleted (opt-out
+  compaction), so its filtered scores, and at times its order, are approximate.
 """
 
 from __future__ import annotations
@@ -44,9 +50,6 @@ BACKENDS = ("bm25s", "lucene")
 META_FILE = "bm25.json"
 BLOCKS_FILE = "blocks.jsonl"
 FORMAT_VERSION = 1
-# Candidates fetched per wanted hit when a filter may drop some; multiplied again on
-# each retry, so a query needs O(log(blocks / k)) rounds at most.
-OVERFETCH = 4
 
 
 @dataclass(frozen=True)
@@ -121,8 +124,9 @@ class BM25Index(ABC):
         """Write the backend's own files into `self.path`."""
 
     @abstractmethod
-    def _rank(self, queries: Sequence[str], n: int) -> list[Ranked]:
-        """Per query, up to n blocks with a positive score, best first; ties by block id."""
+    def _rank(self, queries: Sequence[str], n: int, allow: Allow | None) -> list[Ranked]:
+        """Per query, up to n blocks of documents `allow` accepts (all when None) with a
+        positive score, best first; ties by block id. Fewer than n only when fewer match."""
 
     def close(self) -> None:  # noqa: B027 - only backends holding files override it
         """Release files and locks held open (the index is unusable afterwards)."""
@@ -177,7 +181,12 @@ class BM25Index(ABC):
         _write_json(self.path / META_FILE, meta)
 
     def search(self, query: str, k: int, allow: Allow | None = None) -> list[BM25Hit]:
-        """The k best blocks for `query` whose document `allow` accepts, best first."""
+        """The k best blocks for `query` whose document `allow` accepts, best first.
+
+        `allow` must give the same verdict for a document as long as it lives: the bm25s
+        backend caches the allowed blocks per `allow` object (per instance for a bound
+        method), until the next add or delete.
+        """
         return self.batch_search([query], k, allow)[0]
 
     def batch_search(
@@ -188,33 +197,10 @@ class BM25Index(ABC):
             raise InvalidInputError("batch_search takes a sequence of queries, not one string")
         if k < 1:
             raise InvalidInputError(f"k must be >= 1, got {k}")
-        results: list[list[BM25Hit]] = [[] for _ in queries]
         if not self._blocks:
-            return results
-        verdicts: dict[str, bool] = {}  # doc_id -> allow(doc_id), asked once per call
-
-        def allowed(doc_id: str) -> bool:
-            if allow is None:
-                return True
-            if doc_id not in verdicts:
-                verdicts[doc_id] = bool(allow(doc_id))
-            return verdicts[doc_id]
-
-        pending = list(range(len(queries)))
-        fetch = k if allow is None else k * OVERFETCH
-        while pending:
-            n = min(fetch, len(self._blocks))
-            ranked = self._rank([queries[i] for i in pending], n)
-            retry = []
-            for i, cands in zip(pending, ranked, strict=True):
-                hits = [self._hit(b, s) for b, s in cands if allowed(self._blocks[b].doc_id)]
-                # Done when k pass, or when the ranking was exhaustive (every match fetched).
-                if len(hits) >= k or len(cands) < n or n == len(self._blocks):
-                    results[i] = hits[:k]
-                else:
-                    retry.append(i)
-            pending, fetch = retry, fetch * OVERFETCH
-        return results
+            return [[] for _ in queries]
+        ranked = self._rank(queries, min(k, len(self._blocks)), allow)
+        return [[self._hit(b, s) for b, s in cands] for cands in ranked]
 
     def _hit(self, block_id: int, score: float) -> BM25Hit:
         b = self._blocks[block_id]

@@ -1,10 +1,25 @@
-"""The bm25s BM25 backend (the default): a sparse (blocks x terms) score matrix.
+"""The bm25s BM25 backend (the default): BM25 over sparse term postings in numpy.
 
-bm25s has no incremental add, so this backend keeps every block's analysed term ids
-and rebuilds the score matrix from them, lazily, at the first search after a change:
-no text is analysed twice, and a burst of adds costs one rebuild (linear in the
-number of indexed terms). Delete drops the block's terms the same way, so scores after
-a delete equal those of an index that never held the block.
+The index keeps every block's analysed term ids and derives from them, lazily at the
+first search after a change, a (terms x blocks) posting matrix of term frequencies
+(CSC layout): no text is analysed twice, and a burst of adds costs one rebuild, linear
+in the number of indexed terms. Scores are computed per query from the postings of its
+terms, with bm25s's `method="lucene"` formula (Lucene's BM25, no (k1 + 1) factor):
+
+    score(block) = sum over query terms t of  idf(t) * tf / (tf + k1 * (1 - b + b * dl / avgdl))
+    idf(t) = ln(1 + (N - df(t) + 0.5) / (df(t) + 0.5))
+
+Filtered search is exact: with a filter, N, df and avgdl are computed over the blocks
+the filter allows, so a filtered search returns the same blocks with the same scores as
+an index that never held the excluded ones (the equivalence guarantee of DESIGN.md).
+The allowed-block mask is computed once per `allow` object (per instance, for a bound
+method such as `EntryFilter.allows_doc`) and cached until the next add or delete; an
+`allow` must therefore answer the same for a document as long as it lives. Computing
+the statistics at query time rather than baking them into a score matrix, as the
+bm25s library does, is what lets one index serve every filter; it scores in float64
+and agrees with the bm25s library to float32 precision (tests/datastore/test_bm25_bm25s.py).
+Delete drops the block's terms, so scores after a delete equal those of an index that
+never held the block.
 
 Files in the folder, besides `bm25.json` and `blocks.jsonl`:
   vocab.json     list of terms; the position is the term id
@@ -18,16 +33,21 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Collection, Sequence
+import threading
+import types
+import weakref
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
-import bm25s
 import numpy as np
 import Stemmer
 
 from datastore.blocks import Block
 from datastore.bm25 import (
+    Allow,
     BM25Config,
     BM25Index,
     Ranked,
@@ -45,6 +65,8 @@ LUCENE_STOP_WORDS = frozenset(
 # Unicode word breaking (Lucene's StandardTokenizer) keeps them together.
 _WORD = re.compile(r"\w+(?:[.'\u2019]\w+)*")
 _STEMMER = Stemmer.Stemmer("porter")
+# Allowed-block masks kept per index: a few live filters (policies x access scopes).
+MASK_CACHE = 8
 
 
 def analyze(text: str) -> list[str]:
@@ -75,8 +97,125 @@ def top_positive(scores: np.ndarray, block_ids: np.ndarray, n: int) -> Ranked:
     return [(int(block_ids[r]), float(scores[r])) for r in rows[order]]
 
 
+@dataclass(frozen=True)
+class Postings:
+    """Term frequencies of the indexed blocks, one column per term (CSC layout).
+
+    indptr (n_vocab + 1,) int64: term t's postings are [indptr[t], indptr[t + 1]);
+    rows (nnz,) int32: block row of each posting, increasing within a term;
+    tf (nnz,) float64: occurrences of the term in that block;
+    lengths (n_blocks,) int64: terms per block (dl).
+    """
+
+    indptr: np.ndarray
+    rows: np.ndarray
+    tf: np.ndarray
+    lengths: np.ndarray
+
+
+def build_postings(terms: Sequence[np.ndarray], n_vocab: int) -> Postings:
+    """Postings of blocks whose term ids (each (dl,) int) are given in row order."""
+    n_blocks = len(terms)
+    lengths = np.fromiter(map(len, terms), dtype=np.int64, count=n_blocks)
+    flat = np.concatenate(terms).astype(np.int64) if n_blocks else np.zeros(0, np.int64)
+    rows = np.repeat(np.arange(n_blocks, dtype=np.int64), lengths)
+    # One key per (term, row) pair; sorting the keys orders postings by term, then row.
+    pairs, tf = np.unique(flat * max(n_blocks, 1) + rows, return_counts=True)
+    term, row = np.divmod(pairs, max(n_blocks, 1))
+    indptr = np.zeros(n_vocab + 1, dtype=np.int64)
+    np.cumsum(np.bincount(term, minlength=n_vocab), out=indptr[1:])
+    return Postings(indptr, row.astype(np.int32), tf.astype(np.float64), lengths)
+
+
+@dataclass(frozen=True)
+class CorpusStats:
+    """BM25 collection statistics over the blocks a search may draw on.
+
+    allowed: (n_blocks,) bool, or None when every block is allowed;
+    n: number of allowed blocks (N);
+    knorm: (n_blocks,) float64, k1 * (1 - b + b * dl / avgdl) with avgdl the mean
+    length of the allowed blocks;
+    partial: (nnz,) float64, idf(t) * tf / (tf + knorm) of every posting, precomputed
+    when every block is allowed (None otherwise: df then depends on the filter).
+    """
+
+    allowed: np.ndarray | None
+    n: int
+    knorm: np.ndarray
+    partial: np.ndarray | None
+
+
+def idf(df: np.ndarray, n: int) -> np.ndarray:
+    """Lucene's idf, ln(1 + (N - df + 0.5) / (df + 0.5)); df (q,) int -> (q,) float64."""
+    return np.log(1 + (n - df + 0.5) / (df + 0.5))
+
+
+def corpus_stats(
+    postings: Postings, allowed: np.ndarray | None, config: BM25Config
+) -> CorpusStats:
+    """Statistics over the `allowed` blocks ((n_blocks,) bool by row; None = all)."""
+    lengths = postings.lengths
+    kept = lengths if allowed is None else lengths[allowed]
+    total = int(kept.sum())
+    avgdl = total / len(kept) if total else 1.0  # no terms at all: nothing can match
+    knorm = config.k1 * ((1 - config.b) + config.b * lengths / avgdl)
+    partial = None
+    if allowed is None:
+        df = np.diff(postings.indptr)
+        term = np.repeat(np.arange(len(df)), df)
+        # The same operations, in the same order, as bm25_scores does under a filter.
+        tf = postings.tf
+        partial = idf(df, len(kept))[term] * (tf / (tf + knorm[postings.rows]))
+    return CorpusStats(allowed, len(kept), knorm, partial)
+
+
+def bm25_scores(
+    postings: Postings, terms: np.ndarray, weights: np.ndarray, stats: CorpusStats
+) -> np.ndarray:
+    """(n_blocks,) float64 BM25 of every block; blocks outside `stats.allowed` score 0.
+
+    terms (q,) int: distinct term ids of the query; weights (q,) float: how often each
+    occurs in it. Contributions are summed per block in the order of `terms`, so two
+    indexes that number terms differently still add them up in the same order.
+    """
+    starts, ends = postings.indptr[terms], postings.indptr[terms + 1]
+    counts = ends - starts
+    term_of = np.repeat(np.arange(len(terms)), counts)  # (p,) query position of a posting
+    # Positions of every posting of the query terms, term after term.
+    at = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(len(term_of))
+    rows = postings.rows[at]
+    if stats.partial is not None:
+        part = stats.partial[at]
+    else:
+        assert stats.allowed is not None
+        keep = stats.allowed[rows]
+        at, rows, term_of = at[keep], rows[keep], term_of[keep]
+        df = np.bincount(term_of, minlength=len(terms))
+        tf = postings.tf[at]
+        part = idf(df, stats.n)[term_of] * (tf / (tf + stats.knorm[rows]))
+    return np.bincount(rows, weights=weights[term_of] * part, minlength=len(postings.lengths))
+
+
+def _allow_anchor(allow: Allow) -> tuple[object, object]:
+    """What an `allow` callable's verdicts are cached for: a bound method's instance and
+    function (a new method object is made at each attribute access), else the callable."""
+    if isinstance(allow, types.MethodType):
+        return allow.__self__, allow.__func__
+    if isinstance(allow, types.BuiltinMethodType) and allow.__self__ is not None:
+        return allow.__self__, allow.__name__  # e.g. a_set.__contains__
+    return allow, None
+
+
+def _ref(obj: object) -> Callable[[], object]:
+    """A weak reference to obj where it takes one, else a strong one."""
+    try:
+        return weakref.ref(obj)
+    except TypeError:
+        return lambda: obj
+
+
 class BM25sIndex(BM25Index):
-    """BM25 over blocks with bm25s; see the module docstring for the files."""
+    """BM25 over blocks in numpy; see the module docstring for the scoring and the files."""
 
     backend = "bm25s"
 
@@ -93,8 +232,16 @@ class BM25sIndex(BM25Index):
             b.block_id: t for b, t in zip(blocks, terms, strict=True)
         }
         self._vocab: dict[str, int] = {term: i for i, term in enumerate(vocab)}
-        self._model: bm25s.BM25 | None = None
+        # Derived from _terms at the first search after a change (see _prepare).
+        self._postings: Postings | None = None
         self._row_ids = np.zeros(0, dtype=np.int64)  # (n_blocks,) block id of each row
+        self._row_doc = np.zeros(0, dtype=np.int64)  # (n_blocks,) index into _doc_ids
+        self._doc_ids: list[str] = []  # distinct documents of the blocks
+        self._all: CorpusStats | None = None
+        # (id(anchor), id(function)) -> (reference to the anchor, function, stats)
+        self._masks: OrderedDict[tuple[int, int], tuple[Callable[[], object], object,
+                                                        CorpusStats]] = OrderedDict()
+        self._lock = threading.Lock()  # searches may run in several threads
 
     @classmethod
     def create(cls, path: Path, config: BM25Config | None = None) -> Self:
@@ -126,15 +273,21 @@ class BM25sIndex(BM25Index):
         ids = [self._vocab.setdefault(term, len(self._vocab)) for term in analyze(text)]
         return np.asarray(ids, dtype=np.int32)
 
+    def _changed(self) -> None:
+        """Forget everything derived from the blocks; the next search rebuilds it."""
+        with self._lock:
+            self._postings, self._all = None, None
+            self._masks.clear()
+
     def _index_add(self, blocks: Sequence[Block]) -> None:
         for b in blocks:
             self._terms[b.block_id] = self._term_ids(b.text)
-        self._model = None
+        self._changed()
 
     def _index_delete(self, block_ids: Collection[int]) -> None:
         for i in block_ids:
             del self._terms[i]
-        self._model = None
+        self._changed()
 
     def _index_save(self) -> None:
         # Renumber the terms still in use, so a deleted block's unique words go too.
@@ -148,30 +301,61 @@ class BM25sIndex(BM25Index):
         flat = flat.astype(np.int32)
         self._terms = {i: flat[ptr[r] : ptr[r + 1]] for r, i in enumerate(self._blocks)}
         self._vocab = {term: i for i, term in enumerate(vocab)}
-        self._model = None
+        self._changed()
         (self.path / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), "utf-8")
         np.save(self.path / "terms.npy", flat)
         np.save(self.path / "terms_ptr.npy", ptr)
 
-    def _ensure_model(self) -> bm25s.BM25:
-        if self._model is None:
-            model = bm25s.BM25(k1=self.config.k1, b=self.config.b, method="lucene")
-            corpus = [self._terms[i].tolist() for i in self._blocks]
-            model.scores = model.build_index_from_ids(
-                list(range(len(self._vocab))), corpus, show_progress=False
-            )
+    def _prepare(self) -> Postings:
+        """The postings, rebuilt (with the row -> block and row -> document maps) if stale.
+        Call with the lock held."""
+        if self._postings is None:
             self._row_ids = np.fromiter(self._blocks, dtype=np.int64, count=len(self._blocks))
-            self._model = model
-        return self._model
+            docs = [b.doc_id for b in self._blocks.values()]
+            self._doc_ids = list(dict.fromkeys(docs))
+            code = {d: i for i, d in enumerate(self._doc_ids)}
+            self._row_doc = np.fromiter((code[d] for d in docs), np.int64, count=len(docs))
+            self._postings = build_postings([self._terms[i] for i in self._blocks],
+                                            len(self._vocab))
+        return self._postings
 
-    def _rank(self, queries: Sequence[str], n: int) -> list[Ranked]:
-        model = self._ensure_model()
+    def _stats(self, allow: Allow | None) -> CorpusStats:
+        """Statistics over the blocks `allow` accepts, cached per `allow` object. Call
+        with the lock held, after _prepare."""
+        assert self._postings is not None
+        if allow is None:
+            if self._all is None:
+                self._all = corpus_stats(self._postings, None, self.config)
+            return self._all
+        anchor, func = _allow_anchor(allow)
+        key = (id(anchor), id(func))
+        cached = self._masks.get(key)
+        if cached is not None and cached[0]() is anchor and cached[1] is func:
+            self._masks.move_to_end(key)
+            return cached[2]
+        verdict = np.fromiter((bool(allow(d)) for d in self._doc_ids), dtype=bool,
+                              count=len(self._doc_ids))  # one call per document
+        stats = corpus_stats(self._postings, verdict[self._row_doc], self.config)
+        self._masks[key] = (_ref(anchor), func, stats)
+        while len(self._masks) > MASK_CACHE:
+            self._masks.popitem(last=False)
+        return stats
+
+    def _rank(self, queries: Sequence[str], n: int, allow: Allow | None) -> list[Ranked]:
+        with self._lock:
+            postings = self._prepare()
+            stats = self._stats(allow)
+            row_ids = self._row_ids
+        n_vocab = len(postings.indptr) - 1  # terms added since are in no posting yet
         ranked: list[Ranked] = []
         for query in queries:
-            ids = [self._vocab[t] for t in analyze(query) if t in self._vocab]
-            if not ids:
+            ids = (self._vocab.get(t, n_vocab) for t in analyze(query))
+            counts = Counter(i for i in ids if i < n_vocab)
+            if not counts:
                 ranked.append([])
                 continue
-            scores = model.get_scores_from_ids(ids)
-            ranked.append(top_positive(scores, self._row_ids, n))
+            terms = np.fromiter(counts, dtype=np.int64, count=len(counts))
+            weights = np.fromiter(counts.values(), dtype=np.float64, count=len(counts))
+            scores = bm25_scores(postings, terms, weights, stats)
+            ranked.append(top_positive(scores, row_ids, n))
         return ranked

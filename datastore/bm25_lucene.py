@@ -14,6 +14,15 @@ score ties by id like Anserini) and the analysed text, not stored: the passage t
 lives only in blocks.jsonl. Lucene is incremental; `delete` merges away the deleted
 documents at once so corpus statistics forget them, and `save` commits, after which
 Lucene removes the old segment files.
+
+Filtered search is approximate here: the entry filter is applied by over-fetch then
+drop (`allow(doc_id)` is asked of the best candidates, and more are fetched until k
+allowed hits are found or no more blocks match), and Lucene's collection statistics
+(N, document frequencies, mean length) still count the blocks the filter drops until
+they are deleted. So the allowed hits' scores, and at times their order, differ from
+those of an index that never held the excluded blocks, until compaction deletes them.
+Making it exact would mean overriding IndexSearcher's collection and term statistics,
+a Java subclass pyjnius cannot write. The default bm25s backend is exact.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from typing import Any, Self
 
 from datastore.blocks import Block
 from datastore.bm25 import (
+    Allow,
     BM25Config,
     BM25Index,
     Ranked,
@@ -42,6 +52,9 @@ from datastore.errors import ConflictError, CorruptDatastoreError, InvalidInputE
 MAX_CLAUSES = 1 << 16
 ID_FIELD = "id"  # Anserini's field names
 CONTENTS_FIELD = "contents"
+# Candidates fetched per wanted hit when a filter may drop some; multiplied again on
+# each retry, so a query needs O(log(blocks / k)) rounds at most.
+OVERFETCH = 4
 
 
 def _anserini_jar() -> str:
@@ -178,11 +191,38 @@ class LuceneIndex(BM25Index):
             self._searcher.set_bm25(self.config.k1, self.config.b)
         return self._searcher
 
-    def _rank(self, queries: Sequence[str], n: int) -> list[Ranked]:
+    def _rank_all(self, queries: Sequence[str], n: int) -> list[Ranked]:
         searcher = self._open_searcher()
         return [
             [(int(h.docid), float(h.score)) for h in searcher.search(q, n)] for q in queries
         ]
+
+    def _rank(self, queries: Sequence[str], n: int, allow: Allow | None) -> list[Ranked]:
+        if allow is None:
+            return self._rank_all(queries, n)
+        verdicts: dict[str, bool] = {}  # doc_id -> allow(doc_id), asked once per call
+
+        def allowed(block_id: int) -> bool:
+            doc_id = self._blocks[block_id].doc_id
+            if doc_id not in verdicts:
+                verdicts[doc_id] = bool(allow(doc_id))
+            return verdicts[doc_id]
+
+        results: list[Ranked] = [[] for _ in queries]
+        pending, fetch = list(range(len(queries))), n * OVERFETCH
+        while pending:
+            m = min(fetch, len(self._blocks))
+            retry = []
+            for i, cands in zip(pending, self._rank_all([queries[i] for i in pending], m),
+                                strict=True):
+                kept = [(b, s) for b, s in cands if allowed(b)]
+                # Done when n pass, or when the ranking was exhaustive (every match fetched).
+                if len(kept) >= n or len(cands) < m or m == len(self._blocks):
+                    results[i] = kept[:n]
+                else:
+                    retry.append(i)
+            pending, fetch = retry, fetch * OVERFETCH
+        return results
 
     def close(self) -> None:
         self._drop_searcher()
