@@ -86,3 +86,34 @@ def test_grid_is_validated_naming_the_field() -> None:
         Grid(ks=())
     with pytest.raises(ValueError, match="lam"):
         Grid(lams=(1.5,))
+
+
+def test_tune_command_stores_defaults_the_next_silolm_uses(
+        tmp_path: Path, corpus_file: Path, tiny_lm: object, tiny_tokenizer: object) -> None:
+    from typer.testing import CliRunner
+
+    from silo.inference_cmd import app
+    from silo.model import fingerprint
+
+    model_dir = tmp_path / "model"
+    tiny_lm.save_pretrained(model_dir)  # type: ignore[attr-defined]
+    tiny_tokenizer.save_pretrained(model_dir)  # type: ignore[attr-defined]
+    loaded = SiloLM.from_dirs(model_dir)
+    enc = LMEncoder(loaded.model, loaded.tokenizer,
+                    fingerprint(loaded.model, loaded.tokenizer), max_length=128)
+    Datastore.build(tmp_path / "ds", make_documents(), enc,
+                    DatastoreConfig(backend="exact", ngram=False), progress=False).close()
+    args = ["tune", "--corpus", str(corpus_file), "--datastore", str(tmp_path / "ds"),
+            "--model", str(model_dir), "--split", "train", "--ks", "2,4", "--lams", "0.5",
+            "--temperatures", "1,10"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    stored = read_defaults(tmp_path / "ds")
+    assert stored is not None and stored.k in (2, 4) and stored.lam == 0.5
+    assert SiloLM.from_dirs(model_dir, tmp_path / "ds").defaults == stored
+    done = CliRunner().invoke(app, ["complete", "In the", "--datastore", str(tmp_path / "ds"),
+                                    "--model", str(model_dir), "--max-tokens", "4"])
+    assert done.exit_code == 0, done.output
+    assert '"sentences"' in done.output
+    bad = CliRunner().invoke(app, args[:-2] + ["--temperatures", "x"])
+    assert bad.exit_code == 2 and "temperatures" in bad.output

@@ -1,0 +1,146 @@
+"""SiloLM speed: scoring throughput per mode against parametric, and per-token generation
+latency, all measured in one run so the ratios hold.
+
+The datastore is the reproduction's (bench/silo_table.py: faiss IVF-PQ, tuned k, lam,
+tau stored with it). For comparison the script also builds an exact (faiss-flat) copy
+from the same stored keys, with no forward pass, and measures kNN-LM over it on fewer
+tokens (a rate is a rate; exact search at this size is slow).
+
+    python bench/silo_speed.py --model runs/mini/pdsw --datastore runs/silo_table/full
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from silo_table import load_domains  # bench/ is on the path when run as a script
+
+from datastore.config import DatastoreConfig
+from datastore.document import Document
+from datastore.store import Datastore
+from silo.corpus import read_corpus, split_of
+from silo.lm import GenerationRequest, ScoreRequest, SiloConfig, SiloLM, SiloOptions
+from silo.model import load_lm
+from silo.ric import RicParams
+
+
+class StoredKeys:
+    """A KeyEncoder that returns the keys another datastore already holds for a
+    document (found by its token ids), so a second index needs no forward pass."""
+
+    def __init__(self, source: Datastore, tokenizer: Any, fingerprint: str,
+                 docs: Sequence[Document]) -> None:
+        self.source, self.tokenizer = source, tokenizer
+        self.dim, self.fingerprint = source.kv.dim, fingerprint
+        snap = source.snapshot
+        self._rows = {tuple(self.tokenize(d.text)): snap.row_of[d.doc_id] for d in docs}
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return [(int(s), int(e)) for s, e in enc["offset_mapping"]]
+
+    def encode(self, batch: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        snap, out = self.source.snapshot, []
+        for ids in batch:
+            row = self._rows[tuple(ids)]
+            keys = np.zeros((len(ids), self.dim), np.float32)  # the last row has no entry
+            start, end = int(snap.entry_start[row]), int(snap.entry_end[row])
+            keys[: end - start] = np.asarray(self.source.kv.keys[start:end], np.float32)
+            out.append(keys)
+        return out
+
+
+def timed(fn: Callable[[], Any], repeat: int = 1) -> float:
+    """Best wall-clock seconds of `repeat` calls (the first also warms caches)."""
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", type=Path, default=Path("runs/mini/pdsw"))
+    ap.add_argument("--datastore", type=Path, default=Path("runs/silo_table/full"))
+    ap.add_argument("--corpus-dir", type=Path, default=Path("data/corpus"))
+    ap.add_argument("--domain", default="gcide", help="test documents to score")
+    ap.add_argument("--tokens", type=int, default=4096, help="scored tokens per mode")
+    ap.add_argument("--flat-tokens", type=int, default=512, help="scored with exact search")
+    ap.add_argument("--gen-tokens", type=int, default=32)
+    ap.add_argument("--work", type=Path, default=Path("runs/silo_speed"))
+    ap.add_argument("--json", type=Path, default=Path("runs/silo_speed/speed.json"))
+    args = ap.parse_args(argv)
+
+    loaded = load_lm(args.model)
+    store = Datastore.open(args.datastore, loaded.fingerprint, verify=False)
+    flat = build_flat(args, store, loaded)
+    lm = SiloLM(loaded.model, loaded.tokenizer, store, SiloConfig(batch_size=16))
+    lm_flat = SiloLM(loaded.model, loaded.tokenizer, flat, SiloConfig(batch_size=16),
+                     defaults=lm.defaults)  # the tuned values live with the main store
+    seqs, used = [], 0
+    for doc in read_corpus([args.corpus_dir / f"{args.domain}.jsonl.gz"]):
+        if split_of(doc.doc_id) != "test" or used >= args.tokens:
+            continue
+        ids = (lm.eos_id, *lm.encode(doc.text))[: args.tokens - used + 1]
+        seqs.append(ids)
+        used += len(ids) - 1
+    d = lm.defaults
+    ric = RicParams(query_tokens=32, k=1, stride=4)
+    few = seqs[: max(1, len(seqs) * args.flat_tokens // max(1, used))]
+    cases: list[tuple[str, SiloLM, SiloOptions, list[tuple[int, ...]]]] = [
+        ("parametric", lm, SiloOptions("parametric"), seqs),
+        ("knnlm (IVF-PQ)", lm, SiloOptions("knnlm"), seqs),
+        ("knnlm (IVF-PQ, k=1024)", lm, SiloOptions("knnlm", k=1024), seqs),
+        ("knnlm (exact)", lm_flat, SiloOptions("knnlm"), few),
+        ("ric", lm, SiloOptions("ric", ric=ric), seqs),
+        ("knnlm+ric (IVF-PQ)", lm, SiloOptions("knnlm+ric", ric=ric), seqs),
+    ]
+    rows = []
+    for name, model, opts, part in cases:
+        requests = [ScoreRequest(s, options=opts) for s in part]
+        n_tokens = sum(len(s) - 1 for s in part)
+        sec = timed(partial(model.score, requests), repeat=2)
+        prompt = seqs[0][:16]
+        gen = GenerationRequest(prompt, max_tokens=args.gen_tokens, temperature=0,
+                                options=opts)
+        gsec = timed(partial(model.generate, gen), repeat=2)
+        rows.append({"mode": name, "tokens": n_tokens, "score_tokens_per_s": n_tokens / sec,
+                     "gen_ms_per_token": 1000 * gsec / args.gen_tokens})
+        print(json.dumps(rows[-1]), flush=True)
+    base = rows[0]["score_tokens_per_s"]
+    for r in rows:
+        r["ratio"] = r["score_tokens_per_s"] / base
+    out = {"entries": len(store.kv), "defaults": d.__dict__, "domain": args.domain,
+           "index": store.config.to_json(), "rows": rows}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(out, indent=2))
+    print(json.dumps(out, indent=2))
+
+
+def build_flat(args: argparse.Namespace, store: Datastore, loaded: Any) -> Datastore:
+    """An exact (faiss-flat) datastore with the same documents and keys as `store`."""
+    path = args.work / "flat"
+    if (path / "manifest.json").exists():
+        return Datastore.open(path, loaded.fingerprint, verify=False)
+    table = json.loads((args.datastore.parent / "results.json").read_text())
+    docs, _ = load_domains(args.corpus_dir, list(table["every"]), table["every"])
+    enc = StoredKeys(store, loaded.tokenizer, loaded.fingerprint, docs)
+    config = DatastoreConfig(backend="faiss-flat", bm25=False, ngram=False,
+                             encode_batch=256, flush_entries=262_144)
+    return Datastore.build(path, docs, enc, config, progress=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""`silo tune` and `silo complete`: kNN-LM tuning and SILO generation from the command line.
+
+`tune` searches (k, lam, tau) per domain on a split of the corpus and stores the best
+values with the datastore, where SiloLM reads its defaults. `complete` continues a
+prompt in any mode and prints the per-sentence attribution. Library errors print as
+one line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from datastore.errors import SiloError
+
+console = Console(stderr=True, soft_wrap=True)
+out = Console()
+
+ModelOpt = Annotated[Path | None, typer.Option(
+    help="LM folder (save_pretrained layout); default: the shipped models/silo-small.")]
+StoreOpt = Annotated[Path, typer.Option("--datastore", help="Datastore folder.")]
+
+
+def _clean_errors(command: Callable[..., None]) -> Callable[..., None]:
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except (SiloError, ValueError, OSError) as e:
+            console.print(f"[red]error:[/red] {e}", highlight=False)
+            raise typer.Exit(2) from None
+
+    return run
+
+
+def _floats(text: str, name: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"--{name} must be comma-separated numbers, got {text!r}") from None
+
+
+def tune(
+    corpus: Annotated[list[Path], typer.Option("--corpus", help="Corpus files or folders.")],
+    datastore: StoreOpt,
+    model: ModelOpt = None,
+    split: Annotated[str, typer.Option(help="Split to tune on.")] = "valid",
+    max_tokens: Annotated[int, typer.Option(help="Tokens per domain.")] = 4096,
+    ks: str = "16,64,256,1024",
+    lams: str = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,0.95",
+    temperatures: str = "1,2,5,10,20,40,80,160,320",
+) -> None:
+    """Tune kNN-LM's k, lambda and temperature per domain; store the best with the
+    datastore as its defaults."""
+    from silo.corpus import read_corpus, split_of
+    from silo.lm import SiloLM, SiloOptions
+    from silo.model import DEFAULT_MODEL
+    from silo.tuning import Grid, best_overall, grid_search, write_defaults
+
+    grid = Grid(tuple(int(k) for k in _floats(ks, "ks")), _floats(lams, "lams"),
+                _floats(temperatures, "temperatures"))
+    lm = SiloLM.from_dirs(model or DEFAULT_MODEL, datastore)
+    seqs: dict[str, list[tuple[int, ...]]] = {}
+    used: dict[str, int] = {}
+    for doc in read_corpus(corpus):
+        if split_of(doc.doc_id) != split or used.get(doc.source, 0) >= max_tokens:
+            continue
+        ids = (lm.eos_id, *lm.encode(doc.text))[: max_tokens - used.get(doc.source, 0) + 1]
+        seqs.setdefault(doc.source, []).append(ids)
+        used[doc.source] = used.get(doc.source, 0) + len(ids) - 1
+    if not seqs:
+        raise SiloError(f"no {split} documents in {[str(c) for c in corpus]}")
+    points = {name: grid_search(lm.target_scores(s, SiloOptions("knnlm"), grid.k_max), grid)
+              for name, s in sorted(seqs.items())}
+    best = best_overall(points)
+    path = write_defaults(datastore, best, {d: p[0] for d, p in points.items()},
+                          note=f"silo tune on the {split} split")
+    for name, p in points.items():
+        console.print(f"{name}: k={p[0].k} lambda={p[0].lam} tau={p[0].temperature:g} "
+                      f"ppl {p[0].perplexity:.2f}")
+    console.print(f"default k={best.k} lambda={best.lam} tau={best.temperature:g} -> {path}")
+
+
+def complete(
+    prompt: Annotated[str, typer.Argument(help="Text to continue.")],
+    datastore: Annotated[Path | None, typer.Option(help="Datastore folder.")] = None,
+    model: ModelOpt = None,
+    mode: Annotated[str, typer.Option(help="parametric | knnlm | ric | knnlm+ric")] = "knnlm",
+    max_tokens: int = 48,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    attribution: Annotated[bool, typer.Option(help="Print per-sentence attribution.")] = True,
+) -> None:
+    """Continue a prompt with SiloLM in any mode, with attribution."""
+    from silo.lm import GenerationRequest, SiloLM, SiloOptions
+    from silo.model import DEFAULT_MODEL
+
+    lm = SiloLM.from_dirs(model or DEFAULT_MODEL, datastore)
+    opts = SiloOptions(mode, attribution=attribution and datastore is not None)
+    ids = (lm.eos_id, *lm.encode(prompt))  # EOS: a document starts, as in training
+    res = lm.generate(GenerationRequest(ids, max_tokens, temperature, top_p, seed=seed,
+                                        options=opts))
+    choice = res.choices[0]
+    out.print(prompt + choice.text, highlight=False)
+    if choice.attribution is not None:
+        out.print_json(json.dumps(choice.attribution.to_json()))
+
+
+app = typer.Typer(no_args_is_help=True, help="SILO inference: tuning and completion.")
+for _name, _fn in (("tune", tune), ("complete", complete)):
+    app.command(_name)(_clean_errors(_fn))
