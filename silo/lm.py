@@ -37,6 +37,7 @@ With `attribution` off no provenance is looked up at all.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -71,6 +72,7 @@ from silo.ric import (
 from silo.tuning import TargetScores, read_defaults
 
 MODES = ("parametric", "knnlm", "ric", "knnlm+ric")
+PASSAGE_CACHE = 65_536  # tokenized RIC blocks kept in memory
 
 
 @dataclass(frozen=True)
@@ -277,7 +279,10 @@ class SiloLM:
         self.eos_id = int(tokenizer.eos_token_id)
         self.pad_id = 0 if tokenizer.pad_token_id is None else int(tokenizer.pad_token_id)
         self._special = frozenset(int(i) for i in tokenizer.all_special_ids)
-        self._passage_ids: dict[int, tuple[int, ...]] = {}
+        self._passage_ids: dict[int, tuple[int, ...]] = {}  # block id -> tokens, bounded
+        self._hook_lock = threading.Lock()
+        self._base_gives_head_input = False
+        self._base_gives_head_input = self._probe_base_model()
 
     @classmethod
     def from_dirs(cls, model_dir: Path, datastore_dir: Path | None = None,
@@ -328,21 +333,45 @@ class SiloLM:
         for i, r in enumerate(rows):
             ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
             mask[i, :len(r)] = 1
-        captured: list[torch.Tensor] = []
-        head = self.model.get_output_embeddings()
-        hook = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
-        try:
-            device = next(self.model.parameters()).device
-            logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        finally:
-            hook.remove()
+        device = next(self.model.parameters()).device
+        hidden, logits = self._head_input_and_logits(ids.to(device), mask.to(device))
         lp = torch.log_softmax(logits.float(), dim=-1).cpu()
-        hidden = captured[0].float().cpu()
+        hidden = hidden.float().cpu()
         out_lp, out_h = [], []
         for i, (r, s) in enumerate(zip(rows, scored, strict=True)):
             out_lp.append(lp[i, len(r) - s:len(r)])
             out_h.append(hidden[i, len(r) - s:len(r)])
         return out_lp, out_h
+
+    @torch.inference_mode()
+    def _probe_base_model(self) -> bool:
+        """Is the base model's last hidden state exactly what the LM head reads?"""
+        device = next(self.model.parameters()).device
+        probe = (torch.arange(1, 9)[None] % self.vocab_size).to(device)
+        hidden, logits = self._head_input_and_logits(probe, torch.ones_like(probe))
+        base = self.model.base_model(input_ids=probe).last_hidden_state
+        return bool(torch.allclose(base, hidden, atol=1e-5)
+                    and torch.allclose(self.model.get_output_embeddings()(base), logits,
+                                       atol=1e-4, rtol=1e-4))
+
+    def _head_input_and_logits(self, ids: torch.Tensor, mask: torch.Tensor,
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(b, t) -> the LM head's input (b, t, dim) and the logits (b, t, V). Where the
+        base model's output is that input (Llama, GPT-NeoX, GPT-2), no hook is needed;
+        otherwise a forward pre-hook captures it, one caller at a time (a hook on the
+        shared model would see other threads' passes)."""
+        head = self.model.get_output_embeddings()
+        if self._base_gives_head_input:
+            hidden = self.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+            return hidden, head(hidden)
+        captured: list[torch.Tensor] = []
+        with self._hook_lock:
+            hook = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+            try:
+                logits = self.model(input_ids=ids, attention_mask=mask).logits
+            finally:
+                hook.remove()
+        return captured[0], logits
 
     def _run_groups(self, groups: list[_Group]) -> tuple[torch.Tensor, torch.Tensor]:
         """All groups' predicted positions, in order: ensembled log-probs (m, V) and the
@@ -379,6 +408,8 @@ class SiloLM:
             ids = self._passage_ids.get(h.block_id)
             if ids is None:
                 ids = tuple(self.encode(h.text))
+                if len(self._passage_ids) >= PASSAGE_CACHE:
+                    self._passage_ids.clear()
                 self._passage_ids[h.block_id] = ids
             out.append(Passage(h.block_id, h.doc_id, float(h.score), h.text, ids))
         return tuple(out)

@@ -63,6 +63,18 @@ def test_parametric_scores_equal_the_model_with_echo_semantics(full: SiloLM) -> 
     assert max(best, key=best.__getitem__) == int(ref[0].argmax())
 
 
+def test_hook_path_gives_the_same_scores(full: SiloLM) -> None:
+    ids = _ids(full)
+    assert full._base_gives_head_input
+    want = _lp(full, ALL[1], ids)
+    full._base_gives_head_input = False
+    try:
+        got = _lp(full, ALL[1], ids)
+    finally:
+        full._base_gives_head_input = True
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
 def test_lambda_zero_is_the_parametric_distribution(full: SiloLM) -> None:
     ids = _ids(full)
     base = _lp(full, SiloOptions("parametric"), ids)
