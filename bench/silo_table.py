@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, replace
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from datastore.config import DatastoreConfig
 from datastore.document import Document
@@ -40,7 +42,7 @@ from silo.corpus import read_corpus, split_of
 from silo.encoder import LMEncoder
 from silo.lm import SiloConfig, SiloLM, SiloOptions
 from silo.model import load_lm
-from silo.ric import RicParams
+from silo.ric import RicParams, passage_budget, with_passage
 from silo.tuning import (
     Grid,
     GridPoint,
@@ -139,6 +141,27 @@ def evaluate(lm: SiloLM, seqs: list[tuple[int, ...]], k_max: int,
     return plain, replace(plain, lm_logprob=ric.lm_logprob)
 
 
+@torch.inference_mode()
+def ric_ceiling(lm: SiloLM, seqs: list[tuple[int, ...]]) -> tuple[float, float]:
+    """(perplexity alone, perplexity with the document's own text prepended as its RIC
+    passage) on the same tokens: the second is what the best possible retrieval could
+    give this LM, i.e. how well it copies from its context. Documents are cut to the
+    passage budget so that all of the text fits."""
+    cap = passage_budget(lm.max_length) - 1
+    totals, count = [0.0, 0.0], 0
+    for seq in seqs:
+        seq = seq[: cap + 1]
+        n = len(seq) - 1
+        target = torch.tensor(seq[1:])[:, None]
+        for i, row in enumerate((list(seq), with_passage(seq[1:], seq, lm.max_length,
+                                                         lm.eos_id))):
+            logits = lm.model(input_ids=torch.tensor([row])).logits[0].float()
+            lp = torch.log_softmax(logits[len(row) - 1 - n: len(row) - 1], -1)
+            totals[i] += float(lp.gather(1, target).sum())
+        count += n
+    return math.exp(-totals[0] / count), math.exp(-totals[1] / count)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", type=Path, default=Path("runs/mini/pdsw"))
@@ -157,10 +180,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--work", type=Path, default=Path("runs/silo_table"))
     ap.add_argument("--results", type=Path, default=Path("docs/RESULTS.md"))
     ap.add_argument("--plot", type=Path, default=Path("docs/silo_table.png"))
+    ap.add_argument("--report-only", action="store_true",
+                    help="rewrite the report and plot from the work folder's results.json, "
+                    "measuring RIC-LM's ceiling first where it is missing")
     args = ap.parse_args(argv)
     started = time.perf_counter()
     domains = args.domains.split(",")
     every = {k: int(v) for k, v in (p.split("=") for p in args.every.split(","))}
+    if args.report_only:
+        report_only(args, domains, every)
+        return
     grid = Grid()
     args.work.mkdir(parents=True, exist_ok=True)
 
@@ -197,12 +226,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             "knnlm+ric": perplexity(mixed_logprob(t_both, both_grid[0].params)),
             "oracle": perplexity(o.lm_logprob),
         }
+        ceiling = ric_ceiling(lm, test)
         results["domains"][name] = {
             "test_tokens": len(t_plain.lm_logprob), "valid_tokens": len(v_plain.lm_logprob),
             "perplexity": ppl,
             "gap_closed": {m: gap_closed(ppl["parametric"], ppl[m], ppl["oracle"])
                            for m in ("knnlm", "ric", "knnlm+ric")},
             "best_knnlm": asdict(knn_grid[0]), "best_knnlm+ric": asdict(both_grid[0]),
+            "ric_ceiling": {"alone": ceiling[0], "own_text_in_context": ceiling[1]},
             "seconds": time.perf_counter() - t0,
         }
         print(name, json.dumps(results["domains"][name]), flush=True)
@@ -218,6 +249,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     write_results(args, results)
     plot(args.plot, results)
     print(f"done in {results['seconds']:.0f}s", flush=True)
+
+
+def report_only(args: argparse.Namespace, domains: list[str], every: dict[str, int]) -> None:
+    path = args.work / "results.json"
+    results = json.loads(path.read_text())
+    missing = [n for n in domains if "ric_ceiling" not in results["domains"][n]]
+    if missing:
+        loaded = load_lm(args.model)
+        lm = SiloLM(loaded.model, loaded.tokenizer, None, SiloConfig(batch_size=16))
+        _, held = load_domains(args.corpus, domains, every)
+    for name in missing:
+        alone, own = ric_ceiling(lm, sequences(lm, held[name]["test"], args.test_tokens))
+        results["domains"][name]["ric_ceiling"] = {"alone": alone, "own_text_in_context": own}
+    path.write_text(json.dumps(results, indent=2))
+    write_results(args, results)
+    plot(args.plot, results)
 
 
 def size_curve(args: argparse.Namespace, lm: SiloLM, store_docs: list[Document],
@@ -288,8 +335,9 @@ def write_results(args: argparse.Namespace, r: dict[str, Any]) -> None:
         f"a 2-core x86_64 CPU ({model}), 24 GB RAM, no GPU, in {r['seconds'] / 60:.0f} "
         "minutes, while another training job shared the cores.",
         "",
-        "Models: the `mini` Llama preset (hidden 128, 4 layers, 4096-token BPE shared by "
-        "both), trained for the same budget with `silo train`: the parametric LM on "
+        "Models: the `mini` Llama preset (1.3M parameters: hidden 128, 4 layers, a "
+        "4096-token BPE shared by both), trained for the same budget with `silo train`: "
+        "the parametric LM on "
         "public-domain and permissive text only (`configs/mini-pdsw.toml`), the oracle on "
         "everything including the held-out copyleft domains (`configs/mini-oracle.toml`).",
         f"Datastore: {r['documents']:,} documents of the domains' train split "
@@ -311,13 +359,29 @@ def write_results(args: argparse.Namespace, r: dict[str, Any]) -> None:
         lines.append(f"| {name} | {d['test_tokens']:,} | " + " | ".join(cells)
                      + f" | {p['oracle']:.1f} |")
     mean = {m: 100 * float(np.mean(v)) for m, v in gaps.items()}
+    capped = {m: 100 * float(np.mean(np.minimum(v, 1.0))) for m, v in gaps.items()}
     lines += [
         "",
         "In brackets: % of the gap closed = (ppl_param - ppl_method) / (ppl_param - "
         "ppl_oracle). Mean over the domains: kNN-LM "
         f"{mean['knnlm']:.0f}%, RIC-LM {mean['ric']:.0f}%, kNN-LM + RIC-LM "
         f"{mean['knnlm+ric']:.0f}% (SILO, 1.3B: 91% and 27%; goals here: >= 91% and "
-        ">= 27%, and the combination beating either alone).",
+        ">= 27%, and the combination beating either alone). With each domain capped at "
+        f"100%: kNN-LM {capped['knnlm']:.0f}%, RIC-LM {capped['ric']:.0f}%, kNN-LM + RIC-LM "
+        f"{capped['knnlm+ric']:.0f}%.",
+        "",
+        "Above 100% the kNN-LM beats the oracle. At this scale the oracle (a 1.3M-parameter "
+        "LM that saw each held-out domain only as part of 1.6M training tokens) retains "
+        "little of them, while the datastore holds millions of their tokens verbatim; "
+        "SILO's 1.3B oracle was far stronger relative to its datastore.",
+        "",
+        "RIC-LM's ceiling with this LM: perplexity of the test documents (cut to the "
+        "127-token passage budget) alone -> with their own text prepended as the passage: "
+        + ", ".join(f"{n} {d['ric_ceiling']['alone']:.1f} -> "
+                    f"{d['ric_ceiling']['own_text_in_context']:.1f}"
+                    for n, d in r["domains"].items() if "ric_ceiling" in d)
+        + ". Where the two are close, the LM barely copies from its context, and no "
+        "retrieval can make RIC-LM close much of the gap.",
         "",
         "Tuned on the valid split (k, lam, tau; perplexity on valid):",
         "",
