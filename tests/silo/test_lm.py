@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +28,10 @@ ALL = (SiloOptions("parametric"), SiloOptions("knnlm", k=8, lam=0.4, knn_tempera
                    ric=RicParams(query_tokens=8, stride=6)))
 
 
-def _build(path: Path, model: object, tok: object, docs: list[Document]) -> Datastore:
+def _build(path: Path, model: object, tok: object, docs: list[Document],
+           config: DatastoreConfig = CONFIG, trained: Path | None = None) -> Datastore:
     enc = LMEncoder(model, tok, "tiny-fp", max_length=128, batch_size=4)
-    return Datastore.build(path, docs, enc, CONFIG, progress=False)
+    return Datastore.build(path, docs, enc, config, progress=False, trained_index=trained)
 
 
 @pytest.fixture(scope="module")
@@ -143,11 +145,16 @@ def test_replug_matches_a_hand_built_ensemble(full: SiloLM) -> None:
     assert most == 2  # some chunk really ensembled two passages
 
 
-@pytest.mark.parametrize("kind", ["optout", "policy", "scope"])
+@pytest.mark.parametrize(("kind", "backend"), [("optout", "exact"), ("policy", "exact"),
+                                               ("scope", "exact"), ("optout", "faiss-ivfpq")])
 def test_filtered_output_equals_a_datastore_without_the_documents(
-        tmp_path: Path, tiny_lm: object, tiny_tokenizer: object, kind: str) -> None:
+        tmp_path: Path, tiny_lm: object, tiny_tokenizer: object, kind: str,
+        backend: str) -> None:
     docs = make_documents()
-    store = _build(tmp_path / "full", tiny_lm, tiny_tokenizer, docs)
+    # IVF-PQ: the reduced store reuses the full one's trained quantizer (DESIGN)
+    config = replace(CONFIG, backend=backend, nlist=4, m=8, nbits=4, nprobe=2)
+    store = _build(tmp_path / "full", tiny_lm, tiny_tokenizer, docs, config)
+    trained = tmp_path / "full" / "index.faiss" if backend == "faiss-ivfpq" else None
     scope = AccessScope()
     policy = None
     if kind == "optout":
@@ -160,7 +167,7 @@ def test_filtered_output_equals_a_datastore_without_the_documents(
         scope = AccessScope(sources=frozenset({"kjv", "gcide"}))
         kept = [d for d in docs if d.source in ("kjv", "gcide")]
     excluded = {d.doc_id for d in docs} - {d.doc_id for d in kept}
-    reduced = _build(tmp_path / "reduced", tiny_lm, tiny_tokenizer, kept)
+    reduced = _build(tmp_path / "reduced", tiny_lm, tiny_tokenizer, kept, config, trained)
     cfg = SiloConfig(batch_size=4, window=24, stride=8)
     a = SiloLM(tiny_lm, tiny_tokenizer, store, cfg)
     b = SiloLM(tiny_lm, tiny_tokenizer, reduced, cfg)
