@@ -219,7 +219,7 @@ class SiloConfig:
 
 
 @dataclass(frozen=True)
-class _Plan:
+class Plan:
     """A request's options resolved against the datastore: what to compute."""
 
     mode: str
@@ -306,7 +306,7 @@ class SiloLM:
 
     # ---- planning --------------------------------------------------------------------
 
-    def plan(self, options: SiloOptions, scope: AccessScope | None = None) -> _Plan:
+    def plan(self, options: SiloOptions, scope: AccessScope | None = None) -> Plan:
         """Resolve options against the datastore's defaults; a mode that needs the
         datastore without one is an InvalidInputError."""
         if options.mode != "parametric" and self.datastore is None:
@@ -316,7 +316,7 @@ class SiloLM:
         d = self.defaults
         knn = KnnParams(options.k or d.k, d.lam if options.lam is None else options.lam,
                         options.knn_temperature or d.temperature)
-        return _Plan(options.mode, knn, options.ric,
+        return Plan(options.mode, knn, options.ric,
                      SearchFilter(options.license_classes, scope or AccessScope()),
                      options.attribution)
 
@@ -395,7 +395,7 @@ class SiloLM:
 
     # ---- retrieval -------------------------------------------------------------------
 
-    def _retrieve(self, context: Sequence[int], plan: _Plan) -> tuple[Passage, ...]:
+    def _retrieve(self, context: Sequence[int], plan: Plan) -> tuple[Passage, ...]:
         """Top-k BM25 passages for the context's last q tokens, through the filter."""
         assert self.datastore is not None
         q = query_ids(context, plan.ric.query_tokens, self._special)
@@ -415,7 +415,7 @@ class SiloLM:
         return tuple(out)
 
     def _ric_group(self, context: Sequence[int], scored: int, passages: tuple[Passage, ...],
-                   plan: _Plan) -> _Group:
+                   plan: Plan) -> _Group:
         if not passages:
             return _Group([list(context[-self.max_length:])], scored, torch.zeros(1))
         inputs = [with_passage(p.ids, context, self.max_length, self.eos_id) for p in passages]
@@ -440,7 +440,7 @@ class SiloLM:
             base += max(0, len(seq) - 1)
         return out
 
-    def _ric_groups(self, seqs: Sequence[Sequence[int]], plan: _Plan,
+    def _ric_groups(self, seqs: Sequence[Sequence[int]], plan: Plan,
                     ) -> list[tuple[int, _Group]]:
         """One group per `stride` predicted positions, with the passages retrieved for the
         context before them."""
@@ -452,7 +452,7 @@ class SiloLM:
             base += max(0, len(seq) - 1)
         return out
 
-    def _chunks(self, seqs: Sequence[Sequence[int]], plan: _Plan) -> Iterator[_Chunk]:
+    def _chunks(self, seqs: Sequence[Sequence[int]], plan: Plan) -> Iterator[_Chunk]:
         """The LM side and the kNN neighbours of every predicted position, a few groups at
         a time (so (m, V) tensors stay small)."""
         queries = None
@@ -476,14 +476,14 @@ class SiloLM:
         for at in range(0, len(groups), self.config.batch_size):
             yield self._run_groups([g for _, g in groups[at:at + self.config.batch_size]])
 
-    def _search(self, chunk: _Chunk, queries: torch.Tensor, plan: _Plan) -> None:
+    def _search(self, chunk: _Chunk, queries: torch.Tensor, plan: Plan) -> None:
         assert self.datastore is not None
         dist, ids = self.datastore.knn_search(queries.numpy(), plan.knn.k, plan.filter)
         chunk.distances = torch.from_numpy(dist)
         chunk.entry_ids = ids
         chunk.values = torch.from_numpy(self.datastore.values(ids).astype(np.int64))
 
-    def _mixed(self, chunk: _Chunk, plan: _Plan) -> torch.Tensor:
+    def _mixed(self, chunk: _Chunk, plan: Plan) -> torch.Tensor:
         """(m, V) log-probs of the plan's mixture for the chunk's positions."""
         if chunk.values is None or chunk.distances is None:
             return chunk.lm
@@ -491,7 +491,7 @@ class SiloLM:
                             plan.knn.temperature)
         return interpolate(chunk.lm, knn, plan.knn.lam, (chunk.values >= 0).any(1))
 
-    def _provenance(self, chunk: _Chunk, targets: torch.Tensor, plan: _Plan,
+    def _provenance(self, chunk: _Chunk, targets: torch.Tensor, plan: Plan,
                     ) -> list[TokenProvenance]:
         """Per position: the neighbours that voted for the target, with lam * mass, best
         first, and the RIC passages in context."""
@@ -533,7 +533,7 @@ class SiloLM:
                 results[i] = replace(res, top_logprobs=tops)
         return [r for r in results if r is not None]
 
-    def _score_ids(self, seqs: Sequence[Sequence[int]], plan: _Plan, top: int,
+    def _score_ids(self, seqs: Sequence[Sequence[int]], plan: Plan, top: int,
                    ) -> list[ScoreResult]:
         n_pred = [max(0, len(s) - 1) for s in seqs]
         starts = np.concatenate([[0], np.cumsum(n_pred)]).astype(np.int64)
@@ -670,7 +670,7 @@ class SiloLM:
             live = still
 
     def _step(self, rows: list[list[int]], live: list[int],
-              passages: list[tuple[Passage, ...]], plan: _Plan) -> _Chunk:
+              passages: list[tuple[Passage, ...]], plan: Plan) -> _Chunk:
         """Next-token distributions (and neighbours) of the live rows."""
         plain = [_Group([rows[r][-self.max_length:]], 1, torch.zeros(1)) for r in live]
         groups = [self._ric_group(rows[r], 1, passages[r], plan) for r in live] \

@@ -12,14 +12,10 @@ the next-token distributions are averaged with weights softmax(BM25 score / weig
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-
-# decoded query text -> hits (block_id, doc_id, score, text), best first
-Retriever = Callable[[str, int], Sequence["Passage"]]
 
 
 @dataclass(frozen=True)
@@ -52,8 +48,7 @@ class Passage:
 
 def query_ids(context: Sequence[int], query_tokens: int, special: frozenset[int]) -> list[int]:
     """The last `query_tokens` tokens of the context that are not special tokens."""
-    plain = [t for t in context[-query_tokens:] if t not in special]
-    return plain
+    return [t for t in context[-query_tokens:] if t not in special]
 
 
 def passage_budget(max_length: int) -> int:
@@ -94,7 +89,3 @@ def chunk_starts(n_predictions: int, stride: int) -> list[tuple[int, int]]:
     is predicted under one retrieval, made from the context before the chunk's first
     predicted token."""
     return [(s, min(n_predictions, s + stride)) for s in range(0, n_predictions, stride)]
-
-
-def is_finite_score(score: float) -> bool:
-    return not (math.isnan(score) or math.isinf(score))
