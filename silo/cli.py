@@ -18,6 +18,7 @@ from rich.table import Table
 
 from datastore.errors import SiloError
 from silo.console import clean_errors, console, out
+from silo.inference_cmd import complete, tune
 from silo.serve_cmd import serve
 
 CorpusArg = Annotated[list[Path], typer.Argument(help="Corpus JSONL(.gz) files or folders.")]
@@ -264,6 +265,8 @@ commands: list[tuple[typer.Typer, str, Callable[..., None]]] = [
     (app, "eval", eval_cmd),
     (app, "generate", generate_cmd),
     (app, "serve", serve),
+    (app, "tune", tune),
+    (app, "complete", complete),
 ]
 for group, name, fn in commands:
     group.command(name)(clean_errors(fn))

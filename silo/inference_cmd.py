@@ -3,40 +3,23 @@
 `tune` searches (k, lam, tau) per domain on a split of the corpus and stores the best
 values with the datastore, where SiloLM reads its defaults. `complete` continues a
 prompt in any mode and prints the per-sentence attribution. Library errors print as
-one line with exit code 2.
+one line with exit code 2 (the wrapper in silo/console.py).
 """
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from datastore.errors import SiloError
-
-console = Console(stderr=True, soft_wrap=True)
-out = Console()
+from silo.console import console, out
 
 ModelOpt = Annotated[Path | None, typer.Option(
     help="LM folder (save_pretrained layout); default: the shipped models/silo-small.")]
 StoreOpt = Annotated[Path, typer.Option("--datastore", help="Datastore folder.")]
-
-
-def _clean_errors(command: Callable[..., None]) -> Callable[..., None]:
-    @functools.wraps(command)
-    def run(*args: Any, **kwargs: Any) -> None:
-        try:
-            command(*args, **kwargs)
-        except (SiloError, ValueError, OSError) as e:
-            console.print(f"[red]error:[/red] {e}", highlight=False)
-            raise typer.Exit(2) from None
-
-    return run
 
 
 def _floats(text: str, name: str) -> tuple[float, ...]:
@@ -111,8 +94,3 @@ def complete(
     out.print(prompt + choice.text, highlight=False)
     if choice.attribution is not None:
         out.print_json(json.dumps(choice.attribution.to_json()))
-
-
-app = typer.Typer(no_args_is_help=True, help="SILO inference: tuning and completion.")
-for _name, _fn in (("tune", tune), ("complete", complete)):
-    app.command(_name)(_clean_errors(_fn))
