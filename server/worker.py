@@ -25,18 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from datastore.errors import CapacityError
-from silo.lm import (
-    GenerationRequest,
-    GenerationResult,
-    ScoreRequest,
-    ScoreResult,
-    SiloLM,
-    TokenEvent,
-    _sample,
-)
+from silo.lm import GenerationRequest, GenerationState, ScoreRequest, SiloLM, TokenEvent
 
 log = logging.getLogger("server.worker")
 
@@ -58,87 +48,12 @@ class Job:
         return self.request.n if isinstance(self.request, GenerationRequest) else 1
 
 
-@dataclass
+@dataclass(eq=False)
 class _Generation:
-    """A running generation: its rows (prompt + new tokens) per choice."""
+    """A running generation: its job and the SiloLM's state for it."""
 
     job: Job
-    request: GenerationRequest
-    plan: Any
-    generator: torch.Generator
-    rows: list[list[int]]
-    new: list[list[int]]
-    texts: list[str]
-    passages: list[tuple[Any, ...]]
-    live: list[int]
-    events: list[list[TokenEvent]]
-    prompt: ScoreResult | None
-    step: int = 0
-
-
-def _start(job: Job) -> _Generation:
-    """Resolve the plan, seed the sampler and (with echo) score the prompt."""
-    req = job.request
-    assert isinstance(req, GenerationRequest)
-    lm = job.lm
-    plan = lm.plan(req.options, req.scope)
-    seed = req.seed if req.seed is not None else int(torch.randint(2**31, ()).item())
-    prompt = None
-    if req.echo:
-        prompt = lm.score([ScoreRequest(req.prompt_ids, req.logprobs, req.options,
-                                        req.scope)])[0]
-    n = req.n
-    return _Generation(job, req, plan, torch.Generator().manual_seed(seed),
-                       [list(req.prompt_ids) for _ in range(n)], [[] for _ in range(n)],
-                       [""] * n, [() for _ in range(n)], list(range(n)),
-                       [[] for _ in range(n)], prompt)
-
-
-def _finish(gen: _Generation) -> GenerationResult:
-    lm, req = gen.job.lm, gen.request
-    choices = tuple(lm._completion(i, evs, req) for i, evs in enumerate(gen.events))
-    return GenerationResult(choices, gen.prompt)
-
-
-def _step(lm: SiloLM, gens: list[_Generation]) -> None:
-    """One token for every live row of `gens` (same SiloLM, same plan): one forward pass,
-    then each request samples its own rows with its own generator."""
-    plan = gens[0].plan
-    rows: list[list[int]] = []
-    passages: list[tuple[Any, ...]] = []
-    for g in gens:
-        for r in g.live:
-            if plan.uses_ric and g.step % plan.ric.stride == 0:
-                g.passages[r] = lm._retrieve(g.rows[r], plan)
-            rows.append(g.rows[r])
-            passages.append(g.passages[r])
-    chunk = lm._step(rows, list(range(len(rows))), passages, plan)
-    mixed = lm._mixed(chunk, plan)
-    picked, at = [], 0
-    for g in gens:
-        n = len(g.live)
-        picked.append(_sample(mixed[at:at + n], g.request.temperature, g.request.top_p,
-                              g.generator))
-        at += n
-    tokens = torch.cat(picked)
-    provs = lm._provenance(chunk, tokens, plan) if plan.attribution else None
-    at = 0
-    for g in gens:
-        still = []
-        for r in g.live:
-            token = int(tokens[at])
-            g.rows[r].append(token)
-            g.new[r].append(token)
-            ev = lm._event(r, token, mixed[at], g.new[r], g.texts, g.request, g.step,
-                           None if provs is None else provs[at])
-            g.events[r].append(ev)
-            if g.job.emit is not None:
-                g.job.emit(ev)
-            if ev.finish_reason is None:
-                still.append(r)
-            at += 1
-        g.live = still
-        g.step += 1
+    state: GenerationState
 
 
 class ModelWorker:
@@ -201,7 +116,7 @@ class ModelWorker:
                 # a lone request waits a moment for company; a busy server never waits
                 self._cond.wait(self.batch_wait_s)
             taken: list[Job] = []
-            used = sum(len(g.live) for g in self._running)
+            used = sum(len(g.state.live) for g in self._running)
             scores: list[Job] = []
             while self._queue:
                 job = self._queue[0]
@@ -220,15 +135,16 @@ class ModelWorker:
         return [j for j in scores if not j.cancelled.is_set()]
 
     def _begin(self, job: Job) -> None:
+        assert isinstance(job.request, GenerationRequest)
         try:
-            gen = _start(job)
+            (state,) = job.lm.start([job.request])
         except Exception as exc:  # reported to the request; the thread carries on
             job.done(exc)
             return
-        if job.request.max_tokens == 0:  # type: ignore[union-attr]
-            job.done(_finish(gen))
+        if state.finished:  # max_tokens 0
+            job.done(job.lm.finish(state))
         else:
-            self._running.append(gen)
+            self._running.append(_Generation(job, state))
 
     def _score(self, jobs: list[Job]) -> None:
         """One batched call; if it fails, each job alone, so one bad job fails alone."""
@@ -254,30 +170,35 @@ class ModelWorker:
             job.done(exc)
 
     def _generate(self) -> None:
-        """Advance every running generation one token, grouped by (SiloLM, plan)."""
+        """Advance every running generation one token: one `SiloLM.step` per (SiloLM,
+        plan), so a failing step fails only its group; each job's events emitted."""
         self._running = [g for g in self._running if not g.job.cancelled.is_set()]
         groups: dict[tuple[int, Any], list[_Generation]] = {}
         for g in self._running:
-            groups.setdefault((id(g.job.lm), g.plan), []).append(g)
-        self.on_batch("generate", sum(len(g.live) for g in self._running))
+            groups.setdefault((id(g.job.lm), g.state.plan), []).append(g)
+        rows = sum(len(g.state.live) for g in self._running)
+        self.on_batch("generate", rows)
         started = time.perf_counter()
         for gens in groups.values():
             try:
-                _step(gens[0].job.lm, gens)
+                stepped = gens[0].job.lm.step([g.state for g in gens])
             except Exception as exc:
                 log.exception("generation step failed")
                 for g in gens:
-                    g.live = []
                     g.job.done(exc)
                     g.job.cancelled.set()
-        log.debug("step of %d rows in %.1f ms", sum(len(g.live) for g in self._running),
-                  1e3 * (time.perf_counter() - started))
+                continue
+            for g, events in zip(gens, stepped, strict=True):
+                if g.job.emit is not None:
+                    for ev in events:
+                        g.job.emit(ev)
+        log.debug("step of %d rows in %.1f ms", rows, 1e3 * (time.perf_counter() - started))
         still = []
         for g in self._running:
             if g.job.cancelled.is_set():
                 continue
-            if g.live:
-                still.append(g)
+            if g.state.finished:
+                g.job.done(g.job.lm.finish(g.state))
             else:
-                g.job.done(_finish(g))
+                still.append(g)
         self._running = still

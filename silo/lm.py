@@ -26,6 +26,18 @@ callers, who share the model and the datastore read-only):
         the stream collected: per choice the tokens, text, log-probs, finish reason,
         provenance and attribution; with `echo` also the prompt's ScoreResult.
 
+Batched generation, for a server that steps many requests together (continuous
+batching); `generate` is `start`, `step` until finished, `finish` of one request:
+
+    lm.start(requests: Sequence[GenerationRequest]) -> list[GenerationState]
+        plans resolved, samplers seeded, echo prompts scored; a state is finished at once
+        when max_tokens is 0.
+    lm.step(states: Sequence[GenerationState]) -> list[tuple[TokenEvent, ...]]
+        one token for every live choice of every state; rows of states with equal plans
+        share forward passes, each state samples with its own generator, so the tokens
+        and log-probs are those of generating it alone. Per state, this step's events.
+    state.finished -> bool;  lm.finish(state) -> GenerationResult
+
 Per-request settings live in `SiloOptions` (mode, k, lam, knn_temperature,
 license_classes, attribution, RIC parameters; unset k/lam/tau take the datastore's
 tuned defaults) and the caller's `AccessScope`. Every kNN and BM25 search of a request
@@ -235,6 +247,29 @@ class Plan:
     @property
     def uses_ric(self) -> bool:
         return self.mode in ("ric", "knnlm+ric")
+
+
+@dataclass(eq=False)
+class GenerationState:
+    """A running generation, advanced in place by `SiloLM.step`: per choice its row
+    (prompt + new tokens), new tokens, text so far, RIC passages and events; `live` the
+    choices still generating, `steps` the tokens generated per live choice so far."""
+
+    request: GenerationRequest
+    plan: Plan
+    generator: torch.Generator
+    rows: list[list[int]]
+    new: list[list[int]]
+    texts: list[str]
+    passages: list[tuple[Passage, ...]]
+    live: list[int]
+    events: list[list[TokenEvent]]
+    prompt: ScoreResult | None = None  # with echo
+    steps: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return not self.live
 
 
 @dataclass
@@ -612,15 +647,97 @@ class SiloLM:
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
         """Generate all choices (see `generate_stream`) and collect them."""
-        prompt = None
-        if request.echo:
-            prompt = self.score([ScoreRequest(request.prompt_ids, request.logprobs,
-                                              request.options, request.scope)])[0]
-        events: list[list[TokenEvent]] = [[] for _ in range(request.n)]
-        for ev in self.generate_stream(request):
-            events[ev.choice].append(ev)
-        choices = [self._completion(i, evs, request) for i, evs in enumerate(events)]
-        return GenerationResult(tuple(choices), prompt)
+        (state,) = self.start([request])
+        while not state.finished:
+            self.step([state])
+        return self.finish(state)
+
+    def generate_stream(self, request: GenerationRequest) -> Iterator[TokenEvent]:
+        """Generate `n` continuations together, one batched step per token; yields each
+        token as soon as it is chosen."""
+        (state,) = self.start([replace(request, echo=False)])
+        while not state.finished:
+            yield from self.step([state])[0]
+
+    def start(self, requests: Sequence[GenerationRequest]) -> list[GenerationState]:
+        """A running state per request: its plan resolved (InvalidInputError when the
+        datastore cannot serve it), its sampler seeded and, with `echo`, its prompt
+        scored (echo prompts of equal options in one `score` call)."""
+        states = []
+        for req in requests:
+            plan = self.plan(req.options, req.scope)
+            seed = req.seed if req.seed is not None else int(torch.randint(2**31, ()).item())
+            n = req.n
+            states.append(GenerationState(
+                req, plan, torch.Generator().manual_seed(seed),
+                [list(req.prompt_ids) for _ in range(n)], [[] for _ in range(n)], [""] * n,
+                [() for _ in range(n)], list(range(n)) if req.max_tokens else [],
+                [[] for _ in range(n)]))
+        echo = [s for s in states if s.request.echo]
+        scored = self.score([ScoreRequest(s.request.prompt_ids, s.request.logprobs,
+                                          s.request.options, s.request.scope) for s in echo])
+        for s, res in zip(echo, scored, strict=True):
+            s.prompt = res
+        return states
+
+    def step(self, states: Sequence[GenerationState]) -> list[tuple[TokenEvent, ...]]:
+        """One token for every live choice of `states`: the rows of states with equal
+        plans go through shared forward passes (continuous batching), then each state
+        samples its own rows with its own generator, so the tokens are those of stepping
+        it alone. Returns per state this step's events (empty once it is finished)."""
+        by_plan: dict[Plan, list[GenerationState]] = {}
+        for s in states:
+            if s.live:
+                by_plan.setdefault(s.plan, []).append(s)
+        out: dict[int, tuple[TokenEvent, ...]] = {}
+        for plan, group in by_plan.items():
+            for s, events in zip(group, self._advance(group, plan), strict=True):
+                out[id(s)] = events
+        return [out.get(id(s), ()) for s in states]
+
+    def finish(self, state: GenerationState) -> GenerationResult:
+        """The result of a state: per choice its events collected (and attributed)."""
+        choices = [self._completion(i, evs, state.request)
+                   for i, evs in enumerate(state.events)]
+        return GenerationResult(tuple(choices), state.prompt)
+
+    def _advance(self, states: list[GenerationState], plan: Plan,
+                 ) -> list[tuple[TokenEvent, ...]]:
+        rows: list[list[int]] = []
+        passages: list[tuple[Passage, ...]] = []
+        for s in states:
+            for r in s.live:
+                if plan.uses_ric and s.steps % plan.ric.stride == 0:
+                    s.passages[r] = self._retrieve(s.rows[r], plan)
+                rows.append(s.rows[r])
+                passages.append(s.passages[r])
+        chunk = self._step(rows, list(range(len(rows))), passages, plan)
+        mixed = self._mixed(chunk, plan)
+        picked, at = [], 0
+        for s in states:
+            picked.append(_sample(mixed[at:at + len(s.live)], s.request.temperature,
+                                  s.request.top_p, s.generator))
+            at += len(s.live)
+        tokens = torch.cat(picked)
+        provs = self._provenance(chunk, tokens, plan) if plan.attribution else None
+        out, at = [], 0
+        for s in states:
+            events, still = [], []
+            for r in s.live:
+                token = int(tokens[at])
+                s.rows[r].append(token)
+                s.new[r].append(token)
+                ev = self._event(r, token, mixed[at], s.new[r], s.texts, s.request, s.steps,
+                                 None if provs is None else provs[at])
+                s.events[r].append(ev)
+                events.append(ev)
+                if ev.finish_reason is None:
+                    still.append(r)
+                at += 1
+            s.live = still
+            s.steps += 1
+            out.append(tuple(events))
+        return out
 
     def _completion(self, index: int, events: list[TokenEvent],
                     request: GenerationRequest) -> Completion:
@@ -635,39 +752,6 @@ class SiloLM:
             tuple(e.top_logprobs or {} for e in events) if request.logprobs else None,
             events[-1].finish_reason or "length" if events else "length",
             provs if request.options.attribution else None, attribution)
-
-    def generate_stream(self, request: GenerationRequest) -> Iterator[TokenEvent]:
-        """Generate `n` continuations together, one batched step per token; yields each
-        token as soon as it is chosen."""
-        plan = self.plan(request.options, request.scope)
-        gen = torch.Generator().manual_seed(
-            request.seed if request.seed is not None else int(torch.randint(2**31, ()).item()))
-        rows = [list(request.prompt_ids) for _ in range(request.n)]
-        new: list[list[int]] = [[] for _ in range(request.n)]
-        texts = [""] * request.n
-        passages: list[tuple[Passage, ...]] = [() for _ in range(request.n)]
-        live = list(range(request.n))
-        for step in range(request.max_tokens):
-            if not live:
-                return
-            if plan.uses_ric and step % plan.ric.stride == 0:
-                for r in live:
-                    passages[r] = self._retrieve(rows[r], plan)
-            chunk = self._step(rows, live, passages, plan)
-            mixed = self._mixed(chunk, plan)
-            picked = _sample(mixed, request.temperature, request.top_p, gen)
-            provs = self._provenance(chunk, picked, plan) if plan.attribution else None
-            still = []
-            for j, r in enumerate(live):
-                token = int(picked[j])
-                rows[r].append(token)
-                new[r].append(token)
-                ev = self._event(r, token, mixed[j], new[r], texts, request, step,
-                                 None if provs is None else provs[j])
-                yield ev
-                if ev.finish_reason is None:
-                    still.append(r)
-            live = still
 
     def _step(self, rows: list[list[int]], live: list[int],
               passages: list[tuple[Passage, ...]], plan: Plan) -> _Chunk:

@@ -15,7 +15,14 @@ from datastore.errors import InvalidInputError
 from datastore.filter import AccessScope
 from datastore.store import Datastore
 from silo.encoder import LMEncoder
-from silo.lm import GenerationRequest, ScoreRequest, SiloConfig, SiloLM, SiloOptions
+from silo.lm import (
+    GenerationRequest,
+    ScoreRequest,
+    SiloConfig,
+    SiloLM,
+    SiloOptions,
+    TokenEvent,
+)
 from silo.ric import RicParams, with_passage
 from tests.conftest import make_documents
 
@@ -272,3 +279,47 @@ def test_bad_requests_are_library_errors(full: SiloLM) -> None:
         GenerationRequest((1,), top_p=0.0)
     with pytest.raises(ValueError, match="prompt_ids"):
         ScoreRequest((1, -2))
+
+
+@pytest.mark.parametrize("opts", ALL, ids=lambda o: o.mode)
+def test_batched_stepping_equals_generating_one_at_a_time(full: SiloLM,
+                                                          opts: SiloOptions) -> None:
+    ids = _ids(full)
+    requests = [GenerationRequest(ids[:6], max_tokens=5, temperature=0, logprobs=2,
+                                  options=opts),
+                GenerationRequest(ids[:3], max_tokens=7, temperature=1.0, n=2, seed=11,
+                                  options=opts, echo=True),
+                GenerationRequest(ids[2:12], max_tokens=3, temperature=0.8, top_p=0.9,
+                                  seed=5, options=opts),
+                GenerationRequest(ids[:4], max_tokens=0, echo=True, options=opts)]
+    states = full.start(requests)
+    assert states[3].finished and not states[0].finished
+    streamed: list[list[TokenEvent]] = [[] for _ in requests]
+    while not all(s.finished for s in states):
+        for seen, events in zip(streamed, full.step(states), strict=True):
+            seen += events
+    for req, state, emitted in zip(requests, states, streamed, strict=True):
+        want = full.generate(req)
+        got = full.finish(state)
+        assert [c.token_ids for c in got.choices] == [c.token_ids for c in want.choices]
+        assert sorted(e.choice for e in emitted if e.finish_reason) == \
+            ([] if req.max_tokens == 0 else list(range(req.n)))
+        for a, b in zip(got.choices, want.choices, strict=True):
+            np.testing.assert_allclose(a.token_logprobs, b.token_logprobs, atol=1e-4)
+            assert a.text == b.text and a.finish_reason == b.finish_reason
+        if req.echo:
+            assert got.prompt is not None and want.prompt is not None
+            np.testing.assert_allclose(np.array(got.prompt.token_logprobs[1:], float),
+                                       np.array(want.prompt.token_logprobs[1:], float),
+                                       atol=1e-4)
+
+
+def test_step_only_touches_live_states_and_an_invalid_request_fails_to_start(
+        full: SiloLM) -> None:
+    done, running = full.start([GenerationRequest((1, 2), max_tokens=0),
+                                GenerationRequest((1, 2), max_tokens=2, temperature=0)])
+    first = full.step([done, running])
+    assert first[0] == () and len(first[1]) == 1 and first[1][0] is running.events[0][0]
+    lm = SiloLM(full.model, full.tokenizer, None)
+    with pytest.raises(InvalidInputError, match="needs a datastore"):
+        lm.start([GenerationRequest((1, 2), options=SiloOptions("knnlm"))])
