@@ -1,33 +1,61 @@
-"""Server overhead and batching: the served API against calling SiloLM directly.
+"""Server overhead and batching: the served API, in its own process, against SiloLM.
 
-    python bench/server_overhead.py [--preset mini] [--requests 20]
+    OMP_NUM_THREADS=1 python bench/server_overhead.py [--preset mini] [--requests 12]
+        [--threads 1]
 
-Measures, in one run on one machine: p50 latency of a 32-token greedy completion
-(direct `SiloLM.generate` vs `POST /v1/completions`), single-client scoring throughput
-(direct `SiloLM.score` vs echo+max_tokens=0 requests), and scoring throughput with 16
-concurrent clients vs 1. Model: a randomly initialised preset (weights do not change
-the cost), parametric mode, no datastore.
+The server runs as a separate process (`uvicorn --factory server.app:create_app` on
+127.0.0.1, a free port, `--limit-max-requests` so it stops by itself, and terminated at
+the end in any case) with `OMP_NUM_THREADS` = `--threads`; the direct calls run in this
+process with `torch.set_num_threads(--threads)`, the same budget, and never at the same
+time as the server works. One thread is the default: on a small machine whose cores
+other work also uses, two OpenMP threads per process spin against each other (a
+32-token completion took 1.0 s with two and 0.16 s with one on the 2-core machine of
+docs/BENCHMARKS.md). Clients are httpx clients in a thread pool of this process
+(they only wait on sockets). Measures, in one run on one machine:
+
+  * p50 latency of a 32-token greedy completion: direct `SiloLM.generate` vs served;
+  * p50 latency of scoring one prompt: direct `SiloLM.score` vs served
+    (echo, max_tokens=0);
+  * throughput of 32-token greedy completions, 16 concurrent clients vs 1, in
+    parametric and knnlm modes (completions per second, each client sending its
+    requests one after another), next to the ceiling batching allows: 16 generations
+    stepped together by `SiloLM.step` in this process vs 1.
+
+Model: a randomly initialised preset (weights do not change the cost) with a small
+datastore built from the test corpus.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from server.settings import Settings  # noqa: E402
-from silo.lm import GenerationRequest, ScoreRequest, SiloLM, SiloOptions  # noqa: E402
-from tests.server.conftest import start_server  # noqa: E402
+from silo.lm import (  # noqa: E402
+    GenerationRequest,
+    ScoreRequest,
+    SiloConfig,
+    SiloLM,
+    SiloOptions,
+)  # noqa: E402
+from tests.conftest import make_documents  # noqa: E402
+from tests.server.conftest import STORE_CONFIG, free_port  # noqa: E402
 
-PARAMETRIC = SiloOptions(mode="parametric")
+MODES = ("parametric", "knnlm")
+TOKENS = 32
 
 
 def _model(folder: Path, preset: str) -> Path:
@@ -42,7 +70,43 @@ def _model(folder: Path, preset: str) -> Path:
     return folder
 
 
-def _p50(fn, n: int) -> float:  # type: ignore[no-untyped-def]
+def _datastore(model: Path, folder: Path) -> Path:
+    from datastore.store import Datastore
+    from silo.encoder import LMEncoder
+    from silo.model import load_lm
+
+    encoder = LMEncoder.from_loaded(load_lm(model))
+    Datastore.build(folder, make_documents(), encoder, STORE_CONFIG, progress=False).close()
+    return folder
+
+
+def _serve(model: Path, store: Path, threads: int, max_requests: int,
+           ) -> tuple[subprocess.Popen[bytes], str]:
+    """Start the server process; returns it and its base url once it answers."""
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "SILO_MODEL": str(model),
+           "SILO_DATASTORE": str(store), "SILO_AUDIT_LOG": str(store.parent / "audit.jsonl"),
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", "server.app:create_app",
+         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+         "--limit-max-requests", str(max_requests)], env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with status {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code < 500:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("the server did not start within 120 s")
+
+
+def _p50(fn: Callable[[], object], n: int) -> float:
     times = []
     for _ in range(n):
         t = time.perf_counter()
@@ -51,48 +115,81 @@ def _p50(fn, n: int) -> float:  # type: ignore[no-untyped-def]
     return statistics.median(times)
 
 
+def _throughput(url: str, body: dict[str, object], clients: int, per_client: int) -> float:
+    """Requests per second, `clients` threads each sending `per_client` in turn."""
+    def one(_: int) -> None:
+        with httpx.Client(base_url=url, timeout=600) as c:
+            for _ in range(per_client):
+                c.post("/v1/completions", json=body).raise_for_status()
+    t = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(one, range(clients)))
+    return clients * per_client / (time.perf_counter() - t)
+
+
+def _stepped(lm: SiloLM, request: GenerationRequest, k: int) -> float:
+    """Completions per second of k copies of `request` stepped together (direct)."""
+    t = time.perf_counter()
+    states = lm.start([request] * k)
+    while not all(s.finished for s in states):
+        lm.step(states)
+    return k / (time.perf_counter() - t)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="mini")
-    ap.add_argument("--requests", type=int, default=20)
+    ap.add_argument("--requests", type=int, default=12, help="samples per latency p50")
     ap.add_argument("--prompt-tokens", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads, for the server process and the direct calls")
     args = ap.parse_args()
-    folder = _model(Path(tempfile.mkdtemp()) / "model", args.preset)
-    lm = SiloLM.from_dirs(folder)
+    torch.set_num_threads(args.threads)
+    work = Path(tempfile.mkdtemp())
+    model = _model(work / "model", args.preset)
+    store = _datastore(model, work / "store")
+    lm = SiloLM.from_dirs(model, store, config=SiloConfig(batch_size=16))  # as served
     prompt = tuple(range(10, 10 + args.prompt_tokens))
-    gen = GenerationRequest(prompt, max_tokens=32, temperature=0, options=PARAMETRIC)
-    score = ScoreRequest(prompt, options=PARAMETRIC)
-    _, _, url = start_server(Settings(model=folder, audit_log=Path(tempfile.mkdtemp()) / "a"))
-    http = httpx.Client(base_url=url, timeout=300)
-    body_gen = {"prompt": list(prompt), "max_tokens": 32, "temperature": 0}
-    body_score = {"prompt": list(prompt), "max_tokens": 0, "echo": True, "logprobs": 0}
     n = args.requests
-    lm.generate(gen), http.post("/v1/completions", json=body_gen)  # warm up
+    parametric = SiloOptions(mode="parametric")
+    gen = GenerationRequest(prompt, max_tokens=TOKENS, temperature=0, options=parametric)
+    lm.generate(gen)  # warm up
     direct_gen = _p50(lambda: lm.generate(gen), n)
-    served_gen = _p50(lambda: http.post("/v1/completions", json=body_gen).raise_for_status(), n)
-    direct_score = _p50(lambda: lm.score([score]), n)
-    served_score = _p50(lambda: http.post("/v1/completions", json=body_score)
-                        .raise_for_status(), n)
+    direct_score = _p50(lambda: lm.score([ScoreRequest(prompt, options=parametric)]), n)
+    ceiling = {mode: (_stepped(lm, replace(gen, options=SiloOptions(mode=mode)), 1),
+                      _stepped(lm, replace(gen, options=SiloOptions(mode=mode)), 16))
+               for mode in MODES}
 
-    def burst(clients: int, per_client: int) -> float:
-        def one(_: int) -> None:
-            with httpx.Client(base_url=url, timeout=300) as c:
-                for _ in range(per_client):
-                    c.post("/v1/completions", json=body_score).raise_for_status()
-        t = time.perf_counter()
-        with ThreadPoolExecutor(clients) as pool:
-            list(pool.map(one, range(clients)))
-        return clients * per_client / (time.perf_counter() - t)
-
-    one_client = burst(1, 4 * n)
-    sixteen = burst(16, max(1, n // 4))
-    print(f"32-token completion p50: direct {direct_gen * 1e3:.1f} ms, served "
+    bodies = {mode: {"prompt": list(prompt), "max_tokens": TOKENS, "temperature": 0,
+                     "silo": {"mode": mode}} for mode in MODES}
+    body_score = {"prompt": list(prompt), "max_tokens": 0, "echo": True, "logprobs": 0,
+                  "silo": {"mode": "parametric"}}
+    per_single, per_many = 2 * (16 // 4), 2  # the one client sends as many as 4 of the 16
+    budget = 2 * n + 2 + len(MODES) * (per_single + 16 * per_many) + 1000  # + health polls
+    proc, url = _serve(model, store, args.threads, budget)
+    try:
+        http = httpx.Client(base_url=url, timeout=600)
+        http.post("/v1/completions", json=bodies["parametric"]).raise_for_status()  # warm up
+        served_gen = _p50(lambda: http.post("/v1/completions", json=bodies["parametric"])
+                          .raise_for_status(), n)
+        served_score = _p50(lambda: http.post("/v1/completions", json=body_score)
+                            .raise_for_status(), n)
+        rates = {mode: (_throughput(url, bodies[mode], 1, per_single),
+                        _throughput(url, bodies[mode], 16, per_many)) for mode in MODES}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    print(f"threads {args.threads}, preset {args.preset}, prompt {len(prompt)} tokens")
+    print(f"{TOKENS}-token completion p50: direct {direct_gen * 1e3:.1f} ms, served "
           f"{served_gen * 1e3:.1f} ms (x{served_gen / direct_gen:.3f})")
-    print(f"scoring p50 ({len(prompt)} tokens): direct {direct_score * 1e3:.2f} ms, served "
+    print(f"scoring p50: direct {direct_score * 1e3:.2f} ms, served "
           f"{served_score * 1e3:.2f} ms; throughput ratio served/direct "
           f"{direct_score / served_score:.3f}")
-    print(f"scoring throughput: 1 client {one_client:.1f} req/s, 16 clients "
-          f"{sixteen:.1f} req/s (x{sixteen / one_client:.2f})")
+    for mode, (one, many) in rates.items():
+        print(f"{mode} {TOKENS}-token completions: 1 client {one:.2f} req/s, 16 clients "
+              f"{many:.2f} req/s (x{many / one:.2f}); direct SiloLM.step 1 "
+              f"{ceiling[mode][0]:.2f}/s, 16 together {ceiling[mode][1]:.2f}/s "
+              f"(x{ceiling[mode][1] / ceiling[mode][0]:.2f})")
 
 
 if __name__ == "__main__":
