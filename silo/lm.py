@@ -38,6 +38,12 @@ batching); `generate` is `start`, `step` until finished, `finish` of one request
         and log-probs are those of generating it alone. Per state, this step's events.
     state.finished -> bool;  lm.finish(state) -> GenerationResult
 
+Decoding is incremental (`SiloConfig.kv_cache`, on by default) in the modes without RIC:
+a state's first step reads its rows whole and keeps their keys/values, later steps feed
+one token per row, the rows of all states of a plan in one pass over their left-padded,
+masked caches. RIC modes (whose passages change the context) and rows longer than the
+context (whose window slides) re-read the context at every step.
+
 Per-request settings live in `SiloOptions` (mode, k, lam, knn_temperature,
 license_classes, attribution, RIC parameters; unset k/lam/tau take the datastore's
 tuned defaults) and the caller's `AccessScope`. Every kNN and BM25 search of a request
@@ -220,6 +226,7 @@ class SiloConfig:
     batch_size: int = 8  # sequences per forward pass
     window: int | None = None
     stride: int | None = None
+    kv_cache: bool = True  # incremental decoding (off: every step re-reads the context)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -266,6 +273,11 @@ class GenerationState:
     events: list[list[TokenEvent]]
     prompt: ScoreResult | None = None  # with echo
     steps: int = 0
+    # keys/values of every token but the last of the rows `cache_rows` (in that order):
+    # per layer (rows, kv_heads, length, head_dim) each; None before the first step, in
+    # RIC modes and once the rows outgrow the context
+    cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    cache_rows: list[int] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:
@@ -369,7 +381,7 @@ class SiloLM:
             ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
             mask[i, :len(r)] = 1
         device = next(self.model.parameters()).device
-        hidden, logits = self._head_input_and_logits(ids.to(device), mask.to(device))
+        hidden, logits, _ = self._head_input_and_logits(ids.to(device), mask.to(device))
         lp = torch.log_softmax(logits.float(), dim=-1).cpu()
         hidden = hidden.float().cpu()
         out_lp, out_h = [], []
@@ -383,30 +395,31 @@ class SiloLM:
         """Is the base model's last hidden state exactly what the LM head reads?"""
         device = next(self.model.parameters()).device
         probe = (torch.arange(1, 9)[None] % self.vocab_size).to(device)
-        hidden, logits = self._head_input_and_logits(probe, torch.ones_like(probe))
+        hidden, logits, _ = self._head_input_and_logits(probe, torch.ones_like(probe))
         base = self.model.base_model(input_ids=probe).last_hidden_state
         return bool(torch.allclose(base, hidden, atol=1e-5)
                     and torch.allclose(self.model.get_output_embeddings()(base), logits,
                                        atol=1e-4, rtol=1e-4))
 
-    def _head_input_and_logits(self, ids: torch.Tensor, mask: torch.Tensor,
-                               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _head_input_and_logits(self, ids: torch.Tensor, mask: torch.Tensor, **extra: Any,
+                               ) -> tuple[torch.Tensor, torch.Tensor, Any]:
         """(b, t) -> the LM head's input (b, t, dim) and the logits (b, t, V). Where the
         base model's output is that input (Llama, GPT-NeoX, GPT-2), no hook is needed;
         otherwise a forward pre-hook captures it, one caller at a time (a hook on the
-        shared model would see other threads' passes)."""
+        shared model would see other threads' passes). `extra` goes to the model (a key/
+        value cache, positions); the third result is the model's cache (None unless asked)."""
         head = self.model.get_output_embeddings()
         if self._base_gives_head_input:
-            hidden = self.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
-            return hidden, head(hidden)
+            out = self.model.base_model(input_ids=ids, attention_mask=mask, **extra)
+            return out.last_hidden_state, head(out.last_hidden_state), out.get("cache")
         captured: list[torch.Tensor] = []
         with self._hook_lock:
             hook = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
             try:
-                logits = self.model(input_ids=ids, attention_mask=mask).logits
+                out = self.model(input_ids=ids, attention_mask=mask, **extra)
             finally:
                 hook.remove()
-        return captured[0], logits
+        return captured[0], out.logits, out.get("cache")
 
     def _run_groups(self, groups: list[_Group]) -> tuple[torch.Tensor, torch.Tensor]:
         """All groups' predicted positions, in order: ensembled log-probs (m, V) and the
@@ -711,7 +724,8 @@ class SiloLM:
                     s.passages[r] = self._retrieve(s.rows[r], plan)
                 rows.append(s.rows[r])
                 passages.append(s.passages[r])
-        chunk = self._step(rows, list(range(len(rows))), passages, plan)
+        chunk = self._step(rows, list(range(len(rows))), passages, plan,
+                           None if plan.uses_ric else states)
         mixed = self._mixed(chunk, plan)
         picked, at = [], 0
         for s in states:
@@ -754,18 +768,107 @@ class SiloLM:
             provs if request.options.attribution else None, attribution)
 
     def _step(self, rows: list[list[int]], live: list[int],
-              passages: list[tuple[Passage, ...]], plan: Plan) -> _Chunk:
-        """Next-token distributions (and neighbours) of the live rows."""
+              passages: list[tuple[Passage, ...]], plan: Plan,
+              states: list[GenerationState] | None = None) -> _Chunk:
+        """Next-token distributions (and neighbours) of the live rows; with `states`
+        (whose live rows are `rows`, in order) incrementally, through their caches."""
         plain = [_Group([rows[r][-self.max_length:]], 1, torch.zeros(1)) for r in live]
         groups = [self._ric_group(rows[r], 1, passages[r], plan) for r in live] \
             if plan.uses_ric else plain
-        lp, hidden = self._run_groups(groups)
+        if states is not None and self.config.kv_cache:
+            lp, hidden = self._next_token(states)
+        else:
+            lp, hidden = self._run_groups(groups)
         chunk = _Chunk(np.arange(len(live)), lp, passages=[passages[r] for r in live]
                        if plan.uses_ric else [() for _ in live])
         if plan.uses_knn:
             queries = self._run_groups(plain)[1] if plan.uses_ric else hidden
             self._search(chunk, queries, plan)
         return chunk
+
+    def _next_token(self, states: list[GenerationState]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probs (m, V) and LM-head inputs (m, dim) of the next token of every live
+        row of `states`, in order. A state's first step reads its rows whole and keeps
+        their keys/values; later steps feed only each row's last token, the rows of all
+        cached states in one pass (caches left-padded to a common length, masked). Rows
+        longer than the context slide their window, which a cache cannot follow: those
+        are read whole at every step."""
+        lps: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        cached = []
+        for s in states:
+            length = len(s.rows[s.live[0]])  # the live rows of a state advance together
+            if s.cache is not None and length <= self.max_length:
+                cached.append(s)
+                continue
+            rows = [s.rows[r][-self.max_length:] for r in s.live]
+            if length > self.max_length:
+                s.cache = None
+                row_lp, row_h = self._forward(rows, [1] * len(rows))
+                lps[id(s)] = torch.cat(row_lp), torch.cat(row_h)
+            else:
+                lps[id(s)] = self._prefill(s, rows)
+        if cached:
+            at = 0
+            lp, h = self._decode(cached)
+            for s in cached:
+                lps[id(s)] = lp[at:at + len(s.live)], h[at:at + len(s.live)]
+                at += len(s.live)
+        return (torch.cat([lps[id(s)][0] for s in states]),
+                torch.cat([lps[id(s)][1] for s in states]))
+
+    @torch.inference_mode()
+    def _prefill(self, state: GenerationState, rows: list[list[int]],
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Read a state's (equally long) rows whole, keep their cache; last position's
+        log-probs (n, V) and LM-head input (n, dim)."""
+        device = next(self.model.parameters()).device
+        ids = torch.tensor(rows, dtype=torch.long, device=device)
+        hidden, logits, cache = self._head_input_and_logits(ids, torch.ones_like(ids),
+                                                            use_cache=True)
+        state.cache = [(layer.keys, layer.values) for layer in cache.layers]
+        state.cache_rows = list(state.live)
+        return (torch.log_softmax(logits[:, -1].float(), dim=-1).cpu(),
+                hidden[:, -1].float().cpu())
+
+    @torch.inference_mode()
+    def _decode(self, states: list[GenerationState]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token per live row of the cached `states` in one pass: (m, V), (m, dim)."""
+        from transformers import DynamicCache
+
+        device = next(self.model.parameters()).device
+        lengths, tokens, layers = [], [], []
+        for s in states:
+            assert s.cache is not None
+            keep = [s.cache_rows.index(r) for r in s.live]  # finished choices drop out
+            if keep != list(range(len(s.cache_rows))):
+                index = torch.tensor(keep, device=device)
+                s.cache = [(k.index_select(0, index), v.index_select(0, index))
+                           for k, v in s.cache]
+            lengths += [s.cache[0][0].shape[2]] * len(s.live)
+            tokens += [s.rows[r][-1] for r in s.live]
+            layers.append(s.cache)
+        width = max(lengths)
+        past = [tuple(torch.cat([torch.nn.functional.pad(c[i][j], (0, 0, width - c[i][j]
+                                                                   .shape[2], 0))
+                                 for c in layers]) for j in (0, 1))
+                for i in range(len(layers[0]))]
+        mask = torch.zeros((len(tokens), width + 1), dtype=torch.long)
+        for i, n in enumerate(lengths):
+            mask[i, width - n:] = 1
+        hidden, logits, cache = self._head_input_and_logits(
+            torch.tensor(tokens, device=device)[:, None], mask.to(device),
+            position_ids=torch.tensor(lengths, device=device)[:, None],
+            cache=DynamicCache(past), use_cache=True)
+        at = 0
+        for s in states:
+            n, length = len(s.live), lengths[at]
+            s.cache = [(layer.keys[at:at + n, :, width - length:],
+                        layer.values[at:at + n, :, width - length:])
+                       for layer in cache.layers]
+            s.cache_rows = list(s.live)
+            at += n
+        return (torch.log_softmax(logits[:, -1].float(), dim=-1).cpu(),
+                hidden[:, -1].float().cpu())
 
     def _event(self, choice: int, token: int, dist: torch.Tensor, new: list[int],
                texts: list[str], request: GenerationRequest, step: int,

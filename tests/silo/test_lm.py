@@ -323,3 +323,32 @@ def test_step_only_touches_live_states_and_an_invalid_request_fails_to_start(
     lm = SiloLM(full.model, full.tokenizer, None)
     with pytest.raises(InvalidInputError, match="needs a datastore"):
         lm.start([GenerationRequest((1, 2), options=SiloOptions("knnlm"))])
+
+
+@pytest.mark.parametrize("opts", ALL[:2], ids=lambda o: o.mode)
+def test_incremental_decoding_equals_rereading_the_context(full: SiloLM,
+                                                           opts: SiloOptions) -> None:
+    def lm(kv_cache: bool, hook: bool = False) -> SiloLM:
+        out = SiloLM(full.model, full.tokenizer, full.datastore,
+                     replace(full.config, kv_cache=kv_cache))
+        out.max_length = 12  # the first request outgrows the context mid-generation
+        out._base_gives_head_input = not hook
+        return out
+
+    ids = _ids(full)
+    requests = [GenerationRequest(ids[:5], max_tokens=10, temperature=0, logprobs=1,
+                                  options=opts),
+                GenerationRequest(ids[:3], max_tokens=6, temperature=1.0, n=3, seed=2,
+                                  options=opts)]
+    reference = lm(kv_cache=False)
+    want = [reference.generate(r) for r in requests]
+    for cached in (lm(kv_cache=True), lm(kv_cache=True, hook=True)):
+        states = cached.start(requests)  # stepped together: caches of unequal lengths
+        while not all(s.finished for s in states):
+            cached.step(states)
+        assert states[1].cache is not None and states[0].cache is None
+        for state, w in zip(states, want, strict=True):
+            got = cached.finish(state)
+            assert [c.token_ids for c in got.choices] == [c.token_ids for c in w.choices]
+            for a, b in zip(got.choices, w.choices, strict=True):
+                np.testing.assert_allclose(a.token_logprobs, b.token_logprobs, atol=1e-4)
