@@ -39,10 +39,11 @@ batching); `generate` is `start`, `step` until finished, `finish` of one request
     state.finished -> bool;  lm.finish(state) -> GenerationResult
 
 Decoding is incremental (`SiloConfig.kv_cache`, on by default) in the modes without RIC:
-a state's first step reads its rows whole and keeps their keys/values, later steps feed
-one token per row, the rows of all states of a plan in one pass over their left-padded,
-masked caches. RIC modes (whose passages change the context) and rows longer than the
-context (whose window slides) re-read the context at every step.
+a state's first step reads its rows whole (the new states of a step in one right-padded
+pass) and keeps their keys/values, later steps feed one token per row, the rows of all
+states of a plan in one pass over their left-padded, masked caches. RIC modes (whose
+passages change the context) and rows longer than the context (whose window slides)
+re-read the context at every step.
 
 Per-request settings live in `SiloOptions` (mode, k, lam, knn_temperature,
 license_classes, attribution, RIC parameters; unset k/lam/tau take the datastore's
@@ -374,12 +375,7 @@ class SiloLM:
                  ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Right-padded batch -> per row, for its last `scored` positions: log-probs
         (s, V) float32 and the LM head's input (s, dim) float32 (the kNN query)."""
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[i, :len(r)] = 1
+        ids, mask = _right_padded(rows, self.pad_id)
         device = next(self.model.parameters()).device
         hidden, logits, _ = self._head_input_and_logits(ids.to(device), mask.to(device))
         lp = torch.log_softmax(logits.float(), dim=-1).cpu()
@@ -788,13 +784,13 @@ class SiloLM:
 
     def _next_token(self, states: list[GenerationState]) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probs (m, V) and LM-head inputs (m, dim) of the next token of every live
-        row of `states`, in order. A state's first step reads its rows whole and keeps
-        their keys/values; later steps feed only each row's last token, the rows of all
-        cached states in one pass (caches left-padded to a common length, masked). Rows
-        longer than the context slide their window, which a cache cannot follow: those
-        are read whole at every step."""
+        row of `states`, in order. A state's first step reads its rows whole (all new
+        states in one pass) and keeps their keys/values; later steps feed only each
+        row's last token, the rows of all cached states in one pass (caches left-padded
+        to a common length, masked). Rows longer than the context slide their window,
+        which a cache cannot follow: those are read whole at every step."""
         lps: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        cached = []
+        cached, fresh = [], []
         for s in states:
             length = len(s.rows[s.live[0]])  # the live rows of a state advance together
             if s.cache is not None and length <= self.max_length:
@@ -806,29 +802,38 @@ class SiloLM:
                 row_lp, row_h = self._forward(rows, [1] * len(rows))
                 lps[id(s)] = torch.cat(row_lp), torch.cat(row_h)
             else:
-                lps[id(s)] = self._prefill(s, rows)
-        if cached:
-            at = 0
-            lp, h = self._decode(cached)
-            for s in cached:
-                lps[id(s)] = lp[at:at + len(s.live)], h[at:at + len(s.live)]
-                at += len(s.live)
+                fresh.append(s)
+        for group, step in ((fresh, self._prefill), (cached, self._decode)):
+            for part in _batches(group, self.config.batch_size):
+                lp, h = step(part)
+                at = 0
+                for s in part:
+                    lps[id(s)] = lp[at:at + len(s.live)], h[at:at + len(s.live)]
+                    at += len(s.live)
         return (torch.cat([lps[id(s)][0] for s in states]),
                 torch.cat([lps[id(s)][1] for s in states]))
 
     @torch.inference_mode()
-    def _prefill(self, state: GenerationState, rows: list[list[int]],
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Read a state's (equally long) rows whole, keep their cache; last position's
-        log-probs (n, V) and LM-head input (n, dim)."""
+    def _prefill(self, states: list[GenerationState]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Read the live rows of `states` whole in one right-padded pass and keep each
+        state's cache (a causal model's first L positions ignore the padding after
+        them); the last real position's log-probs (m, V) and LM-head inputs (m, dim)."""
         device = next(self.model.parameters()).device
-        ids = torch.tensor(rows, dtype=torch.long, device=device)
-        hidden, logits, cache = self._head_input_and_logits(ids, torch.ones_like(ids),
+        rows = [s.rows[r] for s in states for r in s.live]
+        ids, mask = _right_padded(rows, self.pad_id)
+        hidden, logits, cache = self._head_input_and_logits(ids.to(device), mask.to(device),
                                                             use_cache=True)
-        state.cache = [(layer.keys, layer.values) for layer in cache.layers]
-        state.cache_rows = list(state.live)
-        return (torch.log_softmax(logits[:, -1].float(), dim=-1).cpu(),
-                hidden[:, -1].float().cpu())
+        last = torch.tensor([len(r) - 1 for r in rows], device=device)
+        picked = torch.arange(len(rows), device=device)
+        at = 0
+        for s in states:
+            n, length = len(s.live), len(s.rows[s.live[0]])
+            s.cache = [(layer.keys[at:at + n, :, :length], layer.values[at:at + n, :, :length])
+                       for layer in cache.layers]
+            s.cache_rows = list(s.live)
+            at += n
+        return (torch.log_softmax(logits[picked, last].float(), dim=-1).cpu(),
+                hidden[picked, last].float().cpu())
 
     @torch.inference_mode()
     def _decode(self, states: list[GenerationState]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -890,6 +895,29 @@ class SiloLM:
             values, ids = dist.topk(min(request.logprobs, dist.shape[0]))
             top = dict(zip(ids.tolist(), values.tolist(), strict=True))
         return TokenEvent(choice, token, delta, float(dist[token]), top, provenance, finish)
+
+
+def _right_padded(rows: Sequence[Sequence[int]], pad_id: int,
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of token ids -> (b, t) ids padded on the right with `pad_id`, (b, t) mask."""
+    ids = torch.full((len(rows), max(len(r) for r in rows)), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(list(r), dtype=torch.long)
+        mask[i, :len(r)] = 1
+    return ids, mask
+
+
+def _batches(states: list[GenerationState], rows: int) -> Iterator[list[GenerationState]]:
+    """Consecutive runs of states with at most `rows` live rows (at least one state)."""
+    part: list[GenerationState] = []
+    for s in states:
+        if part and sum(len(p.live) for p in part) + len(s.live) > rows:
+            yield part
+            part = []
+        part.append(s)
+    if part:
+        yield part
 
 
 def _sample(log_probs: torch.Tensor, temperature: float, top_p: float,
