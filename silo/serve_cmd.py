@@ -20,6 +20,7 @@ from datastore.errors import NotFoundError
 APP = "server.app:create_app"
 CORPUS = Path(__file__).resolve().parent.parent / "data" / "corpus" / "foldoc.jsonl.gz"
 DEFAULT_DOCUMENTS = 3000  # FOLDOC entries in the default datastore: a first start in minutes
+TUNE_TOKENS = 4096  # held-out FOLDOC validation tokens the default's k, lambda, tau are tuned on
 
 
 def cache_dir() -> Path:
@@ -34,19 +35,48 @@ def default_datastore(model: Path) -> Path:
     from silo.corpus import read_corpus
     from silo.encoder import LMEncoder
     from silo.model import load_lm
+    from silo.tuning import DEFAULTS_FILE
 
     lm = load_lm(model)
-    folder = cache_dir() / "datastores" / f"foldoc-{lm.fingerprint[:12]}"
+    folder = cache_dir() / "datastores" / f"foldoc-ivfpq-{lm.fingerprint[:12]}"
     manifest = folder / "manifest.json"
-    if manifest.exists() and '"ready"' in manifest.read_text():
-        return folder
-    if not CORPUS.exists():
-        raise NotFoundError(f"no corpus at {CORPUS} to build the default datastore from")
-    typer.echo(f"building the default datastore in {folder} (once)", err=True)
-    docs = islice(read_corpus([CORPUS]), DEFAULT_DOCUMENTS)
-    config = DatastoreConfig(backend="faiss-flat", name="foldoc")
-    Datastore.build(folder, docs, LMEncoder.from_loaded(lm), config, progress=True).close()
+    if not (manifest.exists() and '"ready"' in manifest.read_text()):
+        if not CORPUS.exists():
+            raise NotFoundError(f"no corpus at {CORPUS} to build the default datastore from")
+        typer.echo(f"building the default datastore in {folder} (once)", err=True)
+        docs = islice(read_corpus([CORPUS]), DEFAULT_DOCUMENTS)
+        # IVF-PQ keeps kNN-LM scoring above half the parametric speed at this size (exact
+        # search: about a fifth); see docs/BENCHMARKS.md, "Default datastore".
+        config = DatastoreConfig(backend="faiss-ivfpq", name="foldoc", nlist=1024, m=64,
+                                 nprobe=8)
+        Datastore.build(folder, docs, LMEncoder.from_loaded(lm), config, progress=True).close()
+    if not (folder / DEFAULTS_FILE).exists():  # also after a start cut short while tuning
+        typer.echo("tuning kNN-LM's k, lambda and tau for the default datastore (once)",
+                   err=True)
+        tune_default(folder, model)
     return folder
+
+
+def tune_default(folder: Path, model: Path) -> None:
+    """Tune k, lambda and tau on FOLDOC validation documents that are not in the store,
+    and store them with it, so clients that know nothing of SILO get tuned kNN-LM."""
+    from silo.corpus import read_corpus, split_of
+    from silo.lm import SiloLM, SiloOptions
+    from silo.tuning import Grid, best_overall, grid_search, write_defaults
+
+    lm = SiloLM.from_dirs(model, folder)
+    seqs, used = [], 0
+    for doc in islice(read_corpus([CORPUS]), DEFAULT_DOCUMENTS, None):
+        if used >= TUNE_TOKENS:
+            break
+        if split_of(doc.doc_id) == "valid":
+            ids = (lm.eos_id, *lm.encode(doc.text))[: TUNE_TOKENS - used + 1]
+            seqs.append(ids)
+            used += len(ids) - 1
+    grid = Grid()
+    points = grid_search(lm.target_scores(seqs, SiloOptions("knnlm"), grid.k_max), grid)
+    write_defaults(folder, best_overall({"foldoc": points}), {"foldoc": points[0]},
+                   note=f"tuned on {used} held-out FOLDOC validation tokens at first start")
 
 
 def serve(
