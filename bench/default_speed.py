@@ -19,6 +19,7 @@ import numpy as np
 
 from datastore.store import Datastore
 from silo.corpus import read_corpus, split_of
+from silo.evaluate import domain_sequences
 from silo.lm import ScoreRequest, SiloConfig, SiloLM, SiloOptions, perplexity
 from silo.model import load_lm
 from silo.serve_cmd import CORPUS, DEFAULT_DOCUMENTS
@@ -37,14 +38,11 @@ def main() -> None:
               for n, p in (("flat", args.flat), ("ivfpq", args.ivfpq))}
     lms = {n: SiloLM(loaded.model, loaded.tokenizer, s, SiloConfig(batch_size=16))
            for n, s in stores.items()}
-    seqs, used = [], 0
     held_out = islice(read_corpus([CORPUS]), DEFAULT_DOCUMENTS, None)  # not in the store
-    for doc in held_out:
-        if split_of(doc.doc_id) != "test" or used >= args.tokens:
-            continue
-        ids = (lms["flat"].eos_id, *lms["flat"].encode(doc.text))[: args.tokens - used + 1]
-        seqs.append(ids)
-        used += len(ids) - 1
+    docs = (d for d in held_out if split_of(d.doc_id) == "test")
+    lm = lms["flat"]
+    seqs = domain_sequences(docs, lm.encode, lm.eos_id, args.tokens)["foldoc"]
+    used = sum(len(s) - 1 for s in seqs)
     cases = [("parametric", "flat", SiloOptions("parametric"), None),
              ("knnlm, faiss-flat, k 1024", "flat", SiloOptions("knnlm", k=1024), None),
              ("knnlm, IVF-PQ, k 1024, nprobe 8", "ivfpq", SiloOptions("knnlm", k=1024), 8),

@@ -26,6 +26,7 @@ from datastore.config import DatastoreConfig
 from datastore.document import Document
 from datastore.store import Datastore
 from silo.corpus import read_corpus, split_of
+from silo.evaluate import domain_sequences
 from silo.lm import (
     GenerationRequest,
     ScoreRequest,
@@ -98,13 +99,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     lm = SiloLM(loaded.model, loaded.tokenizer, store, SiloConfig(batch_size=16))
     lm_flat = SiloLM(loaded.model, loaded.tokenizer, flat, SiloConfig(batch_size=16),
                      defaults=lm.defaults)  # the tuned values live with the main store
-    seqs, used = [], 0
-    for doc in read_corpus([args.corpus_dir / f"{args.domain}.jsonl.gz"]):
-        if split_of(doc.doc_id) != "test" or used >= args.tokens:
-            continue
-        ids = (lm.eos_id, *lm.encode(doc.text))[: args.tokens - used + 1]
-        seqs.append(ids)
-        used += len(ids) - 1
+    test = (d for d in read_corpus([args.corpus_dir / f"{args.domain}.jsonl.gz"])
+            if split_of(d.doc_id) == "test")
+    seqs = domain_sequences(test, lm.encode, lm.eos_id, args.tokens)[args.domain]
+    used = sum(len(s) - 1 for s in seqs)
     d = lm.defaults
     ric = RicParams(query_tokens=32, k=1, stride=4)
     few = seqs[: max(1, len(seqs) * args.flat_tokens // max(1, used))]

@@ -40,6 +40,7 @@ from datastore.document import Document
 from datastore.store import Datastore
 from silo.corpus import read_corpus, split_of
 from silo.encoder import LMEncoder
+from silo.evaluate import domain_sequences
 from silo.lm import SiloConfig, SiloLM, SiloOptions
 from silo.model import load_lm
 from silo.ric import RicParams, passage_budget, with_passage
@@ -100,16 +101,9 @@ def load_domains(corpus: Path, domains: Sequence[str], every: dict[str, int],
 
 def sequences(lm: SiloLM, docs: Iterable[Document], budget: int) -> list[tuple[int, ...]]:
     """EOS + tokens of each document (as `silo eval` scores them), up to `budget`
-    predicted tokens in all."""
-    out, used = [], 0
-    for doc in docs:
-        if used >= budget:
-            break
-        ids = (lm.eos_id, *lm.encode(doc.text))[: budget - used + 1]
-        if len(ids) >= 2:
-            out.append(ids)
-            used += len(ids) - 1
-    return out
+    predicted tokens per domain."""
+    by_source = domain_sequences(docs, lm.encode, lm.eos_id, budget)
+    return [ids for seqs in by_source.values() for ids in seqs]
 
 
 def build(path: Path, docs: Iterable[Document], encoder: Any, args: argparse.Namespace,

@@ -11,7 +11,7 @@ allows it. Perplexity of a domain = exp(total NLL / total scored tokens).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from datastore.document import Document
 from silo.config import EvalConfig
+from silo.encoder import window_starts
 
 
 @dataclass(frozen=True)
@@ -35,14 +36,35 @@ class Window:
 
 def sliding_windows(ids: Sequence[int], window: int, stride: int) -> Iterator[Window]:
     """Windows over a sequence whose first token is context only (EOS); every later
-    token is scored exactly once."""
-    n = len(ids) - 1  # number of targets
-    end = 0  # targets [0, end) are scored so far
-    while end < n:
-        new_end = min(n, window if end == 0 else end + stride)
-        start = max(0, new_end - window)
-        yield Window(ids=tuple(ids[start : new_end + 1]), scored=new_end - end)
-        end = new_end
+    token is scored exactly once (the schedule the datastore encoder and SiloLM use)."""
+    for start, end, keep in window_starts(len(ids) - 1, window, stride):
+        if end > keep:  # a lone EOS has no target
+            yield Window(ids=tuple(ids[start : end + 1]), scored=end - keep)
+
+
+def domain_sequences(
+    docs: Iterable[Document],
+    encode: Callable[[str], Sequence[int]],
+    eos_id: int,
+    max_tokens: int | None = None,
+) -> dict[str, list[tuple[int, ...]]]:
+    """EOS + token ids of each document, grouped by `source` in reading order. With
+    `max_tokens`, a source takes at most that many targets (its last document cut to
+    fit) and later documents of a full source are not even tokenized."""
+    out: dict[str, list[tuple[int, ...]]] = {}
+    used: dict[str, int] = {}
+    for doc in docs:
+        have = used.get(doc.source, 0)
+        if max_tokens is not None and have >= max_tokens:
+            continue
+        ids = (eos_id, *encode(doc.text))
+        if max_tokens is not None:
+            ids = ids[: max_tokens - have + 1]
+        if len(ids) < 2:
+            continue
+        used[doc.source] = have + len(ids) - 1
+        out.setdefault(doc.source, []).append(ids)
+    return out
 
 
 @dataclass(frozen=True)
@@ -94,12 +116,6 @@ def score_windows(
     return total, count
 
 
-def document_ids(doc: Document, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    eos = tokenizer.eos_token_id
-    assert eos is not None, "tokenizer needs an EOS token"
-    return [eos, *tokenizer(doc.text, add_special_tokens=False)["input_ids"]]
-
-
 def evaluate_domains(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -109,24 +125,18 @@ def evaluate_domains(
     progress: bool = False,
 ) -> list[DomainResult]:
     """Perplexity of each `source` among `docs` (sorted by name)."""
-    by_domain: dict[str, list[Window]] = {}
-    counts: dict[str, int] = {}
-    budget: dict[str, int] = {}
-    for doc in docs:
-        used = budget.get(doc.source, 0)
-        if max_tokens_per_domain is not None and used >= max_tokens_per_domain:
-            continue
-        ids = document_ids(doc, tokenizer)
-        if max_tokens_per_domain is not None:
-            ids = ids[: max_tokens_per_domain - used + 1]
-        if len(ids) < 2:
-            continue
-        budget[doc.source] = used + len(ids) - 1
-        counts[doc.source] = counts.get(doc.source, 0) + 1
-        by_domain.setdefault(doc.source, []).extend(sliding_windows(ids, cfg.window, cfg.stride))
+    eos = tokenizer.eos_token_id
+    assert eos is not None, "tokenizer needs an EOS token"
+    by_domain = domain_sequences(
+        docs,
+        lambda text: tokenizer(text, add_special_tokens=False)["input_ids"],
+        eos,
+        max_tokens_per_domain,
+    )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     results = []
-    for domain in sorted(by_domain):
-        nll, n = score_windows(model, by_domain[domain], cfg.batch_size, pad, progress)
-        results.append(DomainResult(domain, counts[domain], n, nll))
+    for domain, seqs in sorted(by_domain.items()):
+        windows = [w for ids in seqs for w in sliding_windows(ids, cfg.window, cfg.stride)]
+        nll, n = score_windows(model, windows, cfg.batch_size, pad, progress)
+        results.append(DomainResult(domain, len(seqs), n, nll))
     return results

@@ -42,6 +42,7 @@ def tune(
     """Tune kNN-LM's k, lambda and temperature per domain; store the best with the
     datastore as its defaults."""
     from silo.corpus import read_corpus, split_of
+    from silo.evaluate import domain_sequences
     from silo.lm import SiloLM, SiloOptions
     from silo.model import DEFAULT_MODEL
     from silo.tuning import Grid, best_overall, grid_search, write_defaults
@@ -49,14 +50,8 @@ def tune(
     grid = Grid(tuple(int(k) for k in _floats(ks, "ks")), _floats(lams, "lams"),
                 _floats(temperatures, "temperatures"))
     lm = SiloLM.from_dirs(model or DEFAULT_MODEL, datastore)
-    seqs: dict[str, list[tuple[int, ...]]] = {}
-    used: dict[str, int] = {}
-    for doc in read_corpus(corpus):
-        if split_of(doc.doc_id) != split or used.get(doc.source, 0) >= max_tokens:
-            continue
-        ids = (lm.eos_id, *lm.encode(doc.text))[: max_tokens - used.get(doc.source, 0) + 1]
-        seqs.setdefault(doc.source, []).append(ids)
-        used[doc.source] = used.get(doc.source, 0) + len(ids) - 1
+    docs = (d for d in read_corpus(corpus) if split_of(d.doc_id) == split)
+    seqs = domain_sequences(docs, lm.encode, lm.eos_id, max_tokens)
     if not seqs:
         raise SiloError(f"no {split} documents in {[str(c) for c in corpus]}")
     points = {name: grid_search(lm.target_scores(s, SiloOptions("knnlm"), grid.k_max), grid)

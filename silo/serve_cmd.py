@@ -61,18 +61,15 @@ def tune_default(folder: Path, model: Path) -> None:
     """Tune k, lambda and tau on FOLDOC validation documents that are not in the store,
     and store them with it, so clients that know nothing of SILO get tuned kNN-LM."""
     from silo.corpus import read_corpus, split_of
+    from silo.evaluate import domain_sequences
     from silo.lm import SiloLM, SiloOptions
     from silo.tuning import Grid, best_overall, grid_search, write_defaults
 
     lm = SiloLM.from_dirs(model, folder)
-    seqs, used = [], 0
-    for doc in islice(read_corpus([CORPUS]), DEFAULT_DOCUMENTS, None):
-        if used >= TUNE_TOKENS:
-            break
-        if split_of(doc.doc_id) == "valid":
-            ids = (lm.eos_id, *lm.encode(doc.text))[: TUNE_TOKENS - used + 1]
-            seqs.append(ids)
-            used += len(ids) - 1
+    held_out = islice(read_corpus([CORPUS]), DEFAULT_DOCUMENTS, None)  # not in the store
+    docs = (d for d in held_out if split_of(d.doc_id) == "valid")
+    seqs = domain_sequences(docs, lm.encode, lm.eos_id, TUNE_TOKENS).get("foldoc", [])
+    used = sum(len(s) - 1 for s in seqs)
     grid = Grid()
     points = grid_search(lm.target_scores(seqs, SiloOptions("knnlm"), grid.k_max), grid)
     write_defaults(folder, best_overall({"foldoc": points}), {"foldoc": points[0]},

@@ -25,6 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from datastore.document import parse_policy
 from silo.config import TrainConfig
 from silo.corpus import ReadReport, corpus_files, dedup, read_corpus, split_of
+from silo.evaluate import Window, score_windows
 from silo.model import build_lm
 from silo.tokenizer import train_tokenizer
 from silo.tokens import cached_stream
@@ -66,23 +67,12 @@ def stream_nll(
 ) -> float:
     """Mean next-token NLL over consecutive non-overlapping windows of the first
     `max_tokens` tokens of `stream` (a quick validation figure, not the eval protocol)."""
-    device = next(model.parameters()).device
     n = min(len(stream) - 1, max_tokens) // seq_len
     if n == 0:
         return float("nan")
-    windows = np.asarray(stream[: n * seq_len + 1])
-    total, count = 0.0, 0
-    for i in range(0, n, batch_size):
-        rows = [
-            windows[j * seq_len : (j + 1) * seq_len + 1] for j in range(i, min(n, i + batch_size))
-        ]
-        batch = torch.from_numpy(np.stack(rows).astype(np.int64)).to(device)
-        logits = model(input_ids=batch[:, :-1]).logits.float()
-        nll = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1), reduction="sum"
-        )
-        total += nll.item()
-        count += batch[:, 1:].numel()
+    flat = np.asarray(stream[: n * seq_len + 1]).tolist()
+    windows = [Window(tuple(flat[j * seq_len : (j + 1) * seq_len + 1]), seq_len) for j in range(n)]
+    total, count = score_windows(model, windows, batch_size)
     return total / count
 
 
