@@ -13,6 +13,9 @@ one place; the CLI prints their message without a traceback.
     ├── ConflictError               an id that already exists (409)
     ├── ModelMismatchError          datastore keys made by another model (409)
     ├── CorruptDatastoreError       a checksum or manifest that does not verify
+    ├── UnavailableError            a datastore dependency that cannot be reached or
+    │                               searched now (503; the request is never answered
+    │                               without its filter)
     └── CapacityError               queue full or limit reached (429/503)
 """
 
@@ -62,6 +65,11 @@ class ModelMismatchError(SiloError):
 
 class CorruptDatastoreError(SiloError):
     """A datastore file is missing, truncated or fails its checksum."""
+
+
+class UnavailableError(SiloError):
+    """A datastore dependency (a database, a search server, an index file) failed or
+    cannot be reached now; the request fails rather than go unfiltered. Retry later."""
 
 
 class CapacityError(SiloError):

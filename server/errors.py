@@ -22,6 +22,7 @@ from datastore.errors import (
     ModelMismatchError,
     NotFoundError,
     SiloError,
+    UnavailableError,
 )
 
 log = logging.getLogger("server")
@@ -34,6 +35,7 @@ STATUS: tuple[tuple[type[SiloError], int, str], ...] = (
     (ModelMismatchError, 409, "conflict_error"),
     (CapacityError, 429, "rate_limit_error"),
     (CorruptDatastoreError, 503, "service_unavailable_error"),
+    (UnavailableError, 503, "service_unavailable_error"),
 )
 
 
