@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 
@@ -65,6 +66,26 @@ def _route_of(request: Request) -> str:
     return getattr(route, "path", "unmatched")
 
 
+def add_optout_links(schema: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI links of the opt-out workflow, for clients and stateful fuzzers to follow:
+    documents added (`POST /admin/documents`) -> opted out by id (`POST /admin/optout`)
+    -> the receipts listed (`GET /admin/optouts`), all on the same datastore."""
+    paths = schema.get("paths", {})
+    add, optout, receipts = (paths.get(p, {}).get(m) for p, m in (
+        ("/admin/documents", "post"), ("/admin/optout", "post"), ("/admin/optouts", "get")))
+    if not (add and optout and receipts):
+        return schema
+    same_store = {"query.datastore": "$response.body#/datastore"}
+    add["responses"]["200"]["links"] = {"OptOutFirstDocument": {
+        "operationId": optout["operationId"], "parameters": same_store,
+        "requestBody": {"doc_ids": ["$request.body#/documents/0/id"]},
+        "description": "Opt out the first document just added."}}
+    optout["responses"]["200"]["links"] = {"ListReceipts": {
+        "operationId": receipts["operationId"], "parameters": same_store,
+        "description": "The receipts of the datastore, this one among them."}}
+    return schema
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The service app. `settings` default to the environment (`SILO_*`)."""
     settings = settings or Settings()
@@ -96,6 +117,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app, settings.retry_after_s)
     app.include_router(router)
     app.include_router(admin_router)
+    generate_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = add_optout_links(generate_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.middleware("http")
     async def observe(request: Request,
