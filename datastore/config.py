@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-BACKENDS = ("exact", "faiss-flat", "faiss-ivfpq", "milvus")
+BACKENDS = ("exact", "faiss-flat", "faiss-ivfpq", "milvus", "torch-exact", "torch-ivfpq")
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,9 @@ class DatastoreConfig:
     nbits: int = 8
     nprobe: int = 8
     train_size: int = 262_144
-    device: str = "cpu"  # exact search: "cpu" or "cuda"; faiss moves to GPU where it can
+    # "cpu" or "cuda[:n]". On CUDA, exact search is the resident fp16 torch search and
+    # faiss-ivfpq searches on the GPU (faiss-gpu where installed, else torch IVF-PQ)
+    device: str = "cpu"
     encode_batch: int = 16  # sequences per encoder call
     flush_entries: int = 65_536  # entries buffered before they are written and committed
     block_tokens: int = 128  # RIC block length B, in tokens
@@ -40,6 +42,8 @@ class DatastoreConfig:
                      "block_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.device != "cpu" and not self.device.startswith("cuda"):
+            raise ValueError(f"device must be cpu or cuda[:n], got {self.device!r}")
         if not 1 <= self.nbits <= 16:
             raise ValueError(f"nbits must be in [1, 16], got {self.nbits}")
         if not 0 <= self.block_overlap < self.block_tokens:

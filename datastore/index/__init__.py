@@ -5,10 +5,17 @@ queries (q, dim) float32; distances (q, k) float32 squared L2, ascending; entry_
 (q, k) int64; rows with fewer than k allowed entries are padded with (inf, -1). The
 filter is an `EntryFilter` computed elsewhere; each backend applies it natively.
 
-    exact        brute force in torch, CPU or GPU: the reference for tests
+    exact        brute force in torch over the key file: the reference for tests
     faiss-flat   faiss IndexFlatL2 under an id map
     faiss-ivfpq  faiss IndexIVFPQ (nlist, M, nbits, nprobe)
     milvus       a Milvus collection (milvus-lite in the folder, or a server)
+    torch-exact  brute force in torch over keys held on the device, in bounded tiles
+    torch-ivfpq  the faiss IVF-PQ index file, searched by torch on the device
+
+The config's `device` picks the GPU path: with "cuda", `exact` is `torch-exact` (fp16
+keys on the GPU) and `faiss-ivfpq` searches on the GPU: faiss-gpu where it is installed
+(unfiltered searches; filtered ones need an IDSelector, which faiss-gpu lacks), the torch
+IVF-PQ otherwise. Both torch backends also run on CPU, where they are tested.
 """
 
 from __future__ import annotations
@@ -66,6 +73,34 @@ def pad_results(dist: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, 
     return out_d, out_i
 
 
+def _on_gpu(config: DatastoreConfig) -> bool:
+    return config.device.startswith("cuda")
+
+
+def _torch_exact(config: DatastoreConfig, kv: KeyValueStore) -> KnnIndex | None:
+    """The exact backend the config asks for, or None when it asks for another."""
+    if config.backend == "exact" and not _on_gpu(config):
+        from datastore.index.exact import ExactIndex
+
+        return ExactIndex(kv, config.device)
+    if config.backend in ("exact", "torch-exact"):
+        from datastore.index.torch_exact import TorchExactIndex
+
+        return TorchExactIndex.from_store(kv, config.device)
+    return None
+
+
+def _ivfpq_on_torch(config: DatastoreConfig) -> tuple[bool, bool]:
+    """(search IVF-PQ with torch, hand unfiltered searches to faiss-gpu)."""
+    if config.backend == "torch-ivfpq":
+        return True, False
+    if config.backend == "faiss-ivfpq" and _on_gpu(config):
+        from datastore.index.torch_ivfpq import faiss_has_gpu
+
+        return True, faiss_has_gpu()
+    return False, False
+
+
 def create_index(config: DatastoreConfig, folder: Path, kv: KeyValueStore,
                  trained: Path | None = None) -> KnnIndex:
     """A new, empty (but trained, where training applies) index for `kv`'s keys.
@@ -73,29 +108,31 @@ def create_index(config: DatastoreConfig, folder: Path, kv: KeyValueStore,
     `trained` names an existing faiss index file whose trained quantizer is reused, so
     two datastores share one codebook (the equivalence guarantee for IVF-PQ).
     """
-    if config.backend == "exact":
-        from datastore.index.exact import ExactIndex
-
-        return ExactIndex(kv, config.device)
-    if config.backend == "milvus":
-        from datastore.index.milvus import MilvusIndex
-
-        return MilvusIndex.create(folder, config, kv.dim)
-    from datastore.index.faiss_index import FaissIndex
-
-    return FaissIndex.create(folder, config, kv, trained)
+    return _index(config, folder, kv, create=True, trained=trained)
 
 
 def open_index(config: DatastoreConfig, folder: Path, kv: KeyValueStore) -> KnnIndex:
     """The index of an existing datastore folder."""
-    if config.backend == "exact":
-        from datastore.index.exact import ExactIndex
+    return _index(config, folder, kv, create=False)
 
-        return ExactIndex(kv, config.device)
+
+def _index(config: DatastoreConfig, folder: Path, kv: KeyValueStore, create: bool,
+           trained: Path | None = None) -> KnnIndex:
+    exact = _torch_exact(config, kv)
+    if exact is not None:
+        return exact
     if config.backend == "milvus":
         from datastore.index.milvus import MilvusIndex
 
-        return MilvusIndex.from_dir(folder, config, kv.dim)
+        return (MilvusIndex.create(folder, config, kv.dim) if create
+                else MilvusIndex.from_dir(folder, config, kv.dim))
     from datastore.index.faiss_index import FaissIndex
 
-    return FaissIndex.from_dir(folder, config)
+    inner = (FaissIndex.create(folder, config, kv, trained) if create
+             else FaissIndex.from_dir(folder, config))
+    use_torch, faiss_gpu = _ivfpq_on_torch(config)
+    if use_torch:
+        from datastore.index.torch_ivfpq import TorchIvfPqIndex
+
+        return TorchIvfPqIndex(inner, config.device, faiss_gpu)
+    return inner
