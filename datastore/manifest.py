@@ -7,8 +7,10 @@ filled, and a SHA-256 per 64 MiB chunk of every data file. At load the fingerpri
 compared (a mismatch is a ModelMismatchError) and every checksum verified, so a
 corrupted file is reported by name rather than as a crash inside faiss.
 
-The document table is not checksummed: it changes with every opt-out and SQLite checks
-its own pages (`PRAGMA quick_check` at load).
+The document table is not checksummed: it changes with every opt-out and its database
+checks its own pages (SQLite's `PRAGMA quick_check` at load). `database` says where the
+table is: None for SQLite in the folder, else the PostgreSQL host, port, dbname and schema
+(never credentials; see datastore.table_registry).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class Manifest:
     text_indexed_upto: int = 0  # documents rows [0, this) are in the BM25/n-gram indexes
     checksums: dict[str, list[str]] = field(default_factory=dict)
     updated_at: float = 0.0
+    database: dict[str, Any] | None = None  # PostgreSQL location of the table; None = SQLite
 
     def __post_init__(self) -> None:
         if self.key_dim < 1:

@@ -108,13 +108,7 @@ def resolve(selector: OptOutSelector, table: DocumentTable) -> list[str]:
             raise NotFoundError(f"no such documents in the datastore: {missing[:10]}")
         live = set(table.existing(ids, live_only=True))
         return [d for d in ids if d in live]
-    if selector.source is not None:
-        return table.query_doc_ids("source = ?", [selector.source])
-    prefix = str(selector.url_prefix)
-    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    # LIKE is case-insensitive in SQLite; substr keeps the match exact
-    return table.query_doc_ids("url LIKE ? ESCAPE '\\' AND substr(url, 1, ?) = ?",
-                               [escaped + "%", len(prefix), prefix])
+    return table.live_doc_ids(source=selector.source, url_prefix=selector.url_prefix)
 
 
 def removal_counts(snapshot: TableSnapshot, rows: np.ndarray) -> tuple[int, int]:

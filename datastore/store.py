@@ -2,7 +2,8 @@
 
     folder/
       manifest.json        name, model fingerprint, config, counts, checksums
-      documents.sqlite     the document table (WAL) and opt-out receipts
+      documents.sqlite     the document table (WAL) and opt-out receipts, unless the
+                           manifest puts them in PostgreSQL (datastore.table_registry)
       keys.f16 values.i32 charpos.i32   the kNN entries
       index.faiss | milvus.db           the kNN index (none for exact)
       bm25/ ngram/                      RIC blocks and the verbatim index
@@ -52,6 +53,7 @@ from datastore.manifest import (
 )
 from datastore.optout import OptOutSelector, Receipt, purge_ranges, record_optout
 from datastore.table import CLASS_CODES, DocumentTable, TableSnapshot
+from datastore.table_registry import new_database_location, open_table
 
 _T = TypeVar("_T")
 SNIPPET_CHARS = 80  # characters of context on each side of an entry's position
@@ -187,10 +189,10 @@ class Datastore:
         else:
             folder.mkdir(parents=True, exist_ok=True)
             manifest = Manifest(config.name, encoder.fingerprint, encoder.dim,
-                                config.to_json())
+                                config.to_json(), database=new_database_location(config.name))
             write_manifest(folder, manifest)
             _text_indexes(folder, config, create=True)
-        table = DocumentTable.from_dir(folder)
+        table = open_table(folder, manifest.database, create=True)
         kv = KeyValueStore(folder, encoder.dim)
         ingest(documents, encoder, table, kv, config, skip_existing=True, progress=progress)
         store = cls(folder, manifest, table, kv, None)
@@ -217,7 +219,7 @@ class Datastore:
             # checksums; the files an add never touches are still checked
             verify_checksums(folder, manifest, skip=(*KV_FILES, INDEX_FILE) if interrupted
                              else ())
-        table = DocumentTable.from_dir(folder)
+        table = open_table(folder, manifest.database)
         if verify:
             table.check_integrity()
         kv = KeyValueStore.from_dir(folder, manifest.key_dim)

@@ -1,10 +1,23 @@
 """The document table: the single source of truth for what a datastore holds.
 
-A SQLite database in WAL mode with `synchronous=FULL`, so a committed transaction is on
-disk before the call returns (an acknowledged opt-out survives `kill -9`). Each row is
-one document: its licence class, source, url, state (`live` or `removed`), its kNN entry
-id range `[entry_start, entry_end)`, its RIC block id range `[block_start, block_end)`
-and its stored text (erased by compaction). Opt-out receipts live in a second table.
+Each row is one document: its licence class, source, url, state (`live` or `removed`),
+its kNN entry id range `[entry_start, entry_end)`, its RIC block id range
+`[block_start, block_end)` and its stored text (erased by compaction). Opt-out receipts
+live in a second table, and a one-row third table holds the change sequence, which every
+write (add, opt-out, compaction) bumps in its own transaction, so a reader can tell
+cheaply whether the table changed since it last looked.
+
+`DocumentTable` is the one interface; the SQL it runs is written here once, in the
+dialect SQLite and PostgreSQL share (`?` placeholders). Two implementations supply the
+connection, the transaction and the storage clean-up after a purge:
+
+    SqliteTable    (datastore.table_sqlite) a WAL-mode file in the datastore folder; the
+                   embedded default
+    PostgresTable  (datastore.table_pg) a schema in a PostgreSQL database, shared by
+                   every replica (`SILO_DATABASE_URL`; the `postgres` extra)
+
+datastore.table_registry picks one. A write returns only once its transaction is
+committed and durable, so an acknowledged opt-out survives `kill -9`.
 
 `TableSnapshot` is the columnar in-memory copy of the table that the entry filter is
 computed from; it is rebuilt from the table at load.
@@ -12,53 +25,64 @@ computed from; it is rebuilt from the table at load.
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from datastore.document import Document, LicenseClass
 from datastore.errors import ConflictError, CorruptDatastoreError, NotFoundError
 
-TABLE_FILE = "documents.sqlite"
 CLASS_CODES: tuple[LicenseClass, ...] = tuple(LicenseClass)  # class -> int8 code by position
 
-_SCHEMA = """
+# The schema in both dialects: {pk} is the row key, {int} an id or count (entry ids pass
+# 2**31 in a large datastore), {real} unix seconds, {url_ops} what lets LIKE 'prefix%'
+# use the url index.
+SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
-    doc_row INTEGER PRIMARY KEY,
+    doc_row {pk},
     doc_id TEXT NOT NULL UNIQUE,
     license TEXT NOT NULL,
     license_class TEXT NOT NULL,
     source TEXT NOT NULL,
     url TEXT,
-    added_at REAL NOT NULL,
+    added_at {real} NOT NULL,
     state TEXT NOT NULL DEFAULT 'live',
-    entry_start INTEGER NOT NULL,
-    entry_end INTEGER NOT NULL,
-    block_start INTEGER NOT NULL,
-    block_end INTEGER NOT NULL,
+    entry_start {int} NOT NULL,
+    entry_end {int} NOT NULL,
+    block_start {int} NOT NULL,
+    block_end {int} NOT NULL,
     text TEXT,
     optout_id TEXT,
-    removed_at REAL
+    removed_at {real}
 );
 CREATE INDEX IF NOT EXISTS documents_source ON documents(source);
-CREATE INDEX IF NOT EXISTS documents_url ON documents(url);
+CREATE INDEX IF NOT EXISTS documents_url ON documents(url{url_ops});
 CREATE TABLE IF NOT EXISTS optouts (
     optout_id TEXT PRIMARY KEY,
     selector TEXT NOT NULL,
     reason TEXT,
     doc_ids TEXT NOT NULL,
-    entries_removed INTEGER NOT NULL,
-    blocks_removed INTEGER NOT NULL,
-    effective_at REAL NOT NULL,
-    purged_at REAL
+    entries_removed {int} NOT NULL,
+    blocks_removed {int} NOT NULL,
+    effective_at {real} NOT NULL,
+    purged_at {real}
 );
+CREATE TABLE IF NOT EXISTS changes (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    seq {int} NOT NULL
+);
+INSERT INTO changes (id, seq) VALUES (0, 0) ON CONFLICT DO NOTHING;
 """
+_BUMP = "UPDATE changes SET seq = seq + 1 WHERE id = 0"
+
+# Runs one statement in a write transaction: (sql, args, many) -> rows it returned.
+# With many=True, args is a sequence of argument tuples and nothing is returned.
+Run = Callable[..., list[tuple[Any, ...]]]
 
 _DOC_COLUMNS = ("doc_row, doc_id, license, license_class, source, url, added_at, state, "
                 "entry_start, entry_end, block_start, block_end")
@@ -137,38 +161,46 @@ class TableSnapshot:
         return np.where(entry_ids < 0, -1, rows)
 
 
-class DocumentTable:
-    """The SQLite document table of one datastore folder."""
+class DocumentTable(ABC):
+    """The document table of one datastore, whichever database holds it.
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        try:
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as e:
-            raise CorruptDatastoreError(f"{path}: not a readable document table ({e})") from None
+    Implementations provide `_read`, `_transaction`, `_compact_storage`, `close` and
+    `check_integrity`; every query is written once below.
+    """
 
-    @classmethod
-    def from_dir(cls, folder: Path) -> DocumentTable:
-        return cls(Path(folder) / TABLE_FILE)
+    location: str  # where the table lives, for messages (a path, or host:port/db schema)
+    # the implementation's unique-violation error, raised by an insert of a taken doc_id
+    _duplicate: type[Exception]
 
+    # ---- what an implementation provides -----------------------------------------------
+
+    @abstractmethod
+    def _read(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        """Rows of one statement, outside any write transaction."""
+
+    @abstractmethod
+    def _transaction(self) -> AbstractContextManager[Run]:
+        """A write transaction, committed durably when the block ends and rolled back if
+        it raises; yields a function running one statement in it."""
+
+    @abstractmethod
+    def _compact_storage(self) -> None:
+        """After a purge: rewrite storage so that no freed page keeps erased text."""
+
+    @abstractmethod
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        """Release the connection."""
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    @abstractmethod
+    def check_integrity(self) -> None:
+        """Raise CorruptDatastoreError when the table is damaged or absent."""
+
+    # ---- the interface -----------------------------------------------------------------
+
+    def change_seq(self) -> int:
+        """The change sequence: it grows with every committed write and never goes back,
+        so a reader whose copy was made at sequence s must reload when this is > s."""
+        return int(self._read("SELECT seq FROM changes WHERE id = 0")[0][0])
 
     def insert(self, records: Sequence[DocumentRecord], texts: Sequence[str]) -> None:
         """Insert documents in one transaction; an existing doc_id is a ConflictError."""
@@ -176,10 +208,11 @@ class DocumentTable:
                  r.added_at, r.state, r.entry_start, r.entry_end, r.block_start, r.block_end,
                  t) for r, t in zip(records, texts, strict=True)]
         try:
-            with self._transaction() as db:
-                db.executemany(f"INSERT INTO documents ({_DOC_COLUMNS}, text) VALUES "
-                               "(?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-        except sqlite3.IntegrityError:
+            with self._transaction() as run:
+                run(f"INSERT INTO documents ({_DOC_COLUMNS}, text) VALUES "
+                    "(?,?,?,?,?,?,?,?,?,?,?,?,?)", rows, True)
+                run(_BUMP)
+        except self._duplicate:
             taken = self.existing([r.doc_id for r in records])
             raise ConflictError(f"document id already in the datastore: {taken[:5]}") from None
 
@@ -187,123 +220,116 @@ class DocumentTable:
         """The ids among `doc_ids` that the table holds (only live ones if `live_only`)."""
         state = " AND state='live'" if live_only else ""
         found: list[str] = []
-        with self._lock:
-            for i in range(0, len(doc_ids), 500):
-                part = list(doc_ids[i:i + 500])
-                marks = ",".join("?" * len(part))
-                found += [r[0] for r in self._db.execute(
-                    f"SELECT doc_id FROM documents WHERE doc_id IN ({marks}){state}", part)]
+        for i in range(0, len(doc_ids), 500):
+            part = list(doc_ids[i:i + 500])
+            marks = ",".join("?" * len(part))
+            found += [r[0] for r in self._read(
+                f"SELECT doc_id FROM documents WHERE doc_id IN ({marks}){state}", part)]
         return found
 
-    def _record(self, row: tuple) -> DocumentRecord:  # type: ignore[type-arg]
-        return DocumentRecord(row[0], row[1], row[2], LicenseClass(row[3]), *row[4:])
-
     def get(self, doc_id: str) -> DocumentRecord:
-        with self._lock:
-            row = self._db.execute(f"SELECT {_DOC_COLUMNS} FROM documents WHERE doc_id=?",
-                                   (doc_id,)).fetchone()
-        if row is None:
+        rows = self._read(f"SELECT {_DOC_COLUMNS} FROM documents WHERE doc_id=?", (doc_id,))
+        if not rows:
             raise NotFoundError(f"no document {doc_id!r} in the datastore")
-        return self._record(row)
+        return _record(rows[0])
 
     def records(self, rows: Sequence[int]) -> list[DocumentRecord]:
         """Records of the given doc rows, in the given order."""
-        with self._lock:
-            out = {r[0]: self._record(r) for i in range(0, len(rows), 500) for r in
-                   self._db.execute(f"SELECT {_DOC_COLUMNS} FROM documents WHERE doc_row IN "
-                                    f"({','.join('?' * len(rows[i:i + 500]))})",
-                                    list(rows[i:i + 500]))}
+        out = {r[0]: _record(r) for i in range(0, len(rows), 500) for r in self._read(
+            f"SELECT {_DOC_COLUMNS} FROM documents WHERE doc_row IN "
+            f"({','.join('?' * len(rows[i:i + 500]))})", list(rows[i:i + 500]))}
         return [out[r] for r in rows]
 
     def text(self, doc_row: int) -> str | None:
         """Stored text of a document; None once compaction has erased it."""
-        with self._lock:
-            row = self._db.execute("SELECT text FROM documents WHERE doc_row=?",
-                                   (doc_row,)).fetchone()
-        return None if row is None else row[0]
+        rows = self._read("SELECT text FROM documents WHERE doc_row=?", (doc_row,))
+        return rows[0][0] if rows else None
 
     def texts(self, start_row: int, batch: int = 1000,
               ) -> Iterator[tuple[int, str, str, int, str | None]]:
-        """(doc_row, doc_id, state, block_start, text) of rows >= start_row, in row order, read in
-        batches so memory stays bounded."""
+        """(doc_row, doc_id, state, block_start, text) of rows >= start_row, in row order,
+        read in batches so memory stays bounded."""
         row = start_row
         while True:
-            with self._lock:
-                part = self._db.execute(
-                    "SELECT doc_row, doc_id, state, block_start, text FROM documents "
-                    "WHERE doc_row >= ? "
-                    "ORDER BY doc_row LIMIT ?", (row, batch)).fetchall()
+            part = self._read("SELECT doc_row, doc_id, state, block_start, text FROM "
+                              "documents WHERE doc_row >= ? ORDER BY doc_row LIMIT ?",
+                              (row, batch))
             if not part:
                 return
-            yield from part
+            yield from part  # type: ignore[misc]
             row = part[-1][0] + 1
 
-    def query_doc_ids(self, where: str, args: Sequence[object]) -> list[str]:
-        """doc_ids of live documents matching a SQL condition (built by the caller)."""
-        with self._lock:
-            return [r[0] for r in self._db.execute(
-                f"SELECT doc_id FROM documents WHERE state='live' AND ({where}) "
-                "ORDER BY doc_row", list(args))]
+    def live_doc_ids(self, source: str | None = None, url_prefix: str | None = None,
+                     ) -> list[str]:
+        """doc_ids of the live documents of `source`, or whose url starts with
+        `url_prefix` (exactly one is given), in row order."""
+        args: list[object]
+        if source is not None:
+            where, args = "source = ?", [source]
+        else:
+            prefix = str(url_prefix)
+            escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            # LIKE finds candidates with the index; it ignores case in SQLite, so the
+            # substr comparison keeps the match exact
+            where = "url LIKE ? ESCAPE '\\' AND substr(url, 1, ?) = ?"
+            args = [escaped + "%", len(prefix), prefix]
+        return [r[0] for r in self._read(
+            f"SELECT doc_id FROM documents WHERE state='live' AND {where} ORDER BY doc_row",
+            args)]
 
     def snapshot(self) -> TableSnapshot:
         """Read the whole table into columns (at load; later kept up to date in memory)."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT doc_row, doc_id, license_class, source, state, entry_start, entry_end, "
-                "block_start, block_end FROM documents ORDER BY doc_row").fetchall()
+        rows = self._read(
+            "SELECT doc_row, doc_id, license_class, source, state, entry_start, entry_end, "
+            "block_start, block_end FROM documents ORDER BY doc_row")
         if any(r[0] != i for i, r in enumerate(rows)):
-            raise CorruptDatastoreError(f"{self.path}: document rows are not contiguous")
+            raise CorruptDatastoreError(f"{self.location}: document rows are not contiguous")
         return snapshot_of(
             [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows],
             np.array([r[4] == "removed" for r in rows], dtype=bool),
             np.array([r[5:9] for r in rows], dtype=np.int64).reshape(-1, 4))
 
-    def mark_removed(self, doc_ids: Sequence[str], optout_id: str, receipt_row: tuple,  # type: ignore[type-arg]
-                     ) -> None:
-        """Tombstone documents and record the receipt, in one fsync'd transaction."""
-        now = receipt_row[5]
-        with self._transaction() as db:
-            db.executemany("UPDATE documents SET state='removed', optout_id=?, removed_at=? "
-                           "WHERE doc_id=? AND state='live'",
-                           [(optout_id, now, d) for d in doc_ids])
-            db.execute("INSERT INTO optouts (optout_id, selector, reason, doc_ids, "
-                       "entries_removed, blocks_removed, effective_at) VALUES (?,?,?,?,?,?,?)",
-                       receipt_row)
+    def mark_removed(self, doc_ids: Sequence[str], optout_id: str,
+                     receipt_row: tuple[Any, ...]) -> None:
+        """Tombstone documents and record the receipt, in one durable transaction.
+        receipt_row: (optout_id, selector, reason, doc_ids, entries_removed,
+        blocks_removed, effective_at)."""
+        now = receipt_row[6]
+        with self._transaction() as run:
+            run("UPDATE documents SET state='removed', optout_id=?, removed_at=? "
+                "WHERE doc_id=? AND state='live'", [(optout_id, now, d) for d in doc_ids], True)
+            run("INSERT INTO optouts (optout_id, selector, reason, doc_ids, entries_removed, "
+                "blocks_removed, effective_at) VALUES (?,?,?,?,?,?,?)", receipt_row)
+            run(_BUMP)
 
-    def optout_rows(self, optout_id: str | None = None) -> list[tuple]:  # type: ignore[type-arg]
-        with self._lock:
-            sql = ("SELECT optout_id, selector, reason, doc_ids, entries_removed, "
-                   "blocks_removed, effective_at, purged_at FROM optouts")
-            if optout_id is None:
-                return self._db.execute(sql + " ORDER BY effective_at").fetchall()
-            return self._db.execute(sql + " WHERE optout_id=?", (optout_id,)).fetchall()
+    def optout_rows(self, optout_id: str | None = None) -> list[tuple[Any, ...]]:
+        sql = ("SELECT optout_id, selector, reason, doc_ids, entries_removed, "
+               "blocks_removed, effective_at, purged_at FROM optouts")
+        if optout_id is None:
+            return self._read(sql + " ORDER BY effective_at")
+        return self._read(sql + " WHERE optout_id=?", (optout_id,))
 
     def purge(self, now: float) -> list[int]:
-        """Erase the text of removed documents, stamp their receipts, and vacuum so no
-        freed page keeps the text. Returns the rows purged by this call."""
-        with self._transaction() as db:
-            rows = [r[0] for r in db.execute(
+        """Erase the text of removed documents, stamp their receipts, and compact the
+        storage so no freed page keeps the text. Returns the rows purged by this call."""
+        with self._transaction() as run:
+            rows = [r[0] for r in run(
                 "SELECT doc_row FROM documents WHERE state='removed' AND text IS NOT NULL")]
-            db.execute("UPDATE documents SET text=NULL WHERE state='removed'")
-            db.execute("UPDATE optouts SET purged_at=? WHERE purged_at IS NULL", (now,))
-        with self._lock:
-            # VACUUM rewrites the file without free pages; the checkpoint empties the WAL.
-            self._db.execute("VACUUM")
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            run("UPDATE documents SET text=NULL WHERE state='removed'")
+            run("UPDATE optouts SET purged_at=? WHERE purged_at IS NULL", (now,))
+            run(_BUMP)
+        self._compact_storage()
         return rows
 
     def rows_to_purge(self) -> list[int]:
         """Rows of removed documents whose data compaction has not yet erased."""
-        with self._lock:
-            return [r[0] for r in self._db.execute(
-                "SELECT doc_row FROM documents WHERE state='removed' AND text IS NOT NULL "
-                "ORDER BY doc_row")]
+        return [r[0] for r in self._read(
+            "SELECT doc_row FROM documents WHERE state='removed' AND text IS NOT NULL "
+            "ORDER BY doc_row")]
 
-    def check_integrity(self) -> None:
-        with self._lock:
-            result = self._db.execute("PRAGMA quick_check").fetchone()[0]
-        if result != "ok":
-            raise CorruptDatastoreError(f"{self.path}: integrity check failed: {result}")
+
+def _record(row: tuple[Any, ...]) -> DocumentRecord:
+    return DocumentRecord(row[0], row[1], row[2], LicenseClass(row[3]), *row[4:])
 
 
 def snapshot_of(doc_ids: Sequence[str], classes: Sequence[str], sources: Sequence[str],

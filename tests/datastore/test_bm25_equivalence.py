@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from datastore.config import DatastoreConfig
 from datastore.document import Document
@@ -15,6 +16,8 @@ from datastore.filter import AccessScope, SearchFilter
 from datastore.store import Datastore
 from tests.datastore.synthetic import CLASSES, WORDS, SyntheticEncoder, corpus
 
+# both document tables: SQLite in the folder, and PostgreSQL
+pytestmark = pytest.mark.usefixtures("table_backend")
 CONFIG = DatastoreConfig(backend="exact", block_tokens=8, block_overlap=2, encode_batch=8)
 
 

@@ -12,7 +12,7 @@ from datastore.config import DatastoreConfig
 from datastore.document import Document, LicenseClass
 from datastore.errors import ConflictError, InvalidInputError
 from datastore.knn import KeyValueStore
-from datastore.table import DocumentTable
+from tests.datastore.conftest import OpenTable
 from tests.datastore.synthetic import SyntheticEncoder, corpus
 
 
@@ -27,9 +27,10 @@ def test_document_entries_pair_state_at_t_with_token_t_plus_1() -> None:
     assert keys.shape == (0, 3) and len(values) == 0
 
 
-def test_ingest_flushes_in_chunks_and_refuses_duplicates(tmp_path: Path) -> None:
+def test_ingest_flushes_in_chunks_and_refuses_duplicates(tmp_path: Path,
+                                                         new_table: OpenTable) -> None:
     enc = SyntheticEncoder()
-    table, kv = DocumentTable.from_dir(tmp_path), KeyValueStore(tmp_path, enc.dim)
+    table, kv = new_table(), KeyValueStore(tmp_path, enc.dim)
     config = DatastoreConfig(flush_entries=50, encode_batch=3)
     stats = ingest(corpus(20), enc, table, kv, config, skip_existing=False, progress=False)
     snap = table.snapshot()

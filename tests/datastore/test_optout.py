@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from datastore.errors import InvalidSelectorError
-from datastore.optout import OptOutSelector, Receipt
+from datastore.errors import InvalidSelectorError, NotFoundError
+from datastore.optout import OptOutSelector, Receipt, record_optout
+from datastore.table import DocumentRecord
+from tests.datastore.conftest import OpenTable
+from tests.datastore.synthetic import corpus
 
 
 @pytest.mark.parametrize("body", [
@@ -26,3 +30,23 @@ def test_selector_and_receipt_roundtrip() -> None:
     assert receipt.to_json()["purged_at"] is None
     with pytest.raises(ValueError, match="entries_removed"):
         Receipt("o1", (), -1, 0, 0.0, {})
+
+
+def test_optout_is_committed_before_the_receipt_returns(new_table: OpenTable) -> None:
+    """On either table, another connection sees the tombstones and the receipt as soon
+    as record_optout returns, and the change sequence moved."""
+    table, reader = new_table(), new_table()
+    docs = corpus(9)
+    table.insert([DocumentRecord.new(d, i, (2 * i, 2 * i + 2), (i, i + 1))
+                  for i, d in enumerate(docs)], [d.text for d in docs])
+    seq = reader.change_seq()
+    receipt, rows = record_optout(OptOutSelector(source="books"), table, table.snapshot())
+    assert receipt.doc_ids == ("doc-1", "doc-4", "doc-7") and rows.tolist() == [1, 4, 7]
+    assert (receipt.entries_removed, receipt.blocks_removed) == (6, 3)
+    assert reader.change_seq() > seq
+    assert np.flatnonzero(reader.snapshot().removed).tolist() == [1, 4, 7]
+    assert Receipt.from_row(reader.optout_rows(receipt.optout_id)[0]) == receipt
+    assert reader.get("doc-4").state == "removed"
+    with pytest.raises(NotFoundError, match="doc-99"):
+        record_optout(OptOutSelector(doc_ids=("doc-2", "doc-99")), table, table.snapshot())
+    assert not reader.snapshot().removed[2]

@@ -28,6 +28,8 @@ from datastore.store import Datastore
 from tests.datastore.synthetic import CLASSES, SyntheticEncoder, corpus
 
 ROOT = Path(__file__).resolve().parents[2]
+# every test runs on both document tables: SQLite in the folder, and PostgreSQL
+pytestmark = pytest.mark.usefixtures("table_backend")
 
 
 def _build(path: Path, docs: list[Document], backend: str = "exact", **kw: object,
@@ -291,14 +293,16 @@ def test_optout_by_source_and_url_prefix_is_idempotent(tmp_path: Path) -> None:
     assert info.live_documents == 8 and info.optouts == 4
 
 
-def test_optout_rebuilds_filter_from_table_on_reload(tmp_path: Path) -> None:
+def test_optout_rebuilds_filter_from_table_on_reload(tmp_path: Path, table_backend: str,
+                                                     ) -> None:
     store = _build(tmp_path / "ds", corpus(15), "faiss-flat")
     store.optout(doc_ids=["doc-2"])
     store.close()
     reopened = Datastore.open(tmp_path / "ds")
     assert reopened.entry_filter().allows_doc("doc-2") is False
     assert reopened.entry_filter().allows_doc("doc-3") is True
-    assert os.path.exists(tmp_path / "ds" / "documents.sqlite")
+    in_folder = os.path.exists(tmp_path / "ds" / "documents.sqlite")
+    assert in_folder == (table_backend == "sqlite")
 
 
 def test_bm25_and_verbatim_go_through_the_same_filter(tmp_path: Path) -> None:
@@ -364,10 +368,9 @@ def test_add_cut_after_the_index_was_saved_adds_nothing_twice(
     def cut(self: Datastore, rewritten: object = ()) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(Datastore, "_write_manifest", cut)
-    with pytest.raises(KeyboardInterrupt):
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(Datastore, "_write_manifest", cut)
         store.add_documents(docs[20:], SyntheticEncoder())
-    monkeypatch.undo()
     store.close()
     reopened = Datastore.open(tmp_path / "ds")
     assert len(reopened.snapshot.doc_ids) == 30
@@ -385,10 +388,9 @@ def test_compaction_cut_midway_is_finished_at_open(tmp_path: Path,
     def cut(table: object, now: float) -> None:
         raise KeyboardInterrupt  # after vectors and blocks went, before the text
 
-    monkeypatch.setattr("datastore.table.DocumentTable.purge", cut)
-    with pytest.raises(KeyboardInterrupt):
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr("datastore.table.DocumentTable.purge", cut)
         store.compact()
-    monkeypatch.undo()
     store.close()
     reopened = Datastore.open(tmp_path / "ds")
     assert reopened.manifest.status == "ready" and reopened.receipts()[0].purged_at
