@@ -214,6 +214,9 @@ class DocumentTable(ABC):
                 run(_BUMP)
         except self._duplicate:
             taken = self.existing([r.doc_id for r in records])
+            if not taken:  # the row numbers, not the ids: another writer added first
+                raise ConflictError("another add took these document rows first; retry "
+                                    "the add") from None
             raise ConflictError(f"document id already in the datastore: {taken[:5]}") from None
 
     def existing(self, doc_ids: Sequence[str], live_only: bool = False) -> list[str]:

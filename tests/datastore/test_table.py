@@ -52,6 +52,9 @@ def test_duplicate_id_is_a_conflict_and_nothing_is_written(new_table: OpenTable)
     doc = corpus(1)[0]
     with pytest.raises(ConflictError, match="doc-0"):
         table.insert([DocumentRecord.new(doc, 6, (18, 19), (6, 6))], [doc.text])
+    other = replace(doc, doc_id="doc-new")
+    with pytest.raises(ConflictError, match="another add"):  # row 5 is taken
+        table.insert([DocumentRecord.new(other, 5, (18, 19), (6, 6))], [doc.text])
     assert len(table.snapshot().doc_ids) == 6
     assert table.change_seq() == seq
 
