@@ -43,11 +43,20 @@ def neighbour_log_weights(distances: torch.Tensor, values: torch.Tensor,
     distances (n, k) squared L2, values (n, k) int64 with -1 for padding -> (n, k)
     float32 log weights, -inf at padding; a row with no valid neighbour is all -inf.
     """
-    logits = -distances.float() / temperature
-    logits = logits.masked_fill(values < 0, -math.inf)
+    # float64, so that tau keeps its value down to the smallest denormal (in float32 a
+    # tau below 1e-45 is 0 and d / tau is nan)
+    d = distances.double().masked_fill((values < 0) | torch.isnan(distances), math.inf)
+    # measured from the nearest valid neighbour, whose logit is then exactly 0: however
+    # small tau (or large d), the nearest keeps its weight instead of all of them
+    # underflowing to -inf; tau -> 0 tends to a vote of the nearest neighbours alone
+    nearest = d.min(dim=1, keepdim=True).values
+    valid = torch.isfinite(d) & torch.isfinite(nearest)
+    shifted = torch.where(valid, d - nearest, torch.zeros_like(d))
+    logits = (-shifted / temperature).masked_fill(~valid, -math.inf)
     norm = torch.logsumexp(logits, dim=1, keepdim=True)
     # all-padding rows: logsumexp is -inf and -inf - -inf is nan; keep them -inf
-    return torch.where(torch.isfinite(norm), logits - norm, torch.full_like(logits, -math.inf))
+    out = torch.where(torch.isfinite(norm), logits - norm, torch.full_like(logits, -math.inf))
+    return out.float()
 
 
 def knn_log_probs(distances: torch.Tensor, values: torch.Tensor, vocab_size: int,

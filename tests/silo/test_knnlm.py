@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from silo.knnlm import (
     KnnParams,
@@ -76,3 +78,35 @@ def test_params_are_validated_naming_the_field() -> None:
         KnnParams(temperature=0.0)
     with pytest.raises(ValueError, match="k must"):
         KnnParams(k=0)
+
+
+@st.composite
+def neighbours(draw: st.DrawFn) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, k) distances (0, huge, denormal, equal) and values with -1 padding."""
+    n, k = draw(st.integers(1, 3)), draw(st.integers(1, 6))
+    d = draw(st.lists(st.one_of(st.floats(0.0, 3e38), st.sampled_from([0.0, 1e-45, 1e30])),
+                      min_size=n * k, max_size=n * k))
+    v = draw(st.lists(st.integers(-1, 7), min_size=n * k, max_size=n * k))
+    return torch.tensor(d, dtype=torch.float32).reshape(n, k), torch.tensor(v).reshape(n, k)
+
+
+@settings(max_examples=300, deadline=None)
+@given(neighbours(),
+       st.one_of(st.sampled_from([5e-324, 1e-300, 1e-30, 1.0, 1e6]), st.floats(1e-300, 1e6)),
+       st.one_of(st.sampled_from([0.0, 1.0, 1e-300]), st.floats(0.0, 1.0)))
+def test_the_mixture_is_a_distribution_for_extreme_distances_and_temperatures(
+        nb: tuple[torch.Tensor, torch.Tensor], tau: float, lam: float) -> None:
+    d, v = nb
+    lm = torch.log_softmax(torch.arange(8.0).repeat(d.shape[0], 1), dim=1)
+    knn = knn_log_probs(d, v, 8, tau)
+    has = (v >= 0).any(1)
+    assert torch.allclose(knn[has].logsumexp(1), torch.zeros(int(has.sum())), atol=1e-5)
+    mixed = interpolate(lm, knn, lam, has)
+    assert not torch.isnan(mixed).any()
+    assert torch.allclose(mixed.logsumexp(1), torch.zeros(d.shape[0]), atol=1e-5)
+
+
+def test_a_vanishing_temperature_is_a_vote_of_the_nearest_neighbours() -> None:
+    d, v = torch.tensor([[2.0, 1.0, 1.0, 3.0]]), torch.tensor([[0, 1, 2, 3]])
+    w = neighbour_log_weights(d, v, 1e-300).exp()
+    assert torch.allclose(w, torch.tensor([[0.0, 0.5, 0.5, 0.0]]))
