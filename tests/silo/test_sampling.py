@@ -1,0 +1,80 @@
+"""The sampling rules: total over every temperature and top_p, by property and by hand."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from silo.sampling import GREEDY_BELOW, nucleus_weights, sample
+
+TINY = sys.float_info.min * sys.float_info.epsilon  # the smallest positive float (denormal)
+extreme_floats = st.one_of(
+    st.sampled_from([TINY, sys.float_info.min, 1e-300, 1e-30, GREEDY_BELOW / 2, GREEDY_BELOW,
+                     1e-3, 0.5, 1.0, 2.0]),
+    st.floats(min_value=TINY, max_value=2.0, allow_nan=False, allow_infinity=False))
+top_ps = st.one_of(st.sampled_from([TINY, 1e-300, 1e-9, 0.5, 0.999999, 1.0]),
+                   st.floats(min_value=TINY, max_value=1.0, allow_nan=False))
+
+
+@st.composite
+def log_prob_rows(draw: st.DrawFn) -> torch.Tensor:
+    """(m, V) log-probs with extreme shapes: near-one-hot, flat, -inf holes, underflow."""
+    m, v = draw(st.integers(1, 4)), draw(st.integers(1, 40))
+    logits = torch.tensor(draw(st.lists(
+        st.one_of(st.floats(-1e4, 50.0), st.just(-math.inf), st.just(-1e30)),
+        min_size=m * v, max_size=m * v)), dtype=torch.float32).reshape(m, v)
+    logits[:, draw(st.integers(0, v - 1))] = draw(st.floats(-100.0, 50.0))  # one finite
+    return torch.log_softmax(logits, dim=1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(log_prob_rows(), extreme_floats, top_ps, st.integers(0, 2**31))
+def test_sampling_always_returns_a_token_the_distribution_allows(
+        lp: torch.Tensor, temperature: float, top_p: float, seed: int) -> None:
+    tokens = sample(lp, temperature, top_p, torch.Generator().manual_seed(seed))
+    assert tokens.shape == (lp.shape[0],)
+    chosen = lp.gather(1, tokens[:, None])[:, 0]
+    assert torch.isfinite(chosen).all()  # never a token of probability 0
+    if temperature < GREEDY_BELOW:
+        assert torch.equal(tokens, lp.argmax(dim=1))
+
+
+@settings(max_examples=300, deadline=None)
+@given(log_prob_rows(), extreme_floats, top_ps)
+def test_nucleus_weights_are_a_valid_unnormalised_distribution(
+        lp: torch.Tensor, temperature: float, top_p: float) -> None:
+    if temperature < GREEDY_BELOW:
+        temperature = GREEDY_BELOW
+    w = nucleus_weights(lp / temperature, top_p)
+    assert torch.isfinite(w).all() and (w >= 0).all() and (w <= 1).all()
+    assert (w.gather(1, lp.argmax(dim=1, keepdim=True)) == 1).all()  # the top token stays
+    assert ((w > 0) <= torch.isfinite(lp)).all()  # nothing outside the support
+
+
+def test_top_p_keeps_the_smallest_set_reaching_the_mass_by_hand() -> None:
+    lp = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
+    assert (nucleus_weights(lp, 0.75) > 0).tolist() == [[True, True, False, False]]
+    assert (nucleus_weights(lp, 0.8) > 0).tolist() == [[True, True, False, False]]
+    assert (nucleus_weights(lp, 0.81) > 0).tolist() == [[True, True, True, False]]
+    assert (nucleus_weights(lp, 1e-300) > 0).tolist() == [[True, False, False, False]]
+    assert (nucleus_weights(lp, 1.0) > 0).all()
+
+
+def test_denormal_temperature_is_greedy_and_seeded_draws_repeat() -> None:
+    lp = torch.log_softmax(torch.randn(3, 50, generator=torch.Generator().manual_seed(0)), 1)
+    gen = torch.Generator().manual_seed(0)
+    assert torch.equal(sample(lp, 1e-300, 1.0, gen), lp.argmax(1))
+    a = sample(lp, 1.0, 0.9, torch.Generator().manual_seed(3))
+    b = sample(lp, 1.0, 0.9, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+
+
+def test_a_row_without_a_finite_log_prob_is_an_error_not_a_token() -> None:
+    lp = torch.full((1, 5), -math.inf)
+    with pytest.raises(ValueError, match="no finite log-probability"):
+        sample(lp, 1.0, 1.0, torch.Generator())
