@@ -9,12 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from datastore.config import DatastoreConfig
-from datastore.document import Document, LicenseClass
+from datastore.document import LicenseClass
 from datastore.errors import InvalidInputError
 from datastore.filter import AccessScope
-from datastore.store import Datastore
-from silo.encoder import LMEncoder
 from silo.lm import (
     GenerationRequest,
     ScoreRequest,
@@ -25,31 +22,7 @@ from silo.lm import (
 )
 from silo.ric import RicParams, with_passage
 from tests.conftest import make_documents
-
-CONFIG = DatastoreConfig(backend="exact", block_tokens=16, block_overlap=4, ngram=False,
-                         flush_entries=64, encode_batch=4)
-TEXT = "Lay, v. t. To cause to lie down. And God said, Let there be light."
-ALL = (SiloOptions("parametric"), SiloOptions("knnlm", k=8, lam=0.4, knn_temperature=2.0),
-       SiloOptions("ric", ric=RicParams(query_tokens=8, stride=6)),
-       SiloOptions("knnlm+ric", k=8, lam=0.4, knn_temperature=2.0,
-                   ric=RicParams(query_tokens=8, stride=6)))
-
-
-def _build(path: Path, model: object, tok: object, docs: list[Document],
-           config: DatastoreConfig = CONFIG, trained: Path | None = None) -> Datastore:
-    enc = LMEncoder(model, tok, "tiny-fp", max_length=128, batch_size=4)
-    return Datastore.build(path, docs, enc, config, progress=False, trained_index=trained)
-
-
-@pytest.fixture(scope="module")
-def full(tmp_path_factory: pytest.TempPathFactory, tiny_lm: object,
-         tiny_tokenizer: object) -> SiloLM:
-    store = _build(tmp_path_factory.mktemp("full"), tiny_lm, tiny_tokenizer, make_documents())
-    return SiloLM(tiny_lm, tiny_tokenizer, store, SiloConfig(batch_size=3, window=24, stride=8))
-
-
-def _ids(lm: SiloLM, text: str = TEXT) -> tuple[int, ...]:
-    return (lm.eos_id, *lm.encode(text))
+from tests.silo.conftest import ALL, CONFIG, TEXT, build_store, prompt_ids
 
 
 def _lp(lm: SiloLM, options: SiloOptions, ids: tuple[int, ...], **kw: object) -> np.ndarray:
@@ -59,7 +32,7 @@ def _lp(lm: SiloLM, options: SiloOptions, ids: tuple[int, ...], **kw: object) ->
 
 
 def test_parametric_scores_equal_the_model_with_echo_semantics(full: SiloLM) -> None:
-    ids = _ids(full)[:20]  # fits one window: no sliding
+    ids = prompt_ids(full)[:20]  # fits one window: no sliding
     lm = SiloLM(full.model, full.tokenizer, None)
     res = lm.score([ScoreRequest(ids, top_logprobs=3, options=SiloOptions("parametric"))])[0]
     with torch.inference_mode():
@@ -73,7 +46,7 @@ def test_parametric_scores_equal_the_model_with_echo_semantics(full: SiloLM) -> 
 
 
 def test_hook_path_gives_the_same_scores(full: SiloLM) -> None:
-    ids = _ids(full)
+    ids = prompt_ids(full)
     assert full._base_gives_head_input
     want = _lp(full, ALL[1], ids)
     full._base_gives_head_input = False
@@ -85,13 +58,13 @@ def test_hook_path_gives_the_same_scores(full: SiloLM) -> None:
 
 
 def test_lambda_zero_is_the_parametric_distribution(full: SiloLM) -> None:
-    ids = _ids(full)
+    ids = prompt_ids(full)
     base = _lp(full, SiloOptions("parametric"), ids)
     assert np.array_equal(_lp(full, SiloOptions("knnlm", k=4, lam=0.0), ids), base)
 
 
 def test_knnlm_matches_a_brute_force_reference(full: SiloLM) -> None:
-    ids = _ids(full)[:20]
+    ids = prompt_ids(full)[:20]
     opts = SiloOptions("knnlm", k=5, lam=0.3, knn_temperature=3.0)
     got = _lp(full, opts, ids)
     with torch.inference_mode():
@@ -112,7 +85,7 @@ def test_knnlm_matches_a_brute_force_reference(full: SiloLM) -> None:
 
 
 def test_sliding_windows_and_batching_change_nothing(full: SiloLM) -> None:
-    ids = _ids(full, TEXT + " " + TEXT)
+    ids = prompt_ids(full, TEXT + " " + TEXT)
     for opts in ALL:
         wide = SiloLM(full.model, full.tokenizer, full.datastore, SiloConfig(batch_size=16))
         a = _lp(full, opts, ids)
@@ -129,7 +102,7 @@ def test_sliding_windows_and_batching_change_nothing(full: SiloLM) -> None:
 
 
 def test_replug_matches_a_hand_built_ensemble(full: SiloLM) -> None:
-    ids = _ids(full)[:24]
+    ids = prompt_ids(full)[:24]
     ric = RicParams(query_tokens=8, k=2, stride=4)
     most = 0
     got = _lp(full, SiloOptions("ric", ric=ric), ids)
@@ -160,7 +133,7 @@ def test_filtered_output_equals_a_datastore_without_the_documents(
     docs = make_documents()
     # IVF-PQ: the reduced store reuses the full one's trained quantizer (DESIGN)
     config = replace(CONFIG, backend=backend, nlist=4, m=8, nbits=4, nprobe=2)
-    store = _build(tmp_path / "full", tiny_lm, tiny_tokenizer, docs, config)
+    store = build_store(tmp_path / "full", tiny_lm, tiny_tokenizer, docs, config)
     trained = tmp_path / "full" / "index.faiss" if backend == "faiss-ivfpq" else None
     scope = AccessScope()
     policy = None
@@ -174,11 +147,11 @@ def test_filtered_output_equals_a_datastore_without_the_documents(
         scope = AccessScope(sources=frozenset({"kjv", "gcide"}))
         kept = [d for d in docs if d.source in ("kjv", "gcide")]
     excluded = {d.doc_id for d in docs} - {d.doc_id for d in kept}
-    reduced = _build(tmp_path / "reduced", tiny_lm, tiny_tokenizer, kept, config, trained)
+    reduced = build_store(tmp_path / "reduced", tiny_lm, tiny_tokenizer, kept, config, trained)
     cfg = SiloConfig(batch_size=4, window=24, stride=8)
     a = SiloLM(tiny_lm, tiny_tokenizer, store, cfg)
     b = SiloLM(tiny_lm, tiny_tokenizer, reduced, cfg)
-    ids = _ids(a)
+    ids = prompt_ids(a)
     for base in ALL[1:]:
         opts = SiloOptions(base.mode, k=6, lam=0.5, knn_temperature=2.0, license_classes=policy,
                            attribution=True, ric=base.ric)
@@ -201,7 +174,7 @@ def test_filtered_output_equals_a_datastore_without_the_documents(
 
 
 def test_contributions_are_lambda_times_the_knn_mass(full: SiloLM) -> None:
-    ids = _ids(full)[:16]
+    ids = prompt_ids(full)[:16]
     opts = SiloOptions("knnlm", k=8, lam=0.4, knn_temperature=2.0, attribution=True)
     res = full.score([ScoreRequest(ids, options=opts)])[0]
     lm_only = _lp(full, SiloOptions("parametric"), ids)
@@ -226,16 +199,16 @@ def test_attribution_off_does_no_provenance_work(full: SiloLM,
 
     monkeypatch.setattr(full.datastore, "entry_info", boom)
     monkeypatch.setattr(full, "_provenance", boom)
-    res = full.score([ScoreRequest(_ids(full), options=ALL[3])])[0]
+    res = full.score([ScoreRequest(prompt_ids(full), options=ALL[3])])[0]
     assert res.provenance is None and res.attribution is None
-    gen = full.generate(GenerationRequest(_ids(full)[:5], max_tokens=3, options=ALL[3]))
+    gen = full.generate(GenerationRequest(prompt_ids(full)[:5], max_tokens=3, options=ALL[3]))
     assert gen.choices[0].provenance is None and gen.choices[0].attribution is None
 
 
 @pytest.mark.parametrize("opts", ALL, ids=lambda o: o.mode)
 def test_greedy_generation_follows_the_scored_distribution(full: SiloLM,
                                                            opts: SiloOptions) -> None:
-    prompt = _ids(full)[:6]
+    prompt = prompt_ids(full)[:6]
     res = full.generate(GenerationRequest(prompt, max_tokens=6, temperature=0, logprobs=2,
                                           options=opts, echo=True))
     (choice,) = res.choices
@@ -250,7 +223,7 @@ def test_greedy_generation_follows_the_scored_distribution(full: SiloLM,
 
 
 def test_sampling_is_seeded_and_honours_stop_n_and_max_tokens(full: SiloLM) -> None:
-    prompt = _ids(full)[:4]
+    prompt = prompt_ids(full)[:4]
     req = GenerationRequest(prompt, max_tokens=8, temperature=1.0, top_p=0.9, n=3, seed=7,
                             options=ALL[1])
     a, b = full.generate(req), full.generate(req)
@@ -284,7 +257,7 @@ def test_bad_requests_are_library_errors(full: SiloLM) -> None:
 @pytest.mark.parametrize("opts", ALL, ids=lambda o: o.mode)
 def test_batched_stepping_equals_generating_one_at_a_time(full: SiloLM,
                                                           opts: SiloOptions) -> None:
-    ids = _ids(full)
+    ids = prompt_ids(full)
     requests = [GenerationRequest(ids[:6], max_tokens=5, temperature=0, logprobs=2,
                                   options=opts),
                 GenerationRequest(ids[:3], max_tokens=7, temperature=1.0, n=2, seed=11,
@@ -335,7 +308,7 @@ def test_incremental_decoding_equals_rereading_the_context(full: SiloLM,
         out._base_gives_head_input = not hook
         return out
 
-    ids = _ids(full)
+    ids = prompt_ids(full)
     requests = [GenerationRequest(ids[:5], max_tokens=10, temperature=0, logprobs=1,
                                   options=opts),
                 GenerationRequest(ids[:3], max_tokens=6, temperature=1.0, n=2, seed=2,

@@ -1,0 +1,399 @@
+"""Batched generation: many requests stepped together, one token per step (continuous
+batching), each request failing alone.
+
+    start(requests) -> states      plans resolved, samplers seeded, echo prompts scored
+    step(states)    -> events      one token for every live choice of every state
+    finish(state)   -> result      the events collected and attributed
+
+Rows of states with equal plans share forward passes; each state samples with its own
+generator, so its tokens and log-probs are those of generating it alone.
+
+Isolation: a failure while stepping one state ends that state alone. Its exception is
+kept on the state (`state.error`; the state is then finished) and the other states of
+the step go on. Per-state work (retrieval, sampling, provenance, detokenising) is done
+state by state; when a shared forward pass or search fails, every state of that pass is
+put back as it was and stepped alone, so the failure lands on the states that cause it
+and the others get exactly the tokens they would have got without it.
+
+Decoding is incremental (`SiloConfig.kv_cache`, on by default) in the modes without RIC:
+a state's first step reads its rows whole (the new states of a step in one right-padded
+pass) and keeps their keys/values; later steps feed one token per row, the rows of all
+states of a plan in one pass over their left-padded, masked caches. RIC modes (whose
+passages change the context) and rows longer than the context (whose window slides)
+re-read the context at every step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from silo.attribution import TokenProvenance
+from silo.request import (
+    Completion,
+    GenerationRequest,
+    GenerationResult,
+    Plan,
+    ScoreRequest,
+    ScoreResult,
+    TokenEvent,
+)
+from silo.ric import Passage
+from silo.sampling import sample
+from silo.scoring import Scoring, _Chunk, _Group, _right_padded
+
+
+@dataclass(eq=False)
+class GenerationState:
+    """A running generation, advanced in place by `SiloLM.step`: per choice its row
+    (prompt + new tokens), new tokens, text so far, RIC passages and events; `live` the
+    choices still generating, `steps` the tokens generated per live choice so far;
+    `error` what ended it early (it is then finished, with no live choice)."""
+
+    request: GenerationRequest
+    plan: Plan
+    generator: torch.Generator
+    rows: list[list[int]]
+    new: list[list[int]]
+    texts: list[str]
+    passages: list[tuple[Passage, ...]]
+    live: list[int]
+    events: list[list[TokenEvent]]
+    prompt: ScoreResult | None = None  # with echo
+    steps: int = 0
+    # keys/values of every token but the last of the rows `cache_rows` (in that order):
+    # per layer (rows, kv_heads, length, head_dim) each; None before the first step, in
+    # RIC modes and once the rows outgrow the context
+    cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    cache_rows: list[int] = field(default_factory=list)
+    error: BaseException | None = None
+
+    @property
+    def finished(self) -> bool:
+        return not self.live
+
+    def fail(self, error: BaseException) -> None:
+        """End this generation with `error`; its events so far stay."""
+        self.error = error
+        self.live = []
+        self.cache = None
+
+
+@dataclass(frozen=True)
+class _Saved:
+    """What a shared pass may change in a state before it fails (a state's own
+    sampling and events come after every shared pass, so they are never half done)."""
+
+    passages: list[tuple[Passage, ...]]
+    cache: list[tuple[torch.Tensor, torch.Tensor]] | None
+    cache_rows: list[int]
+
+    @classmethod
+    def of(cls, s: GenerationState) -> _Saved:
+        return cls(list(s.passages), s.cache, list(s.cache_rows))
+
+    def restore(self, s: GenerationState) -> None:
+        s.passages, s.cache, s.cache_rows = list(self.passages), self.cache, list(self.cache_rows)
+
+
+class Generation(Scoring):
+    """The generation half of `SiloLM` (see the module docstring)."""
+
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        """Generate all choices (see `generate_stream`) and collect them."""
+        (state,) = self.start([request])
+        while not state.finished:
+            self.step([state])
+        if state.error is not None:
+            raise state.error
+        return self.finish(state)
+
+    def generate_stream(self, request: GenerationRequest) -> Iterator[TokenEvent]:
+        """Generate `n` continuations together, one batched step per token; yields each
+        token as soon as it is chosen."""
+        (state,) = self.start([replace(request, echo=False)])
+        while not state.finished:
+            yield from self.step([state])[0]
+        if state.error is not None:
+            raise state.error
+
+    def start(self, requests: Sequence[GenerationRequest]) -> list[GenerationState]:
+        """A running state per request: its plan resolved (InvalidInputError when the
+        datastore cannot serve it), its sampler seeded and, with `echo`, its prompt
+        scored (echo prompts of equal options in one `score` call). A server starts its
+        requests one at a time, so that one that cannot start fails alone."""
+        states = []
+        for req in requests:
+            plan = self.plan(req.options, req.scope)
+            seed = req.seed if req.seed is not None else int(torch.randint(2**31, ()).item())
+            n = req.n
+            states.append(GenerationState(
+                req, plan, torch.Generator().manual_seed(seed),
+                [list(req.prompt_ids) for _ in range(n)], [[] for _ in range(n)], [""] * n,
+                [() for _ in range(n)], list(range(n)) if req.max_tokens else [],
+                [[] for _ in range(n)]))
+        echo = [s for s in states if s.request.echo]
+        scored = self.score([ScoreRequest(s.request.prompt_ids, s.request.logprobs,
+                                          s.request.options, s.request.scope) for s in echo])
+        for s, res in zip(echo, scored, strict=True):
+            s.prompt = res
+        return states
+
+    def step(self, states: Sequence[GenerationState]) -> list[tuple[TokenEvent, ...]]:
+        """One token for every live choice of `states`: the rows of states with equal
+        plans go through shared forward passes (continuous batching), then each state
+        samples its own rows with its own generator, so the tokens are those of stepping
+        it alone. Returns per state this step's events (empty once it is finished). A
+        state that fails gets `error` set and ends; the others go on (module docstring)."""
+        by_plan: dict[Plan, list[GenerationState]] = {}
+        for s in states:
+            if s.live:
+                by_plan.setdefault(s.plan, []).append(s)
+        out: dict[int, tuple[TokenEvent, ...]] = {}
+        for plan, group in by_plan.items():
+            out.update(self._advance_isolated(group, plan))
+        return [out.get(id(s), ()) for s in states]
+
+    def finish(self, state: GenerationState) -> GenerationResult:
+        """The result of a state: per choice its events collected (and attributed)."""
+        choices = [self._completion(i, evs, state.request)
+                   for i, evs in enumerate(state.events)]
+        return GenerationResult(tuple(choices), state.prompt)
+
+    def _advance_isolated(self, states: list[GenerationState], plan: Plan,
+                          ) -> dict[int, tuple[TokenEvent, ...]]:
+        """`_advance`; if a shared pass fails, the states are put back as they were and
+        stepped one by one, so that the failure ends only the states that cause it."""
+        saved = [_Saved.of(s) for s in states]
+        try:
+            return self._advance(states, plan)
+        except Exception as exc:
+            for s, kept in zip(states, saved, strict=True):
+                kept.restore(s)
+            if len(states) == 1:
+                states[0].fail(exc)
+                return {}
+        out: dict[int, tuple[TokenEvent, ...]] = {}
+        for s in states:
+            if s.live:  # one that failed on its own in the shared attempt stays failed
+                out.update(self._advance_isolated([s], plan))
+        return out
+
+    def _advance(self, states: list[GenerationState], plan: Plan,
+                 ) -> dict[int, tuple[TokenEvent, ...]]:
+        """One token for every live row of `states` (all of one plan): retrieval per
+        state, the shared passes, then sampling and events per state. A state's own
+        failure ends it alone; a failure of a shared pass is raised. Per state id, its
+        events."""
+        ready = []
+        for s in states:
+            try:
+                if plan.uses_ric and s.steps % plan.ric.stride == 0:
+                    for r in s.live:
+                        s.passages[r] = self._retrieve(s.rows[r], plan)
+                ready.append(s)
+            except Exception as exc:
+                s.fail(exc)
+        if not ready:
+            return {}
+        rows = [s.rows[r] for s in ready for r in s.live]
+        passages = [s.passages[r] for s in ready for r in s.live]
+        chunk = self._step(rows, list(range(len(rows))), passages, plan,
+                           None if plan.uses_ric else ready)
+        mixed = self._mixed(chunk, plan)
+        out, at = {}, 0
+        for s in ready:
+            n = len(s.live)
+            try:
+                out[id(s)] = self._commit(s, chunk.part(at, at + n), mixed[at:at + n], plan)
+            except Exception as exc:
+                s.fail(exc)
+            at += n
+        return out
+
+    def _commit(self, s: GenerationState, chunk: _Chunk, mixed: torch.Tensor, plan: Plan,
+                ) -> tuple[TokenEvent, ...]:
+        """Sample a state's rows from their (n, V) mixture, then append the tokens and
+        events; everything that can fail happens before the state is touched."""
+        tokens = sample(mixed, s.request.temperature, s.request.top_p, s.generator)
+        provs = self._provenance(chunk, tokens, plan) if plan.attribution else None
+        texts = list(s.texts)
+        events = []
+        for i, r in enumerate(s.live):
+            token = int(tokens[i])
+            events.append(self._event(r, token, mixed[i], [*s.new[r], token], texts,
+                                      s.request, s.steps, None if provs is None else provs[i]))
+        for r, ev in zip(s.live, events, strict=True):
+            s.rows[r].append(ev.token_id)
+            s.new[r].append(ev.token_id)
+            s.events[r].append(ev)
+        s.texts = texts
+        s.live = [r for r, ev in zip(s.live, events, strict=True) if ev.finish_reason is None]
+        s.steps += 1
+        return tuple(events)
+
+    def _completion(self, index: int, events: list[TokenEvent],
+                    request: GenerationRequest) -> Completion:
+        ids = [e.token_id for e in events]
+        text = "".join(e.text for e in events)
+        provs = tuple(e.provenance for e in events if e.provenance is not None)
+        attribution = None
+        if request.options.attribution and ids:
+            attribution = self._attribute(ids, provs)
+        return Completion(
+            index, tuple(ids), text, tuple(e.logprob for e in events),
+            tuple(e.top_logprobs or {} for e in events) if request.logprobs else None,
+            events[-1].finish_reason or "length" if events else "length",
+            provs if request.options.attribution else None, attribution)
+
+    def _step(self, rows: list[list[int]], live: list[int],
+              passages: list[tuple[Passage, ...]], plan: Plan,
+              states: list[GenerationState] | None = None) -> _Chunk:
+        """Next-token distributions (and neighbours) of the live rows; with `states`
+        (whose live rows are `rows`, in order) incrementally, through their caches."""
+        plain = [_Group([rows[r][-self.max_length:]], 1, torch.zeros(1)) for r in live]
+        groups = [self._ric_group(rows[r], 1, passages[r], plan) for r in live] \
+            if plan.uses_ric else plain
+        if states is not None and self.config.kv_cache:
+            lp, hidden = self._next_token(states)
+        else:
+            lp, hidden = self._run_groups(groups)
+        chunk = _Chunk(np.arange(len(live)), lp, passages=[passages[r] for r in live]
+                       if plan.uses_ric else [() for _ in live])
+        if plan.uses_knn:
+            queries = self._run_groups(plain)[1] if plan.uses_ric else hidden
+            self._search(chunk, queries, plan)
+        return chunk
+
+    def _next_token(self, states: list[GenerationState]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probs (m, V) and LM-head inputs (m, dim) of the next token of every live
+        row of `states`, in order. A state's first step reads its rows whole (all new
+        states in one pass) and keeps their keys/values; later steps feed only each
+        row's last token, the rows of all cached states in one pass (caches left-padded
+        to a common length, masked). Rows longer than the context slide their window,
+        which a cache cannot follow: those are read whole at every step."""
+        lps: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        cached, fresh = [], []
+        for s in states:
+            length = len(s.rows[s.live[0]])  # the live rows of a state advance together
+            if s.cache is not None and length <= self.max_length:
+                cached.append(s)
+                continue
+            rows = [s.rows[r][-self.max_length:] for r in s.live]
+            if length > self.max_length:
+                s.cache = None
+                row_lp, row_h = self._forward(rows, [1] * len(rows))
+                lps[id(s)] = torch.cat(row_lp), torch.cat(row_h)
+            else:
+                fresh.append(s)
+        for group, step in ((fresh, self._prefill), (cached, self._decode)):
+            for part in _batches(group, self.config.batch_size):
+                lp, h = step(part)
+                at = 0
+                for s in part:
+                    lps[id(s)] = lp[at:at + len(s.live)], h[at:at + len(s.live)]
+                    at += len(s.live)
+        return (torch.cat([lps[id(s)][0] for s in states]),
+                torch.cat([lps[id(s)][1] for s in states]))
+
+    @torch.inference_mode()
+    def _prefill(self, states: list[GenerationState]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Read the live rows of `states` whole in one right-padded pass and keep each
+        state's cache (a causal model's first L positions ignore the padding after
+        them); the last real position's log-probs (m, V) and LM-head inputs (m, dim)."""
+        device = next(self.model.parameters()).device
+        rows = [s.rows[r] for s in states for r in s.live]
+        self._check_rows(rows)
+        ids, mask = _right_padded(rows, self.pad_id)
+        hidden, logits, cache = self._head_input_and_logits(ids.to(device), mask.to(device),
+                                                            use_cache=True)
+        last = torch.tensor([len(r) - 1 for r in rows], device=device)
+        picked = torch.arange(len(rows), device=device)
+        at = 0
+        for s in states:
+            n, length = len(s.live), len(s.rows[s.live[0]])
+            s.cache = [(layer.keys[at:at + n, :, :length], layer.values[at:at + n, :, :length])
+                       for layer in cache.layers]
+            s.cache_rows = list(s.live)
+            at += n
+        return (torch.log_softmax(logits[picked, last].float(), dim=-1).cpu(),
+                hidden[picked, last].float().cpu())
+
+    @torch.inference_mode()
+    def _decode(self, states: list[GenerationState]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token per live row of the cached `states` in one pass: (m, V), (m, dim)."""
+        from transformers import DynamicCache
+
+        self._check_rows([s.rows[r] for s in states for r in s.live])
+        device = next(self.model.parameters()).device
+        lengths, tokens, layers = [], [], []
+        for s in states:
+            assert s.cache is not None
+            keep = [s.cache_rows.index(r) for r in s.live]  # finished choices drop out
+            if keep != list(range(len(s.cache_rows))):
+                index = torch.tensor(keep, device=device)
+                s.cache = [(k.index_select(0, index), v.index_select(0, index))
+                           for k, v in s.cache]
+            lengths += [s.cache[0][0].shape[2]] * len(s.live)
+            tokens += [s.rows[r][-1] for r in s.live]
+            layers.append(s.cache)
+        width = max(lengths)
+        past = [tuple(torch.cat([torch.nn.functional.pad(c[i][j], (0, 0, width - c[i][j]
+                                                                   .shape[2], 0))
+                                 for c in layers]) for j in (0, 1))
+                for i in range(len(layers[0]))]
+        mask = torch.zeros((len(tokens), width + 1), dtype=torch.long)
+        for i, n in enumerate(lengths):
+            mask[i, width - n:] = 1
+        hidden, logits, cache = self._head_input_and_logits(
+            torch.tensor(tokens, device=device)[:, None], mask.to(device),
+            position_ids=torch.tensor(lengths, device=device)[:, None],
+            cache=DynamicCache(past), use_cache=True)
+        at = 0
+        for s in states:
+            n, length = len(s.live), lengths[at]
+            s.cache = [(layer.keys[at:at + n, :, width - length:],
+                        layer.values[at:at + n, :, width - length:])
+                       for layer in cache.layers]
+            s.cache_rows = list(s.live)
+            at += n
+        return (torch.log_softmax(logits[:, -1].float(), dim=-1).cpu(),
+                hidden[:, -1].float().cpu())
+
+    def _event(self, choice: int, token: int, dist: torch.Tensor, new: list[int],
+               texts: list[str], request: GenerationRequest, step: int,
+               provenance: TokenProvenance | None) -> TokenEvent:
+        """The event for a chosen token, cutting the text at a stop sequence."""
+        full = self.decode(new)
+        finish = None
+        if full.endswith("\ufffd"):  # an incomplete multi-byte character: wait for more
+            full = texts[choice]
+        cut = min((full.find(s) for s in request.stop if s in full), default=-1)
+        if cut >= 0:
+            full, finish = full[:cut], "stop"
+        elif step == request.max_tokens - 1 or token == self.eos_id:
+            finish = "stop" if token == self.eos_id else "length"
+        delta = full[len(texts[choice]):] if full.startswith(texts[choice]) else ""
+        texts[choice] = full
+        top = None
+        if request.logprobs:
+            values, ids = dist.topk(min(request.logprobs, dist.shape[0]))
+            top = dict(zip(ids.tolist(), values.tolist(), strict=True))
+        return TokenEvent(choice, token, delta, float(dist[token]), top, provenance, finish)
+
+
+
+def _batches(states: list[GenerationState], rows: int) -> Iterator[list[GenerationState]]:
+    """Consecutive runs of states with at most `rows` live rows (at least one state)."""
+    part: list[GenerationState] = []
+    for s in states:
+        if part and sum(len(p.live) for p in part) + len(s.live) > rows:
+            yield part
+            part = []
+        part.append(s)
+    if part:
+        yield part
+
