@@ -69,6 +69,15 @@ def status_of(exc: SiloError) -> tuple[int, str]:
     return 400, "invalid_request_error"  # a SiloError is the caller's problem by default
 
 
+def stream_error(exc: BaseException) -> dict[str, object]:
+    """The error event of a stream that fails after its 200 went out: the body the same
+    error would have had as a response (its type names the status class)."""
+    if isinstance(exc, SiloError):
+        return error_body(str(exc), status_of(exc)[1], exc.__class__.__name__)
+    log.error("a streamed request failed", exc_info=exc)
+    return error_body("internal error", "server_error", "internal_error")
+
+
 def _validation_message(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:

@@ -10,14 +10,44 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from datastore.document import LicenseClass
 
 Prompt = str | list[str] | list[int] | list[list[int]]
 
 
-class SiloRequestOptions(BaseModel):
+def _check_unicode(value: Any, where: str) -> None:
+    """Text must be encodable (JSON's \\ud800 escapes decode to lone surrogates, which
+    no tokenizer, index or database takes)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"{where}: not valid Unicode (a lone surrogate at "
+                             f"character {e.start})") from None
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check_unicode(item, f"{where}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_unicode(key, where)
+            _check_unicode(item, f"{where}.{key}")
+
+
+class Request(BaseModel):
+    """A request body: every string in it, however nested, is valid Unicode."""
+
+    @model_validator(mode="after")
+    def _valid_unicode(self) -> Request:
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if not isinstance(value, BaseModel):  # nested requests check themselves
+                _check_unicode(value, name)
+        return self
+
+
+class SiloRequestOptions(Request):
     """The `silo` extension of a completion request; unset fields take the defaults."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -34,7 +64,7 @@ class SiloRequestOptions(BaseModel):
                                   description="A datastore name; the active one if unset.")
 
 
-class CompletionRequest(BaseModel):
+class CompletionRequest(Request):
     """POST /v1/completions. Unknown OpenAI fields (user, best_of, ...) are ignored."""
 
     model_config = ConfigDict(extra="ignore")
@@ -109,7 +139,7 @@ class CompletionResponse(BaseModel):
     silo: SiloResponseInfo | None = None
 
 
-class AttributionRequest(BaseModel):
+class AttributionRequest(Request):
     model_config = ConfigDict(extra="forbid")
 
     text: str = Field(..., max_length=100_000)
@@ -122,7 +152,7 @@ class AttributionResponse(BaseModel):
     sentences: list[SentenceAttribution]
 
 
-class TokenizeRequest(BaseModel):
+class TokenizeRequest(Request):
     model: str | None = None
     prompt: str = Field(..., max_length=1_000_000)
     add_special_tokens: bool = True
@@ -134,7 +164,7 @@ class TokenizeResponse(BaseModel):
     max_model_len: int
 
 
-class DetokenizeRequest(BaseModel):
+class DetokenizeRequest(Request):
     model: str | None = None
     tokens: list[int] = Field(..., max_length=1_000_000)
 
@@ -156,7 +186,7 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-class AddDocumentsRequest(BaseModel):
+class AddDocumentsRequest(Request):
     documents: list[dict[str, Any]] = Field(
         ..., min_length=1, max_length=10_000,
         description="Corpus lines: id, text, license, license_class, source, url.")
@@ -169,7 +199,7 @@ class AddDocumentsResponse(BaseModel):
     blocks: int
 
 
-class OptOutRequest(BaseModel):
+class OptOutRequest(Request):
     model_config = ConfigDict(extra="forbid")
 
     doc_ids: list[str] | None = Field(default=None, max_length=100_000)

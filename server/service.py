@@ -19,11 +19,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from datastore.errors import InvalidInputError, NotFoundError, SiloError
+from datastore.errors import InvalidInputError, NotFoundError
 from datastore.filter import SearchFilter
 from datastore.optout import OptOutSelector
 from server.auth import Principal
-from server.errors import ApiError, error_body
+from server.errors import ApiError, error_body, stream_error
 from server.lookup import lookup
 from server.metrics import Metrics
 from server.protocol import (
@@ -319,11 +319,9 @@ class SiloService:
                               "logprobs": self._event_logprobs(ev, req.logprobs),
                               "finish_reason": ev.finish_reason}])
             results = [f.result() for f in futures if f.done() and f.exception() is None]
-            failed = [f.exception() for f in futures if f.done() and f.exception()]
+            failed = [e for f in futures if f.done() and (e := f.exception()) is not None]
             if failed:
-                exc = failed[0]
-                kind = "invalid_request_error" if isinstance(exc, SiloError) else "server_error"
-                yield f"data: {json.dumps(error_body(str(exc), kind, type(exc).__name__))}\n\n"
+                yield f"data: {json.dumps(stream_error(failed[0]))}\n\n"
             else:
                 yield chunk([], **self._stream_tail(req, lm, options, prompts,
                                                     [r is not None for r in reqs], results))

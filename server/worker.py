@@ -12,7 +12,11 @@ Route handlers submit `Job`s and await them; one thread owns the model. Each tur
 The queue is bounded: `submit` raises `CapacityError` (HTTP 429 with Retry-After) when
 `max_queue` jobs are waiting. A job holds the SiloLM it was submitted with, so a
 datastore swap never changes a request in flight. A cancelled job (timeout, client gone)
-is dropped at the next turn.
+is dropped at the next turn, and its rows with it.
+
+A failure while serving one job ends that job alone: `SiloLM.step` keeps a failing
+state's error on the state and steps the others on; a scoring batch that fails is
+scored again one job at a time. Each job gets its own result or its own exception.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from datastore.errors import CapacityError
+from datastore.errors import CapacityError, SiloError
 from silo.lm import GenerationRequest, GenerationState, ScoreRequest, SiloLM, TokenEvent
 
 log = logging.getLogger("server.worker")
@@ -79,6 +83,11 @@ class ModelWorker:
             self._stop = True
             self._cond.notify_all()
         self._thread.join(timeout=10)
+
+    @property
+    def running(self) -> int:
+        """Generations being stepped (a cancelled one leaves at the next step)."""
+        return len(self._running)
 
     @property
     def depth(self) -> int:
@@ -139,10 +148,11 @@ class ModelWorker:
         try:
             (state,) = job.lm.start([job.request])
         except Exception as exc:  # reported to the request; the thread carries on
+            _log_failure(exc)
             job.done(exc)
             return
         if state.finished:  # max_tokens 0
-            job.done(job.lm.finish(state))
+            self._end(_Generation(job, state))
         else:
             self._running.append(_Generation(job, state))
 
@@ -167,6 +177,7 @@ class ModelWorker:
         try:
             job.done(job.lm.score([job.request])[0])  # type: ignore[list-item]
         except Exception as exc:
+            _log_failure(exc)
             job.done(exc)
 
     def _generate(self) -> None:
@@ -182,11 +193,10 @@ class ModelWorker:
         for gens in groups.values():
             try:
                 stepped = gens[0].job.lm.step([g.state for g in gens])
-            except Exception as exc:
+            except Exception as exc:  # SiloLM.step isolates requests; this is a bug in it
                 log.exception("generation step failed")
                 for g in gens:
-                    g.job.done(exc)
-                    g.job.cancelled.set()
+                    g.state.fail(exc)
                 continue
             for g, events in zip(gens, stepped, strict=True):
                 if g.job.emit is not None:
@@ -198,7 +208,28 @@ class ModelWorker:
             if g.job.cancelled.is_set():
                 continue
             if g.state.finished:
-                g.job.done(g.job.lm.finish(g.state))
+                self._end(g)
             else:
                 still.append(g)
         self._running = still
+
+    @staticmethod
+    def _end(g: _Generation) -> None:
+        """A finished generation's result, or the error that ended it, to its job."""
+        if g.state.error is not None:
+            _log_failure(g.state.error)
+            g.job.done(g.state.error)
+            return
+        try:
+            g.job.done(g.job.lm.finish(g.state))
+        except Exception as exc:  # attribution of the finished text
+            _log_failure(exc)
+            g.job.done(exc)
+
+
+def _log_failure(exc: BaseException) -> None:
+    """A request's own bad input is not worth a traceback in the log; anything else is."""
+    if isinstance(exc, SiloError):
+        log.info("request failed: %s: %s", type(exc).__name__, exc)
+    else:
+        log.error("request failed", exc_info=exc)

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -66,10 +67,11 @@ def store_dir(store_template: Path, tmp_path: Path) -> Path:
 
 @dataclass
 class Live:
-    """A running server: its base url and settings."""
+    """A running server: its base url, settings and the app it runs (in this process)."""
 
     url: str
     settings: Settings
+    app: Any = None
 
     def client(self, key: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -103,7 +105,7 @@ def make_live(tmp_path: Path) -> Iterator[object]:
         settings = Settings(**values)  # type: ignore[arg-type]
         server, thread, url = start_server(settings)
         running.append((server, thread))
-        return Live(url, settings)
+        return Live(url, settings, server.config.app)
 
     yield make
     for server, thread in running:
