@@ -9,7 +9,7 @@ stays bounded whatever the store's size. Excluded entries get distance inf befor
 top-k and are never returned.
 
 On CUDA the products take fp16 inputs and give fp32 outputs (`torch.mm(out_dtype=)`), or
-where that overload is missing, the key tile is upcast and multiplied in tf32.
+where that overload is missing, the tile is upcast and multiplied in fp32.
 """
 
 from __future__ import annotations

@@ -174,9 +174,10 @@ class IvfPq:
         at = torch.arange(len(pair), device=self.device)
         pos = self.offsets[lists][pair] + at - first[pair]  # row in codes / ids
         base = pair * (m * ksub)
+        codes = self.codes[pos]  # (T, M): one gather of the candidates' codes
         dist = torch.zeros(len(pair), device=self.device)
-        for j in range(m):  # one sub-quantizer at a time keeps the index tensor (T,)
-            dist += lut[base + j * ksub + self.codes[pos, j].long()]
+        for j in range(m):  # one sub-quantizer at a time keeps the int64 index at (T,)
+            dist += lut[base + j * ksub + codes[:, j].long()]
         ids = self.ids[pos]
         banned = dfilter.excludes(ids)
         if banned is not None:

@@ -178,7 +178,8 @@ def test_filtered_store_equals_store_without_excluded_documents(
     equals the search of a store built without the excluded documents (same trained
     quantizer for IVF-PQ)."""
     docs = corpus(60, seed=1)
-    full = store_tests._build(tmp_path / "full", docs, backend, device=device)
+    full = store_tests._build(tmp_path / "full", docs, backend, device=device, bm25=False,
+                              ngram=False)
     removed = {"doc-3", "doc-17", "doc-40"}
     full.optout(doc_ids=sorted(removed))
     trained = tmp_path / "full" / "index.faiss" if backend == "torch-ivfpq" else None
