@@ -7,6 +7,7 @@ datastore as its key encoder; `datastore` itself never imports `silo`. Library e
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -34,13 +35,25 @@ def _encoder(model: Path | None, batch_size: int) -> Any:
     return LMEncoder.from_loaded(load_lm(model or DEFAULT_MODEL), batch_size=batch_size)
 
 
-def _documents(corpus: list[Path], policy: str | None) -> Iterator[Any]:
+def _documents(corpus: list[Path], policy: str | None, allow_empty: bool = False,
+               ) -> Iterator[Any]:
+    """The corpus's usable documents; none at all is an error unless `allow_empty` (a
+    corpus whose every line is bad would otherwise make an empty datastore and exit 0)."""
     from datastore.document import parse_policy
     from silo.corpus import read_corpus
 
     if not corpus:
         raise SiloError("name at least one corpus file with --corpus")
-    return read_corpus(corpus, parse_policy(policy) if policy else None)
+    docs = read_corpus(corpus, parse_policy(policy) if policy else None)
+    first = next(docs, None)
+    if first is None:
+        if not allow_empty:
+            names = ", ".join(str(c) for c in corpus)
+            raise SiloError(f"{names}: no usable document"
+                            f"{' under policy ' + policy if policy else ''} (see the "
+                            "warnings above); pass --allow-empty to build an empty datastore")
+        return iter(())
+    return itertools.chain([first], docs)
 
 
 def _print_json(data: Any) -> None:
@@ -61,6 +74,8 @@ def build(
     nprobe: Annotated[int, typer.Option(help="IVF lists searched per query.")] = 8,
     batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 8,
     name: Annotated[str, typer.Option(help="Datastore name in the manifest.")] = "datastore",
+    allow_empty: Annotated[bool, typer.Option(
+        help="Build even when the corpus has no usable document.")] = False,
 ) -> None:
     """Build a datastore from corpus files (re-run the same command to resume)."""
     from datastore.config import DatastoreConfig
@@ -72,7 +87,8 @@ def build(
     except ValueError as e:
         raise SiloError(str(e)) from None
     encoder = _encoder(model, batch_size)
-    with Datastore.build(out_dir, _documents(corpus, policy), encoder, config) as store:
+    docs = _documents(corpus, policy, allow_empty)
+    with Datastore.build(out_dir, docs, encoder, config) as store:
         _print_json(asdict(store.info()))
 
 

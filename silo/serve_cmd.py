@@ -23,6 +23,25 @@ DEFAULT_DOCUMENTS = 3000  # FOLDOC entries in the default datastore: a first sta
 TUNE_TOKENS = 4096  # held-out FOLDOC validation tokens the default's k, lambda, tau are tuned on
 
 
+def check_model_dir(model: Path) -> None:
+    """Fail before the server starts (one line, no traceback) when `model` is not a
+    model folder, rather than in the app's start-up inside uvicorn."""
+    if not model.is_dir():
+        raise NotFoundError(f"{model}: no such model folder")
+    if not (model / "config.json").is_file():
+        raise NotFoundError(f"{model}: not a model folder (no config.json; expected the "
+                            "save_pretrained layout)")
+
+
+def check_datastore_dir(folder: Path) -> None:
+    """The same for a datastore: its folder and a readable manifest."""
+    from datastore.manifest import read_manifest
+
+    if not folder.is_dir():
+        raise NotFoundError(f"{folder}: no such datastore folder")
+    read_manifest(folder)  # CorruptDatastoreError naming the file
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("SILO_CACHE_DIR", Path.home() / ".cache" / "silo"))
 
@@ -92,8 +111,10 @@ def serve(
     from silo.model import DEFAULT_MODEL
 
     model = model or Path(os.environ.get("SILO_MODEL", DEFAULT_MODEL))
+    check_model_dir(model)
     if datastore is None and not os.environ.get("SILO_DATASTORE"):
         datastore = default_datastore(model)
+    check_datastore_dir(datastore or Path(os.environ["SILO_DATASTORE"]))
     os.environ["SILO_MODEL"] = str(model)
     if datastore is not None:
         os.environ["SILO_DATASTORE"] = str(datastore)

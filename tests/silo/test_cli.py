@@ -98,3 +98,19 @@ def test_corpus_split_writes_disjoint_files(tmp_path: Path, corpus_file: Path) -
     ]
     flat = [i for part in ids for i in part]
     assert len(flat) == len(set(flat)) == 8  # the 8 pd+sw fixture documents, once each
+
+
+def test_serve_checks_its_model_and_datastore_before_starting(tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    cases = [(["serve", "--model", tmp_path / "none"], "no such model folder"),
+             (["serve", "--model", tmp_path], "no config.json"),
+             (["serve", "--model", model, "--datastore", "/nonexistent"],
+              "no such datastore folder"),
+             (["serve", "--model", model, "--datastore", tmp_path], "manifest.json")]
+    for args, needle in cases:
+        result = silo(*[str(a) for a in args])
+        output = result.stdout + result.stderr
+        assert result.returncode == 2, (args, output)
+        assert needle in output and "Traceback" not in output

@@ -89,3 +89,18 @@ def test_errors_are_one_line_with_exit_code_2(setup: dict[str, Path]) -> None:
         code, output = _run(*args)
         assert code == 2, (args, output)
         assert needle in output and "Traceback" not in output
+
+
+def test_a_corpus_without_a_usable_document_builds_nothing_unless_asked(
+        setup: dict[str, Path]) -> None:
+    bad = setup["root"] / "bad.jsonl"
+    bad.write_text('{"id": "a", "text": "no licence"}\nnot json\n{"id": "b", "text": "", '
+                   '"license": "MIT"}\n')
+    out = setup["root"] / "empty"
+    code, output = _run("build", "--out", out, "--corpus", bad, "--model", setup["model"],
+                        "--backend", "exact")
+    assert code == 2 and "no usable document" in output and "--allow-empty" in output
+    assert "Traceback" not in output and not out.exists()
+    code, output = _run("build", "--out", out, "--corpus", bad, "--model", setup["model"],
+                        "--backend", "exact", "--allow-empty")
+    assert code == 0 and json.loads(output[output.index("{"):])["documents"] == 0
