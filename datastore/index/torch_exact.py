@@ -15,6 +15,7 @@ where that overload is missing, the tile is upcast and multiplied in fp32.
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import torch
@@ -45,10 +46,12 @@ class TorchExactIndex:
                  tile_elems: int | None = None) -> None:
         self.device = keys.device
         self.kv = kv
-        self.keys = keys.to(_key_dtype(self.device))
-        self.sq_norms = self._norms(self.keys)
+        keys = keys.to(_key_dtype(self.device))
+        # (keys, squared norms) swapped as one, so a search never sees one without the other
+        self.rows = (keys, self._norms(keys))
         self.tile_elems = tile_elems or (CUDA_TILE if self.device.type == "cuda" else CPU_TILE)
         self._fp32_out = self.device.type == "cuda"  # try torch.mm(out_dtype=) first
+        self._sync_lock = threading.Lock()  # searches run concurrently; one copies rows in
 
     @classmethod
     def from_store(cls, kv: KeyValueStore, device: str = "cpu") -> TorchExactIndex:
@@ -69,13 +72,19 @@ class TorchExactIndex:
         """Copy rows the store gained since the last search (an add) onto the device."""
         if self.kv is None or len(self.kv) <= len(self.keys):
             return
-        src, new = self.kv.keys, []
-        for s in range(len(self.keys), len(self.kv), LOAD_ROWS):
-            rows = torch.from_numpy(np.array(src[s:s + LOAD_ROWS]))  # a writable copy
-            new.append(rows.to(self.device).to(self.keys.dtype))
-        added = torch.cat(new)
-        self.keys = torch.cat([self.keys, added])
-        self.sq_norms = torch.cat([self.sq_norms, self._norms(added)])
+        with self._sync_lock:
+            (keys, norms), src, new = self.rows, self.kv.keys, []
+            for s in range(len(keys), len(src), LOAD_ROWS):
+                rows = torch.from_numpy(np.array(src[s:s + LOAD_ROWS]))  # a writable copy
+                new.append(rows.to(self.device).to(keys.dtype))
+            if new:
+                added = torch.cat(new)
+                self.rows = (torch.cat([keys, added]), torch.cat([norms, self._norms(added)]))
+
+    @property
+    def keys(self) -> torch.Tensor:
+        """(n, dim) resident keys, fp16 on CUDA, fp32 on CPU."""
+        return self.rows[0]
 
     def __len__(self) -> int:
         return len(self.kv) if self.kv is not None else len(self.keys)
@@ -86,9 +95,10 @@ class TorchExactIndex:
     def remove(self, starts: np.ndarray, ends: np.ndarray) -> None:
         """Zero the resident rows, as compaction zeroes them in the key file; the filter
         keeps excluding them."""
+        keys, norms = self.rows
         for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
-            self.keys[s:e] = 0
-            self.sq_norms[s:e] = 0
+            keys[s:e] = 0
+            norms[s:e] = 0
 
     def save(self) -> None:
         """Nothing to save."""
@@ -114,7 +124,7 @@ class TorchExactIndex:
         key_tile = max(1, self.tile_elems // q_tile)
         dist, ids = [], []
         for qs in range(0, len(q32), q_tile):
-            d, i = self._search_rows(q32[qs:qs + q_tile], k, dfilter, key_tile)
+            d, i = self._search_rows(q32[qs:qs + q_tile], k, dfilter, key_tile, self.rows)
             dist.append(d)
             ids.append(i)
         if not dist:
@@ -123,13 +133,15 @@ class TorchExactIndex:
         return torch.cat(dist), torch.cat(ids)
 
     def _search_rows(self, q32: torch.Tensor, k: int, dfilter: DeviceFilter, key_tile: int,
+                     rows: tuple[torch.Tensor, torch.Tensor],
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        q = q32.to(self.keys.dtype)
+        keys, norms = rows
+        q = q32.to(keys.dtype)
         q_sq = q32.pow(2).sum(1, keepdim=True)  # (a, 1)
         top = RunningTopK(len(q), k, self.device)
-        for start in range(0, len(self.keys), key_tile):
-            x = self.keys[start:start + key_tile]
-            d = self._products(q, x).mul_(-2).add_(self.sq_norms[start:start + len(x)])
+        for start in range(0, len(keys), key_tile):
+            x = keys[start:start + key_tile]
+            d = self._products(q, x).mul_(-2).add_(norms[start:start + len(x)])
             d.add_(q_sq).clamp_min_(0)  # (a, b) squared L2
             ids = torch.arange(start, start + len(x), device=self.device)
             banned = dfilter.excludes(ids)

@@ -4,6 +4,7 @@ equivalence guarantee. Each runs on CPU; the CUDA variants need a CUDA device.""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,13 +38,17 @@ def _tol(device: str) -> float:
 
 def _assert_same(got: tuple[np.ndarray, np.ndarray], want: tuple[np.ndarray, np.ndarray],
                  rtol: float) -> None:
-    """Equal distances within rtol, and equal ids wherever no tie straddles the k-th place
-    (faiss and torch order equal distances differently)."""
+    """Equal distances within rtol, and the same neighbours wherever no tie straddles the
+    k-th place: a hit clearly inside one top k is in the other (faiss and torch order
+    equal distances differently, and fp16 moves near-equal ones)."""
     np.testing.assert_allclose(got[0], want[0], rtol=rtol, atol=rtol)
-    for d, g, w in zip(want[0], got[1], want[1], strict=True):
-        finite = d[np.isfinite(d)]
-        cutoff = finite.max() * (1 - 4 * rtol) - 4 * rtol if len(finite) else -np.inf
-        assert set(g[d < cutoff].tolist()) == set(w[d < cutoff].tolist())
+    for gd, gi, wd, wi in zip(got[0], got[1], want[0], want[1], strict=True):
+        finite = wd[np.isfinite(wd)]
+        if len(finite) == 0:
+            continue
+        cutoff = finite.max() - 8 * rtol * (1 + finite.max())
+        assert set(wi[wd < cutoff].tolist()) <= set(gi.tolist())
+        assert set(gi[gd < cutoff].tolist()) <= set(wi.tolist())
 
 
 def _faiss_built(folder: Path, kv: KeyValueStore, backend: str, **kw: int) -> FaissIndex:
@@ -84,6 +89,13 @@ def test_torch_exact_sees_rows_added_after_it_was_opened(tmp_path: Path) -> None
     kv.append(key, np.zeros(1), np.zeros(1))
     _, ids = index.search(key.astype(np.float32), 1)
     assert ids[0, 0] == 100
+    kv.append(np.zeros((50, kv.dim)), np.zeros(50), np.zeros(50))
+    threads = [threading.Thread(target=index.search, args=(_queries(2), 3)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(index.keys) == len(index.rows[1]) == len(kv)  # rows copied in once
 
 
 @pytest.mark.parametrize("device", DEVICES)
