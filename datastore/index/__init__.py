@@ -26,6 +26,7 @@ from typing import Protocol
 import numpy as np
 
 from datastore.config import DatastoreConfig
+from datastore.errors import UnavailableError
 from datastore.filter import EntryFilter
 from datastore.knn import KeyValueStore
 
@@ -74,7 +75,15 @@ def pad_results(dist: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, 
 
 
 def _on_gpu(config: DatastoreConfig) -> bool:
-    return config.device.startswith("cuda")
+    """Does the config ask for CUDA? An error where it does and none is here."""
+    if not config.device.startswith("cuda"):
+        return False
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UnavailableError(f"the datastore's device is {config.device!r} but no CUDA "
+                               "device is available here (set device to cpu)")
+    return True
 
 
 def _torch_exact(config: DatastoreConfig, kv: KeyValueStore) -> KnnIndex | None:
@@ -84,6 +93,7 @@ def _torch_exact(config: DatastoreConfig, kv: KeyValueStore) -> KnnIndex | None:
 
         return ExactIndex(kv, config.device)
     if config.backend in ("exact", "torch-exact"):
+        _on_gpu(config)  # fails clearly where CUDA is asked for and absent
         from datastore.index.torch_exact import TorchExactIndex
 
         return TorchExactIndex.from_store(kv, config.device)
@@ -93,6 +103,7 @@ def _torch_exact(config: DatastoreConfig, kv: KeyValueStore) -> KnnIndex | None:
 def _ivfpq_on_torch(config: DatastoreConfig) -> tuple[bool, bool]:
     """(search IVF-PQ with torch, hand unfiltered searches to faiss-gpu)."""
     if config.backend == "torch-ivfpq":
+        _on_gpu(config)  # fails clearly where CUDA is asked for and absent
         return True, False
     if config.backend == "faiss-ivfpq" and _on_gpu(config):
         from datastore.index.torch_ivfpq import faiss_has_gpu
@@ -128,9 +139,9 @@ def _index(config: DatastoreConfig, folder: Path, kv: KeyValueStore, create: boo
                 else MilvusIndex.from_dir(folder, config, kv.dim))
     from datastore.index.faiss_index import FaissIndex
 
+    use_torch, faiss_gpu = _ivfpq_on_torch(config)
     inner = (FaissIndex.create(folder, config, kv, trained) if create
              else FaissIndex.from_dir(folder, config))
-    use_torch, faiss_gpu = _ivfpq_on_torch(config)
     if use_torch:
         from datastore.index.torch_ivfpq import TorchIvfPqIndex
 

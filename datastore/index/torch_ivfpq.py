@@ -227,8 +227,8 @@ class TorchIvfPqIndex:
 
     faiss trains, adds, removes and saves the index file; the tensors are read out of it
     at the first search after a change. With `faiss_gpu`, unfiltered searches go to
-    faiss-gpu instead (FaissIndex clones itself to the GPU) and filtered ones stay here,
-    since faiss-gpu takes no IDSelector.
+    faiss-gpu instead (FaissIndex clones itself to the GPU) and filtered ones stay here
+    (FaissIndex would run them on the CPU, where its IDSelector works).
     """
 
     def __init__(self, inner: FaissIndex, device: str = "cpu", faiss_gpu: bool = False,

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from datastore.config import DatastoreConfig
+from datastore.errors import UnavailableError
 from datastore.index import create_index
 from datastore.index.faiss_index import FaissIndex
 from datastore.index.torch_exact import TorchExactIndex
@@ -160,6 +161,16 @@ def test_device_setting_selects_the_gpu_path(tmp_path: Path) -> None:
     assert isinstance(create_index(ivf, tmp_path, kv), TorchIvfPqIndex)
     with pytest.raises(ValueError, match="device"):
         DatastoreConfig(device="gpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("backend", ["exact", "torch-exact", "faiss-ivfpq", "torch-ivfpq"])
+def test_cuda_asked_for_without_a_device_is_a_clear_error(tmp_path: Path, backend: str,
+                                                          ) -> None:
+    kv = _store(tmp_path, n=300)
+    config = DatastoreConfig(backend=backend, device="cuda", nlist=4, m=4, nbits=4)
+    with pytest.raises(UnavailableError, match="no CUDA device"):
+        create_index(config, tmp_path, kv)
 
 
 @pytest.mark.cuda
