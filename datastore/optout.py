@@ -1,8 +1,9 @@
 """Opt-out: selectors, receipts and compaction.
 
-Lifecycle: a selector (doc ids, a source, or a url prefix) is validated and resolved to
-live documents; their tombstones and the receipt are written to the document table in
-one fsync'd transaction; the caller then swaps its in-memory filter and hands back the
+Lifecycle: a selector (doc ids, a source, or a url prefix) is validated; the live
+documents it names are found and tombstoned, and the receipt written, in one fsync'd
+transaction of the document table (so two replicas opting out at once never both list
+a document); the caller then swaps its in-memory filter and hands back the
 `Receipt`. Compaction later erases the removed documents' vectors, key rows, blocks
 and stored text, and stamps `purged_at` on every receipt it completed.
 """
@@ -97,40 +98,32 @@ class Receipt:
                    json.loads(row[1]), row[2], row[7])
 
 
-def resolve(selector: OptOutSelector, table: DocumentTable) -> list[str]:
-    """Live doc ids the selector names. Unknown doc ids are a NotFoundError naming them;
-    ids already removed are skipped (opt-out is idempotent)."""
-    if selector.doc_ids:
-        ids = list(dict.fromkeys(selector.doc_ids))
-        known = set(table.existing(ids))
-        missing = [d for d in ids if d not in known]
-        if missing:
-            raise NotFoundError(f"no such documents in the datastore: {missing[:10]}")
-        live = set(table.existing(ids, live_only=True))
-        return [d for d in ids if d in live]
-    return table.live_doc_ids(source=selector.source, url_prefix=selector.url_prefix)
+def check_known(selector: OptOutSelector, table: DocumentTable) -> None:
+    """Unknown doc ids are a NotFoundError naming them (ids already removed are fine:
+    opt-out is idempotent)."""
+    ids = list(dict.fromkeys(selector.doc_ids))
+    known = set(table.existing(ids))
+    missing = [d for d in ids if d not in known]
+    if missing:
+        raise NotFoundError(f"no such documents in the datastore: {missing[:10]}")
 
 
-def removal_counts(snapshot: TableSnapshot, rows: np.ndarray) -> tuple[int, int]:
-    """(entries, blocks) held by the given document rows."""
-    entries = int((snapshot.entry_end[rows] - snapshot.entry_start[rows]).sum())
-    blocks = int((snapshot.block_end[rows] - snapshot.block_start[rows]).sum())
-    return entries, blocks
-
-
-def record_optout(selector: OptOutSelector, table: DocumentTable,
-                  snapshot: TableSnapshot) -> tuple[Receipt, np.ndarray]:
-    """Resolve, tombstone and record in one transaction. Returns the receipt and the
-    rows removed, which the caller marks in its in-memory snapshot."""
-    doc_ids = resolve(selector, table)
-    rows = np.array([snapshot.row_of[d] for d in doc_ids], dtype=np.int64)
-    entries, blocks = removal_counts(snapshot, rows)
-    receipt = Receipt(f"optout-{uuid.uuid4().hex[:16]}", tuple(doc_ids), entries, blocks,
-                      time.time(), selector.to_json(), selector.reason)
-    table.mark_removed(doc_ids, receipt.optout_id, (
-        receipt.optout_id, json.dumps(receipt.selector, sort_keys=True), receipt.reason,
-        json.dumps(list(doc_ids)), entries, blocks, receipt.effective_at))
-    return receipt, rows
+def record_optout(selector: OptOutSelector, table: DocumentTable, track_pending: bool = False,
+                  ) -> tuple[Receipt, np.ndarray, int]:
+    """Find, tombstone and record in one transaction (DocumentTable.remove). Returns the
+    receipt, the rows removed (which the caller marks in its in-memory snapshot) and the
+    change sequence of the write."""
+    check_known(selector, table)
+    optout_id, now = f"optout-{uuid.uuid4().hex[:16]}", time.time()
+    selector_json = selector.to_json()
+    removed, seq = table.remove(
+        (tuple(dict.fromkeys(selector.doc_ids)), selector.source, selector.url_prefix),
+        (optout_id, json.dumps(selector_json, sort_keys=True), selector.reason, now),
+        track_pending)
+    receipt = Receipt(optout_id, tuple(r[1] for r in removed),
+                      sum(r[3] - r[2] for r in removed), sum(r[5] - r[4] for r in removed),
+                      now, selector_json, selector.reason)
+    return receipt, np.array([r[0] for r in removed], dtype=np.int64), seq
 
 
 def purge_ranges(snapshot: TableSnapshot, rows: Sequence[int],

@@ -8,15 +8,26 @@
       index.faiss | milvus.db           the kNN index (none for exact)
       bm25/ ngram/                      RIC blocks and the verbatim index
 
-Searches never take a lock on the opt-out path: they read the current `TableSnapshot`
-(an immutable reference), compute or reuse its `EntryFilter`, search, and retry if an
-opt-out swapped the snapshot meanwhile, so a search that starts after an opt-out is
-acknowledged never returns a removed document. Adds and compaction, which change the
-index itself, hold the index's write lock; searches hold its read lock.
+Searches never take a lock on the opt-out path: they read the current `_View` (an
+immutable reference to a `TableSnapshot` and what it was read at), compute or reuse its
+`EntryFilter`, search, and retry if an opt-out swapped the snapshot meanwhile, so a
+search that starts after an opt-out is acknowledged never returns a removed document.
+Adds and compaction, which change the index itself, hold the index's write lock;
+searches hold its read lock.
+
+Many processes (replicas) may share one document table (PostgreSQL) and one kNN index
+(a Milvus server). Before every search, `sync` reads the table's change sequence (one
+SELECT); when another process wrote since this one last looked, it reloads the snapshot,
+so a write acknowledged anywhere is in effect here for every search that starts after
+it. With a shared index it also pulls the key rows other replicas added (the folder's
+key files are a cache of the index) and reads the index's fence and pending deletes
+(datastore.index.milvus_server). A table that cannot be read fails the search with
+UnavailableError: nothing is answered without the filter.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -37,6 +48,7 @@ from datastore.errors import (
     CorruptDatastoreError,
     InvalidInputError,
     NotFoundError,
+    UnavailableError,
 )
 from datastore.filter import EntryFilter, SearchFilter, compute_filter
 from datastore.index import KnnIndex, create_index, open_index
@@ -52,10 +64,11 @@ from datastore.manifest import (
     write_manifest,
 )
 from datastore.optout import OptOutSelector, Receipt, purge_ranges, record_optout
-from datastore.table import CLASS_CODES, DocumentTable, TableSnapshot
+from datastore.table import CLASS_CODES, DocumentTable, TableSnapshot, snapshot_of
 from datastore.table_registry import new_database_location, open_table
 
 _T = TypeVar("_T")
+log = logging.getLogger(__name__)
 SNIPPET_CHARS = 80  # characters of context on each side of an entry's position
 FILTER_CACHE = 32  # filters kept per snapshot (one per distinct policy/scope)
 
@@ -90,6 +103,18 @@ class DatastoreInfo:
     key_dim: int
     optouts: int
     bytes_on_disk: int
+
+
+@dataclass(frozen=True)
+class _View:
+    """What a search reads, swapped as one reference: the table snapshot, the change
+    sequence it reflects (at least), and for a shared index the fence to search at and
+    the rows whose index delete is not yet behind it (excluded by expression)."""
+
+    snapshot: TableSnapshot
+    seq: int
+    fence: int = 0
+    pending: tuple[int, ...] = ()
 
 
 class _ReadWriteLock:
@@ -163,10 +188,65 @@ class Datastore:
         self.kv = kv
         self.index = index  # None only while a first build is under way
         self.bm25, self.ngram = _text_indexes(folder, self.config, create=False)
-        self._snapshot = table.snapshot()
         self._filters: OrderedDict[tuple[int, SearchFilter], EntryFilter] = OrderedDict()
         self._writer = threading.Lock()  # one add / opt-out / compaction at a time
+        self._sync_lock = threading.Lock()  # one reload at a time; guards _view swaps
         self._index_lock = _ReadWriteLock()
+        self._view = _View(snapshot_of((), (), (), np.zeros(0, bool), np.zeros((0, 4), np.int64)),
+                           -1)
+        self._reload()
+
+    @property
+    def _shared(self) -> bool:
+        """True when the kNN index is shared by replicas (a Milvus server)."""
+        return bool(getattr(self.index, "shared", False))
+
+    @property
+    def _snapshot(self) -> TableSnapshot:
+        return self._view.snapshot
+
+    # ---- replicas ----------------------------------------------------------------------
+
+    def sync(self) -> None:
+        """Catch up with what other processes committed: one read of the change sequence,
+        and a reload when it moved. UnavailableError when the table cannot be read."""
+        if self.table.change_seq() > self._view.seq:
+            self._reload()
+
+    def _reload(self) -> None:
+        """Read the sequence first, then the state: what is read reflects at least that
+        sequence, and a write committed in between only makes the next sync reload."""
+        with self._sync_lock:
+            seq = self.table.change_seq()
+            if seq <= self._view.seq:
+                return  # another search reloaded meanwhile
+            snap = self.table.snapshot()
+            if not self._shared:
+                self._view = _View(snap.prefix(len(self.kv)), seq)
+                return
+            published, fence, pending = self.table.index_state()
+            self._pull(min(published, snap.n_entries), fence)
+            self._view = _View(snap.prefix(min(published, len(self.kv))), seq, fence,
+                               tuple(pending))
+
+    def _pull(self, upto: int, fence: int) -> None:
+        """Copy the key rows [len(kv), upto) that other replicas added from the shared
+        index into the folder's key files (ids the index no longer holds, being opted
+        out, are written as erased rows)."""
+        index = self._index()
+        start = len(self.kv)
+        if upto <= start:
+            return
+        keys, values, charpos = index.fetch(start, upto, fence)  # type: ignore[attr-defined]
+        self.kv.append(keys, values, charpos)
+
+    def _swap(self, snap: TableSnapshot, seq: int, **shared: Any) -> None:
+        """Install the state after this process's own write of sequence `seq`: labelled
+        `seq` only when nothing else was written since the view was read (else the next
+        sync reloads). The caller holds _sync_lock."""
+        view = self._view
+        self._view = replace(view, snapshot=snap, seq=seq if view.seq == seq - 1 else view.seq,
+                             **shared)
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -235,7 +315,10 @@ class Datastore:
             raise CorruptDatastoreError(
                 f"{folder}: the key files hold {len(kv)} entries, the manifest "
                 f"{manifest.indexed_upto}")
-        return cls(folder, manifest, table, kv, open_index(config, folder, kv))
+        store = cls(folder, manifest, table, kv, open_index(config, folder, kv))
+        if store._shared:
+            store._delete_pending()  # finish index deletes an earlier crash cut short
+        return store
 
     @classmethod
     def _finish_interrupted_add(cls, folder: Path, manifest: Manifest, table: DocumentTable,
@@ -279,6 +362,9 @@ class Datastore:
         if len(set(ids)) != len(ids):
             raise ConflictError("the same document id appears twice in the request")
         with self._writer:
+            self.sync()
+            if self._shared and len(self.kv) < self.table.snapshot().n_entries:
+                raise ConflictError("another replica's add is still being indexed; retry")
             taken = self.table.existing(ids)
             if taken:
                 raise ConflictError(f"documents already in the datastore: {taken[:10]}")
@@ -300,19 +386,35 @@ class Datastore:
             next_row = index_text(self.table, encoder, self.config, self.bm25, self.ngram,
                                   next_row)
         self.manifest = replace(self.manifest, text_indexed_upto=next_row)
-        self._snapshot = self.table.snapshot()
+        self._reload()
 
     def _index_entries(self) -> None:
         """Add key rows [indexed_upto, len(kv)) to the kNN index and save it."""
         index = self._index()
         n = len(self.kv)
+        snap = self.table.snapshot() if self._shared else None
         with self._index_lock.write():
             for start in range(self.manifest.indexed_upto, n, self.config.flush_entries):
                 end = min(n, start + self.config.flush_entries)
-                index.add(np.asarray(self.kv.keys[start:end], np.float32),
-                          np.arange(start, end, dtype=np.int64))
+                keys = np.asarray(self.kv.keys[start:end], np.float32)
+                ids = np.arange(start, end, dtype=np.int64)
+                if snap is None:
+                    index.add(keys, ids)
+                else:  # the shared index also holds what replicas need of each entry
+                    index.add_entries(keys, ids, self._entry_fields(snap, ids))  # type: ignore[attr-defined]
             index.save()
+        if snap is not None:  # publish: replicas may now search and pull these entries
+            self.table.index_written(index.fence(), published=n)  # type: ignore[attr-defined]
         self.manifest = replace(self.manifest, indexed_upto=n)
+
+    def _entry_fields(self, snap: TableSnapshot, ids: np.ndarray) -> dict[str, Any]:
+        """Scalar fields of entries for a shared index: next token, char position, and
+        the document row, licence class code and source of each entry's document."""
+        rows = snap.rows_of_entries(ids)
+        return {"value": np.asarray(self.kv.values[ids[0]:ids[-1] + 1]),
+                "charpos": np.asarray(self.kv.charpos[ids[0]:ids[-1] + 1]),
+                "doc_row": rows, "license_class": snap.class_code[rows],
+                "source": [snap.sources[c] for c in snap.source_code[rows]]}
 
     def optout(self, selector: OptOutSelector | None = None, *,
                doc_ids: Iterable[str] = (), source: str | None = None,
@@ -321,15 +423,41 @@ class Datastore:
         if selector is None:
             selector = OptOutSelector(tuple(doc_ids), source, url_prefix, reason)
         with self._writer:
-            old = self._snapshot
-            receipt, rows = record_optout(selector, self.table, old)
-            new = old.with_removed(rows)
-            # carry the warm filters over (cheaply) so the next search pays no rebuild
-            for (snap_id, request), entry_filter in list(self._filters.items()):
-                if snap_id == id(old) and entry_filter.docs is old:
-                    self._filters[(id(new), request)] = entry_filter.excluding(new, rows)
-            self._snapshot = new  # atomic reference swap: searches now exclude `rows`
+            receipt, rows, seq = record_optout(selector, self.table, self._shared)
+            with self._sync_lock:
+                old = self._snapshot
+                mine = rows[rows < len(old.doc_ids)]  # rows another replica just added
+                new = old.with_removed(mine)
+                # carry the warm filters over (cheaply) so the next search pays no rebuild
+                for (snap_id, request), entry_filter in list(self._filters.items()):
+                    if snap_id == id(old) and entry_filter.docs is old:
+                        self._filters[(id(new), request)] = entry_filter.excluding(new, mine)
+                pending = tuple(sorted({*self._view.pending, *rows.tolist()}))
+                # atomic reference swap: searches now exclude `rows`
+                self._swap(new, seq, **({"pending": pending} if self._shared else {}))
+            if self._shared and len(rows):
+                self._delete_pending()
         return receipt
+
+    def _delete_pending(self) -> None:
+        """Delete from the shared index the vectors of every row tombstoned but not yet
+        deleted behind the fence (this opt-out's, or one a crash cut short). Until then
+        searches exclude them by expression; an index that cannot be reached leaves them
+        pending (the opt-out is in effect all the same) for the next opt-out or open."""
+        index: Any = self._index()
+        pending = self.table.index_state()[2]
+        if not pending:
+            return
+        try:
+            index.delete_rows(pending)
+            seq = self.table.index_written(index.fence(), deleted=pending)
+        except UnavailableError as e:
+            log.warning("opt-out deletes left pending in the kNN index: %s", e)
+            return
+        with self._sync_lock:
+            view = self._view
+            left = tuple(r for r in view.pending if r not in set(pending))
+            self._swap(view.snapshot, seq, pending=left, fence=view.fence)
 
     def receipts(self) -> list[Receipt]:
         return [Receipt.from_row(r) for r in self.table.optout_rows()]
@@ -394,8 +522,12 @@ class Datastore:
         return self._snapshot
 
     def entry_filter(self, request: SearchFilter | None = None) -> EntryFilter:
-        """The filter of `request` over the current snapshot (cached per snapshot)."""
-        snap = self._snapshot
+        """The filter of `request` over the current state of the shared table (cached
+        per snapshot)."""
+        self.sync()
+        return self._filter_of(self._snapshot, request)
+
+    def _filter_of(self, snap: TableSnapshot, request: SearchFilter | None) -> EntryFilter:
         key = (id(snap), request or SearchFilter())
         found = self._filters.get(key)
         if found is not None and found.docs is snap:
@@ -417,20 +549,26 @@ class Datastore:
         if k < 1:
             raise InvalidInputError(f"k must be >= 1, got {k}")
 
-        def search(entry_filter: EntryFilter) -> tuple[np.ndarray, np.ndarray]:
+        def search(entry_filter: EntryFilter, view: _View) -> tuple[np.ndarray, np.ndarray]:
+            index: Any = self._index()
             with self._index_lock.read():
-                return self._index().search(q, k, entry_filter)
+                if self._shared:
+                    return index.search_at(q, k, entry_filter, view.fence, view.pending)
+                return index.search(q, k, entry_filter)
 
         return self._consistent(filter, search)
 
     def _consistent(self, request: SearchFilter | None,
-                    search: Callable[[EntryFilter], _T]) -> _T:
-        """Run `search` under the request's current filter; run it again if an opt-out
-        swapped the snapshot meanwhile, so no result outlives an acknowledged opt-out."""
+                    search: Callable[[EntryFilter, _View], _T]) -> _T:
+        """Catch up with the shared table, then run `search` under the request's current
+        filter; run it again if an opt-out swapped the snapshot meanwhile, so no result
+        outlives an acknowledged opt-out."""
+        self.sync()
         while True:
-            entry_filter = self.entry_filter(request)
-            result = search(entry_filter)
-            if self._snapshot is entry_filter.docs:
+            view = self._view
+            entry_filter = self._filter_of(view.snapshot, request)
+            result = search(entry_filter, view)
+            if self._snapshot is view.snapshot:
                 return result
 
     def values(self, entry_ids: np.ndarray) -> np.ndarray:
@@ -444,8 +582,8 @@ class Datastore:
         if self.bm25 is None:
             raise NotFoundError(f"{self.folder} has no BM25 index")
         bm25 = self.bm25
-        return self._consistent(filter, lambda f: list(bm25.search(query, k,
-                                                                    allow=f.allows_doc)))
+        return self._consistent(filter, lambda f, _: list(bm25.search(query, k,
+                                                                       allow=f.allows_doc)))
 
     def verbatim(self, text: str, k: int = 5, filter: SearchFilter | None = None,
                  ) -> list[Any]:
@@ -453,7 +591,7 @@ class Datastore:
         if self.ngram is None:
             raise NotFoundError(f"{self.folder} has no n-gram index")
         ngram = self.ngram
-        return self._consistent(filter, lambda f: list(ngram.longest_matches(
+        return self._consistent(filter, lambda f, _: list(ngram.longest_matches(
             text, k, allow=f.allows_doc)))
 
     # ---- attribution and info --------------------------------------------------------

@@ -5,7 +5,11 @@ its kNN entry id range `[entry_start, entry_end)`, its RIC block id range
 `[block_start, block_end)` and its stored text (erased by compaction). Opt-out receipts
 live in a second table, and a one-row third table holds the change sequence, which every
 write (add, opt-out, compaction) bumps in its own transaction, so a reader can tell
-cheaply whether the table changed since it last looked.
+cheaply whether the table changed since it last looked. For a kNN index shared by many
+replicas (a Milvus server) two more tables record what the index holds: `index_state`
+(entries [0, published) are in it, and `fence`, an index timestamp taken after the last
+recorded index write, at which a search sees every one of them) and `pending_deletes`
+(rows tombstoned whose index delete is not yet behind the fence).
 
 `DocumentTable` is the one interface; the SQL it runs is written here once, in the
 dialect SQLite and PostgreSQL share (`?` placeholders). Two implementations supply the
@@ -25,6 +29,7 @@ computed from; it is rebuilt from the table at load.
 
 from __future__ import annotations
 
+import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -77,8 +82,24 @@ CREATE TABLE IF NOT EXISTS changes (
     seq {int} NOT NULL
 );
 INSERT INTO changes (id, seq) VALUES (0, 0) ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS index_state (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    published {int} NOT NULL,
+    fence {int} NOT NULL
+);
+INSERT INTO index_state (id, published, fence) VALUES (0, 0, 0) ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS pending_deletes (
+    doc_row {int} PRIMARY KEY
+);
 """
-_BUMP = "UPDATE changes SET seq = seq + 1 WHERE id = 0"
+_BUMP = "UPDATE changes SET seq = seq + 1 WHERE id = 0 RETURNING seq"
+
+# (doc_ids, source, url_prefix) of an opt-out, exactly one given
+Selection = tuple[Sequence[str], str | None, str | None]
+# (optout_id, selector json, reason, effective_at) of a receipt
+ReceiptFields = tuple[str, str, str | None, float]
+# (doc_row, doc_id, entry_start, entry_end, block_start, block_end) of a removed document
+RemovedRow = tuple[int, str, int, int, int, int]
 
 # Runs one statement in a write transaction: (sql, args, many) -> rows it returned.
 # With many=True, args is a sequence of argument tuples and nothing is returned.
@@ -154,6 +175,18 @@ class TableSnapshot:
         removed = self.removed.copy()
         removed[rows] = True
         return replace(self, removed=removed)
+
+    def prefix(self, entries: int) -> TableSnapshot:
+        """The documents whose entries all lie below `entries` (rows are in entry order),
+        for a replica whose kNN entries stop there; self when all of them do."""
+        n = int(np.searchsorted(self.entry_end, entries, side="right"))
+        if n == len(self.doc_ids):
+            return self
+        return snapshot_of(self.doc_ids[:n], [CLASS_CODES[c].value for c in self.class_code[:n]],
+                           [self.sources[c] for c in self.source_code[:n]],
+                           self.removed[:n].copy(),
+                           np.stack([self.entry_start[:n], self.entry_end[:n],
+                                     self.block_start[:n], self.block_end[:n]], axis=1))
 
     def rows_of_entries(self, entry_ids: np.ndarray) -> np.ndarray:
         """Document row of each entry id (any shape, int64); -1 where the id is -1."""
@@ -266,16 +299,7 @@ class DocumentTable(ABC):
                      ) -> list[str]:
         """doc_ids of the live documents of `source`, or whose url starts with
         `url_prefix` (exactly one is given), in row order."""
-        args: list[object]
-        if source is not None:
-            where, args = "source = ?", [source]
-        else:
-            prefix = str(url_prefix)
-            escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            # LIKE finds candidates with the index; it ignores case in SQLite, so the
-            # substr comparison keeps the match exact
-            where = "url LIKE ? ESCAPE '\\' AND substr(url, 1, ?) = ?"
-            args = [escaped + "%", len(prefix), prefix]
+        where, args = _selection(source=source, url_prefix=url_prefix)
         return [r[0] for r in self._read(
             f"SELECT doc_id FROM documents WHERE state='live' AND {where} ORDER BY doc_row",
             args)]
@@ -292,18 +316,64 @@ class DocumentTable(ABC):
             np.array([r[4] == "removed" for r in rows], dtype=bool),
             np.array([r[5:9] for r in rows], dtype=np.int64).reshape(-1, 4))
 
-    def mark_removed(self, doc_ids: Sequence[str], optout_id: str,
-                     receipt_row: tuple[Any, ...]) -> None:
-        """Tombstone documents and record the receipt, in one durable transaction.
-        receipt_row: (optout_id, selector, reason, doc_ids, entries_removed,
-        blocks_removed, effective_at)."""
-        now = receipt_row[6]
+    def remove(self, selector: Selection, receipt: ReceiptFields, track_pending: bool = False,
+               ) -> tuple[list[RemovedRow], int]:
+        """Tombstone the live documents the selector names and record the receipt, in one
+        durable transaction. The documents are found by the UPDATE itself (RETURNING), so
+        of two concurrent opt-outs each document is in exactly one receipt.
+
+        selector: (doc_ids, source, url_prefix), exactly one given. receipt: (optout_id,
+        selector json, reason, effective_at); its doc_ids and counts are filled from the
+        rows removed. track_pending: also list the rows in `pending_deletes` (a shared
+        index that still holds their vectors). Returns the rows removed (doc_row, doc_id,
+        entry_start, entry_end, block_start, block_end), in the selector's order for
+        doc_ids, else in row order, and the change sequence of this write.
+        """
+        optout_id, selector_json, reason, now = receipt
+        doc_ids, source, url_prefix = selector
+        parts = [_selection(doc_ids=doc_ids[i:i + 500]) for i in range(0, len(doc_ids), 500)] \
+            if doc_ids else [_selection(source=source, url_prefix=url_prefix)]
         with self._transaction() as run:
-            run("UPDATE documents SET state='removed', optout_id=?, removed_at=? "
-                "WHERE doc_id=? AND state='live'", [(optout_id, now, d) for d in doc_ids], True)
+            found: list[tuple[Any, ...]] = []
+            for where, args in parts:
+                found += run("UPDATE documents SET state='removed', optout_id=?, removed_at=? "
+                             f"WHERE state='live' AND {where} RETURNING doc_row, doc_id, "
+                             "entry_start, entry_end, block_start, block_end",
+                             [optout_id, now, *args])
+            order = {d: i for i, d in enumerate(doc_ids)}
+            found.sort(key=(lambda r: order[r[1]]) if doc_ids else (lambda r: r[0]))
+            entries = sum(r[3] - r[2] for r in found)
+            blocks = sum(r[5] - r[4] for r in found)
             run("INSERT INTO optouts (optout_id, selector, reason, doc_ids, entries_removed, "
-                "blocks_removed, effective_at) VALUES (?,?,?,?,?,?,?)", receipt_row)
-            run(_BUMP)
+                "blocks_removed, effective_at) VALUES (?,?,?,?,?,?,?)",
+                (optout_id, selector_json, reason, json.dumps([r[1] for r in found]),
+                 entries, blocks, now))
+            if track_pending and found:
+                run("INSERT INTO pending_deletes (doc_row) VALUES (?)",
+                    [(r[0],) for r in found], True)
+            seq = int(run(_BUMP)[0][0])
+        return [tuple(r) for r in found], seq  # type: ignore[misc]
+
+    def index_state(self) -> tuple[int, int, list[int]]:
+        """(published entries, fence, rows pending an index delete) of a shared index."""
+        published, fence = self._read("SELECT published, fence FROM index_state WHERE id = 0")[0]
+        pending = [r[0] for r in self._read("SELECT doc_row FROM pending_deletes "
+                                            "ORDER BY doc_row")]
+        return int(published), int(fence), pending
+
+    def index_written(self, fence: int, published: int | None = None,
+                      deleted: Sequence[int] = ()) -> int:
+        """Record index writes behind `fence`: entries [0, published) are in the index
+        (None: unchanged) and the rows `deleted` left it. Returns the change sequence."""
+        with self._transaction() as run:
+            run("UPDATE index_state SET fence = CASE WHEN fence > ? THEN fence ELSE ? END "
+                "WHERE id = 0", (fence, fence))
+            if published is not None:
+                run("UPDATE index_state SET published = ? WHERE id = 0", (published,))
+            if deleted:
+                run("DELETE FROM pending_deletes WHERE doc_row = ?",
+                    [(r,) for r in deleted], True)
+            return int(run(_BUMP)[0][0])
 
     def optout_rows(self, optout_id: str | None = None) -> list[tuple[Any, ...]]:
         sql = ("SELECT optout_id, selector, reason, doc_ids, entries_removed, "
@@ -329,6 +399,21 @@ class DocumentTable(ABC):
         return [r[0] for r in self._read(
             "SELECT doc_row FROM documents WHERE state='removed' AND text IS NOT NULL "
             "ORDER BY doc_row")]
+
+
+def _selection(doc_ids: Sequence[str] = (), source: str | None = None,
+               url_prefix: str | None = None) -> tuple[str, list[object]]:
+    """A WHERE clause (and its arguments) naming documents by id, source or url prefix."""
+    if doc_ids:
+        return f"doc_id IN ({','.join('?' * len(doc_ids))})", list(doc_ids)
+    if source is not None:
+        return "source = ?", [source]
+    prefix = str(url_prefix)
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    # LIKE finds candidates with the index; it ignores case in SQLite, so the substr
+    # comparison keeps the match exact
+    return ("url LIKE ? ESCAPE '\\' AND substr(url, 1, ?) = ?",
+            [escaped + "%", len(prefix), prefix])
 
 
 def _record(row: tuple[Any, ...]) -> DocumentRecord:

@@ -34,7 +34,7 @@ from datastore.table import SCHEMA, DocumentTable, Run
 
 CONNECT_TIMEOUT_S = 5
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
-_TABLES = ("documents", "optouts", "changes")
+_TABLES = ("documents", "optouts", "changes")  # the tables every version had
 
 
 def database_location(url: str, name: str) -> dict[str, Any]:
@@ -81,13 +81,13 @@ class PostgresTable(DocumentTable):
                          f"/{where.get('dbname') or ''} schema {schema}")
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[Any] | None = None
-        if create:
-            with self._connection() as conn, conn.transaction():
-                conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-                conn.execute(SCHEMA.format(pk="BIGINT PRIMARY KEY", int="BIGINT",
-                                           real="DOUBLE PRECISION",
-                                           url_ops=" text_pattern_ops"))
-        self.check_integrity()
+        if not create:
+            self.check_integrity()
+        # every statement is IF NOT EXISTS: creates a new schema, completes an older one
+        with self._connection() as conn, conn.transaction():
+            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+            conn.execute(SCHEMA.format(pk="BIGINT PRIMARY KEY", int="BIGINT",
+                                       real="DOUBLE PRECISION", url_ops=" text_pattern_ops"))
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:

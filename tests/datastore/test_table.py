@@ -61,8 +61,9 @@ def test_duplicate_id_is_a_conflict_and_nothing_is_written(new_table: OpenTable)
 
 def test_tombstones_and_purge(new_table: OpenTable) -> None:
     table = _fill(new_table())
-    table.mark_removed(["doc-1", "doc-4"], "o1", ("o1", "{}", None, '["doc-1","doc-4"]',
-                                                   6, 2, 1.0))
+    removed, _ = table.remove((["doc-4", "doc-1"], None, None), ("o1", "{}", None, 1.0))
+    assert [r[:2] for r in removed] == [(4, "doc-4"), (1, "doc-1")]  # the selector's order
+    assert table.optout_rows("o1")[0][3:6] == ('["doc-4", "doc-1"]', 6, 2)
     assert table.snapshot().removed.tolist() == [False, True, False, False, True, False]
     assert table.rows_to_purge() == [1, 4]
     assert table.purge(2.0) == [1, 4]
@@ -79,8 +80,8 @@ def test_every_write_bumps_the_change_sequence_seen_by_other_connections(
     assert table.change_seq() == other.change_seq() == 0
     _fill(table)
     assert other.change_seq() == 1
-    table.mark_removed(["doc-2"], "o1", ("o1", "{}", None, '["doc-2"]', 3, 1, 1.0))
-    assert other.change_seq() == 2 and other.snapshot().removed[2]
+    _, seq = table.remove((["doc-2"], None, None), ("o1", "{}", None, 1.0))
+    assert other.change_seq() == seq == 2 and other.snapshot().removed[2]
     table.purge(2.0)
     assert other.change_seq() == 3
 
@@ -91,8 +92,23 @@ def test_live_ids_by_source_and_exact_url_prefix(new_table: OpenTable) -> None:
     # % and _ are literal, and the prefix is case-sensitive
     assert table.live_doc_ids(url_prefix="https://news.example/x%_") == ["doc-1"]
     assert table.live_doc_ids(url_prefix="https://news.example/x") == ["doc-1"]
-    table.mark_removed(["doc-3"], "o1", ("o1", "{}", None, '["doc-3"]', 3, 1, 1.0))
-    assert table.live_doc_ids(source="news") == ["doc-0"]
+    removed, _ = table.remove(([], "news", None), ("o1", "{}", None, 1.0))
+    assert [r[1] for r in removed] == ["doc-0", "doc-3"]
+    assert table.live_doc_ids(source="news") == []
+    again, _ = table.remove(([], "news", None), ("o2", "{}", None, 1.0))
+    assert again == []  # already removed: in no second receipt
+
+
+def test_shared_index_state_records_publication_fence_and_pending_deletes(
+        new_table: OpenTable) -> None:
+    table, other = _fill(new_table()), new_table()
+    assert other.index_state() == (0, 0, [])
+    removed, seq = table.remove((["doc-1", "doc-4"], None, None), ("o1", "{}", None, 1.0),
+                                track_pending=True)
+    assert other.index_state() == (0, 0, [1, 4])
+    assert table.index_written(70, published=18, deleted=[4]) == seq + 1
+    assert table.index_written(50) == seq + 2  # the fence never goes back
+    assert other.index_state() == (18, 70, [1])
 
 
 def test_unreadable_file_is_reported_by_name(tmp_path: Path) -> None:
@@ -124,8 +140,7 @@ def test_unreachable_postgres_fails_closed_and_recovers(pg_cluster: PgCluster,
     pg_cluster.stop()
     try:
         for call in (table.snapshot, table.change_seq, lambda: table.purge(1.0),
-                     lambda: table.mark_removed(["doc-1"], "o", ("o", "{}", None, "[]",
-                                                                 0, 0, 1.0))):
+                     lambda: table.remove((["doc-1"], None, None), ("o", "{}", None, 1.0))):
             with pytest.raises(UnavailableError, match="cannot be reached"):
                 call()
     finally:
