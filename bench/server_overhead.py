@@ -3,15 +3,15 @@
     OMP_NUM_THREADS=1 python bench/server_overhead.py [--preset mini] [--requests 12]
         [--threads 1]
 
-The server runs as a separate process (`uvicorn --factory server.app:create_app` on
-127.0.0.1, a free port, `--limit-max-requests` so it stops by itself, and terminated at
-the end in any case) with `OMP_NUM_THREADS` = `--threads`; the direct calls run in this
-process with `torch.set_num_threads(--threads)`, the same budget, and never at the same
-time as the server works. One thread is the default: on a small machine whose cores
-other work also uses, two OpenMP threads per process spin against each other (a
-32-token completion took 1.0 s with two and 0.16 s with one on the 2-core machine of
-docs/BENCHMARKS.md). Clients are httpx clients in a thread pool of this process
-(they only wait on sockets). Measures, in one run on one machine:
+The server runs as a separate process (bench/served.py: `uvicorn --factory
+server.app:create_app` on 127.0.0.1, a free port, `--limit-max-requests` so it stops by
+itself, and terminated at the end in any case) with `OMP_NUM_THREADS` = `--threads`; the
+direct calls run in this process with `torch.set_num_threads(--threads)`, the same
+budget, and never at the same time as the server works. One thread is the default: on a
+small machine whose cores other work also uses, two OpenMP threads per process spin
+against each other (a 32-token completion took 1.0 s with two and 0.16 s with one on the
+2-core machine of docs/BENCHMARKS.md). Clients are httpx clients in a thread pool of
+this process (they only wait on sockets). Measures, in one run on one machine:
 
   * p50 latency of a 32-token greedy completion: direct `SiloLM.generate` vs served;
   * p50 latency of scoring one prompt: direct `SiloLM.score` vs served
@@ -28,9 +28,7 @@ datastore built from the test corpus.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +42,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from served import build_datastore, build_model, serve, stop  # noqa: E402
+
 from silo.lm import (  # noqa: E402
     GenerationRequest,
     ScoreRequest,
@@ -51,59 +51,9 @@ from silo.lm import (  # noqa: E402
     SiloLM,
     SiloOptions,
 )  # noqa: E402
-from tests.conftest import make_documents  # noqa: E402
-from tests.server.conftest import STORE_CONFIG, free_port  # noqa: E402
 
 MODES = ("parametric", "knnlm")
 TOKENS = 32
-
-
-def _model(folder: Path, preset: str) -> Path:
-    from silo.model import build_lm
-    from silo.tokenizer import train_tokenizer
-
-    texts = [f"the quick brown fox {i} jumps over the lazy dog {i * 7}" for i in range(200)]
-    tok = train_tokenizer(texts, vocab_size=2000)
-    build_lm(preset, len(tok), special_ids=(tok.bos_token_id, tok.eos_token_id,
-                                            tok.pad_token_id)).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
-
-
-def _datastore(model: Path, folder: Path) -> Path:
-    from datastore.store import Datastore
-    from silo.encoder import LMEncoder
-    from silo.model import load_lm
-
-    encoder = LMEncoder.from_loaded(load_lm(model))
-    Datastore.build(folder, make_documents(), encoder, STORE_CONFIG, progress=False).close()
-    return folder
-
-
-def _serve(model: Path, store: Path, threads: int, max_requests: int,
-           ) -> tuple[subprocess.Popen[bytes], str]:
-    """Start the server process; returns it and its base url once it answers."""
-    port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "SILO_MODEL": str(model),
-           "SILO_DATASTORE": str(store), "SILO_AUDIT_LOG": str(store.parent / "audit.jsonl"),
-           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "server.app:create_app",
-         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-         "--limit-max-requests", str(max_requests)], env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with status {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code < 500:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("the server did not start within 120 s")
 
 
 def _p50(fn: Callable[[], object], n: int) -> float:
@@ -146,8 +96,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp())
-    model = _model(work / "model", args.preset)
-    store = _datastore(model, work / "store")
+    model = build_model(work / "model", args.preset)
+    store = build_datastore(model, work / "store")
     lm = SiloLM.from_dirs(model, store, config=SiloConfig(batch_size=16))  # as served
     prompt = tuple(range(10, 10 + args.prompt_tokens))
     n = args.requests
@@ -166,7 +116,7 @@ def main() -> None:
                   "silo": {"mode": "parametric"}}
     per_single, per_many = 2 * (16 // 4), 2  # the one client sends as many as 4 of the 16
     budget = 2 * n + 2 + len(MODES) * (per_single + 16 * per_many) + 1000  # + health polls
-    proc, url = _serve(model, store, args.threads, budget)
+    proc, url = serve(model, store, args.threads, budget)
     try:
         http = httpx.Client(base_url=url, timeout=600)
         http.post("/v1/completions", json=bodies["parametric"]).raise_for_status()  # warm up
@@ -177,8 +127,7 @@ def main() -> None:
         rates = {mode: (_throughput(url, bodies[mode], 1, per_single),
                         _throughput(url, bodies[mode], 16, per_many)) for mode in MODES}
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop(proc)
     print(f"threads {args.threads}, preset {args.preset}, prompt {len(prompt)} tokens")
     print(f"{TOKENS}-token completion p50: direct {direct_gen * 1e3:.1f} ms, served "
           f"{served_gen * 1e3:.1f} ms (x{served_gen / direct_gen:.3f})")

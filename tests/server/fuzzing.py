@@ -18,6 +18,11 @@ import hypothesis
 import schemathesis
 from hypothesis import HealthCheck
 
+# Server limits for fuzzing: small, so every generated request is cheap on a CPU; 16
+# tokens is the schema's default max_tokens, which the boundary cases (top_p = 5e-324,
+# ...) keep.
+LIMITS = {"max_tokens_limit": 16, "max_n": 2, "max_prompts": 4, "max_logprobs": 3,
+          "request_timeout_s": 60, "batch_wait_ms": 1.0}
 LICENSES = ["Public Domain", "CC0-1.0", "MIT", "PSF-2.0", "Apache-2.0", "CC-BY-4.0",
             "GPL-2.0-or-later", "All rights reserved"]
 # Corpus lines (silo.corpus.parse_line) for the stateful run to generate: the served

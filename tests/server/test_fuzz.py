@@ -17,13 +17,9 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 
 from server.settings import Settings  # noqa: E402
 from tests.server.conftest import ADMIN_KEY, USER_KEY, start_server  # noqa: E402
-from tests.server.fuzzing import authorization, check_response  # noqa: E402
+from tests.server.fuzzing import LIMITS, authorization, check_response  # noqa: E402
 
 EXAMPLES = 40  # random cases per operation and run, on top of examples and boundaries
-# small limits keep every generated request cheap on a CPU; 16 tokens is the schema's
-# default max_tokens, which the boundary cases (top_p = 5e-324, ...) keep
-LIMITS = {"max_tokens_limit": 16, "max_n": 2, "max_prompts": 4, "max_logprobs": 3,
-          "request_timeout_s": 60, "batch_wait_ms": 1.0}
 RUNS = {"admin-seed1": (ADMIN_KEY, 1), "admin-seed2": (ADMIN_KEY, 2),
         "admin-seed3": (ADMIN_KEY, 3), "user-seed1": (USER_KEY, 1),
         "user-seed2": (USER_KEY, 2), "nokey-seed1": (None, 1)}

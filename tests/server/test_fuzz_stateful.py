@@ -12,8 +12,7 @@ import pytest
 pytest.importorskip("schemathesis")
 
 from tests.server.conftest import ADMIN_KEY  # noqa: E402
-from tests.server.fuzzing import fuzz_optout_workflow  # noqa: E402
-from tests.server.test_fuzz import LIMITS  # noqa: E402
+from tests.server.fuzzing import LIMITS, fuzz_optout_workflow  # noqa: E402
 
 SCENARIOS = 30
 
