@@ -3,6 +3,10 @@
 The reference every fast path is tested against. Keys are read in chunks, so memory
 stays bounded by the chunk size whatever the store's size; on a GPU the chunks are
 moved to the device. Excluded entries get an infinite distance before the top-k.
+
+Ties go to the lower entry id, as in faiss: a store and its filtered copy then agree on
+which of two equally distant entries is kept, so results are a function of the allowed
+entries alone (what the equivalence guarantee and the pointer path rely on).
 """
 
 from __future__ import annotations
@@ -57,8 +61,28 @@ class ExactIndex:
             d = d.clamp_min_(0)
             all_d = torch.cat([best_d, d], 1)
             all_i = torch.cat([best_i, ids.expand(len(q), -1)], 1)
-            top = torch.topk(all_d, min(k, all_d.shape[1]), dim=1, largest=False, sorted=True)
-            best_d, best_i = top.values, torch.gather(all_i, 1, top.indices)
+            best_d, best_i = smallest(all_d, all_i, min(k, all_d.shape[1]))
         dist, ids_np = best_d.cpu().numpy(), best_i.cpu().numpy()
         ids_np[~np.isfinite(dist)] = -1
         return pad_results(dist, ids_np, k)
+
+
+def smallest(d: torch.Tensor, ids: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k smallest distances of each row in (distance, id) order.
+
+    d (q, c) float, ids (q, c) int64 -> (q, k) each. topk does not order ties, so the
+    selection is sorted by id and then stably by distance; rows where a finite tie
+    straddles the k-th place are ordered in full (rare: equal keys at the boundary).
+    """
+    top = torch.topk(d, k, dim=1, largest=False, sorted=True)
+    sel_d, sel_i = top.values, torch.gather(ids, 1, top.indices)
+    kth = sel_d[:, -1:]
+    straddle = ((d <= kth).sum(1) > k) & torch.isfinite(kth[:, 0])
+    for r in straddle.nonzero()[:, 0].tolist():
+        by_id = torch.argsort(ids[r], stable=True)
+        order = by_id[torch.argsort(d[r, by_id], stable=True)[:k]]
+        sel_d[r], sel_i[r] = d[r, order], ids[r, order]
+    by_id = torch.argsort(sel_i, dim=1, stable=True)
+    sel_d, sel_i = torch.gather(sel_d, 1, by_id), torch.gather(sel_i, 1, by_id)
+    by_d = torch.argsort(sel_d, dim=1, stable=True)
+    return torch.gather(sel_d, 1, by_d), torch.gather(sel_i, 1, by_d)
