@@ -69,6 +69,8 @@ class GenerationState:
     # RIC modes and once the rows outgrow the context
     cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
     cache_rows: list[int] = field(default_factory=list)
+    # per choice, the entry ids of its last position's neighbours (pointers follow them)
+    neighbours: list[np.ndarray | None] = field(default_factory=list)
     error: BaseException | None = None
 
     @property
@@ -134,7 +136,7 @@ class Generation(Scoring):
                 req, plan, torch.Generator().manual_seed(seed),
                 [list(req.prompt_ids) for _ in range(n)], [[] for _ in range(n)], [""] * n,
                 [() for _ in range(n)], list(range(n)) if req.max_tokens else [],
-                [[] for _ in range(n)]))
+                [[] for _ in range(n)], neighbours=[None] * n))
         echo = [s for s in states if s.request.echo]
         scored = self.score([ScoreRequest(s.request.prompt_ids, s.request.logprobs,
                                           s.request.options, s.request.scope) for s in echo])
@@ -201,8 +203,9 @@ class Generation(Scoring):
             return {}
         rows = [s.rows[r] for s in ready for r in s.live]
         passages = [s.passages[r] for s in ready for r in s.live]
+        previous = [s.neighbours[r] for s in ready for r in s.live]
         chunk = self._step(rows, list(range(len(rows))), passages, plan,
-                           None if plan.uses_ric else ready)
+                           None if plan.uses_ric else ready, previous)
         mixed = self._mixed(chunk, plan)
         out, at = {}, 0
         for s in ready:
@@ -226,7 +229,9 @@ class Generation(Scoring):
             token = int(tokens[i])
             events.append(self._event(r, token, mixed[i], [*s.new[r], token], texts,
                                       s.request, s.steps, None if provs is None else provs[i]))
-        for r, ev in zip(s.live, events, strict=True):
+        for i, (r, ev) in enumerate(zip(s.live, events, strict=True)):
+            if chunk.entry_ids is not None:
+                s.neighbours[r] = chunk.entry_ids[i]
             s.rows[r].append(ev.token_id)
             s.new[r].append(ev.token_id)
             s.events[r].append(ev)
@@ -251,9 +256,11 @@ class Generation(Scoring):
 
     def _step(self, rows: list[list[int]], live: list[int],
               passages: list[tuple[Passage, ...]], plan: Plan,
-              states: list[GenerationState] | None = None) -> _Chunk:
+              states: list[GenerationState] | None = None,
+              previous: list[np.ndarray | None] | None = None) -> _Chunk:
         """Next-token distributions (and neighbours) of the live rows; with `states`
-        (whose live rows are `rows`, in order) incrementally, through their caches."""
+        (whose live rows are `rows`, in order) incrementally, through their caches; with
+        `previous` (each row's last neighbours, or None) following pointers."""
         plain = [_Group([rows[r][-self.max_length:]], 1, torch.zeros(1)) for r in live]
         groups = [self._ric_group(rows[r], 1, passages[r], plan) for r in live] \
             if plan.uses_ric else plain
@@ -265,7 +272,15 @@ class Generation(Scoring):
                        if plan.uses_ric else [() for _ in live])
         if plan.uses_knn:
             queries = self._run_groups(plain)[1] if plan.uses_ric else hidden
-            self._search(chunk, queries, plan)
+            last = None
+            if plan.knn.pointers and previous is not None:
+                last = np.full((len(live), plan.knn.k), -1, np.int64)
+                for i, r in enumerate(live):
+                    prev = previous[r]
+                    if prev is not None:
+                        last[i, :len(prev)] = prev
+            tokens = np.array([rows[r][-1] for r in live], dtype=np.int64)
+            self._search(chunk, queries, plan, last, tokens)
         return chunk
 
     def _next_token(self, states: list[GenerationState]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,11 +21,15 @@ import torch
 
 @dataclass(frozen=True)
 class KnnParams:
-    """k neighbours, interpolation weight lam (kNN side) and softmax temperature tau."""
+    """k neighbours, interpolation weight lam (kNN side), softmax temperature tau, and
+    `pointers`: follow the successors of the neighbours that voted for the observed token
+    instead of searching while at least this many remain (datastore.pointers; 0: search
+    at every position)."""
 
     k: int = 1024
     lam: float = 0.25
     temperature: float = 1.0
+    pointers: int = 0
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -34,6 +38,8 @@ class KnnParams:
             raise ValueError(f"lam must be in [0, 1], got {self.lam}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.pointers < 0:
+            raise ValueError(f"pointers must be >= 0, got {self.pointers}")
 
 
 def neighbour_log_weights(distances: torch.Tensor, values: torch.Tensor,

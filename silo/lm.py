@@ -79,7 +79,7 @@ from silo.request import (
     SiloOptions,
     TokenEvent,
 )
-from silo.scoring import RowsHook, perplexity
+from silo.scoring import RowsHook, SearchCounts, perplexity
 from silo.tuning import read_defaults
 
 __all__ = [
@@ -110,6 +110,7 @@ class SiloLM(Generation):
         self._passage_ids: dict[int, tuple[int, ...]] = {}  # block id -> tokens, bounded
         self._hook_lock = threading.Lock()
         self.rows_hook: RowsHook | None = None  # a test seam (silo.scoring.RowsHook)
+        self.searches = SearchCounts()
         self._base_gives_head_input = False
         self._base_gives_head_input = self._probe_base_model()
 
@@ -144,7 +145,8 @@ class SiloLM(Generation):
             raise InvalidInputError(f"mode {options.mode!r} needs the datastore's BM25 index")
         d = self.defaults
         knn = KnnParams(options.k or d.k, d.lam if options.lam is None else options.lam,
-                        options.knn_temperature or d.temperature)
+                        options.knn_temperature or d.temperature,
+                        d.pointers if options.pointers is None else options.pointers)
         return Plan(options.mode, knn, options.ric,
                      SearchFilter(options.license_classes, scope or AccessScope()),
                      options.attribution)

@@ -36,13 +36,14 @@ class SiloOptions:
     license_classes: frozenset[LicenseClass] | None = None  # None: every class
     attribution: bool = False
     ric: RicParams = field(default_factory=RicParams)
+    pointers: int | None = None  # min pointers followed instead of a search (0: off)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         # KnnParams validates the values that are set
         KnnParams(self.k or 1, 0.0 if self.lam is None else self.lam,
-                  self.knn_temperature or 1.0)
+                  self.knn_temperature or 1.0, self.pointers or 0)
 
     @property
     def uses_knn(self) -> bool:

@@ -28,6 +28,7 @@ import torch
 
 from datastore.errors import SiloError, UnavailableError
 from datastore.filter import AccessScope
+from datastore.pointers import follow
 from datastore.table import CLASS_CODES
 from silo.attribution import (
     Attribution,
@@ -89,6 +90,19 @@ class _Chunk:
 
 
 
+@dataclass
+class SearchCounts:
+    """kNN positions served and how many of them needed a search (the others followed
+    pointers); for measuring, not for control (updated without a lock)."""
+
+    searched: int = 0
+    positions: int = 0
+
+    def count(self, searched: int, positions: int) -> None:
+        self.searched += searched
+        self.positions += positions
+
+
 class Scoring:
     """The scoring half of `SiloLM` (silo.lm sets these attributes and the three
     methods below; this class holds what scoring and generation share)."""
@@ -102,6 +116,7 @@ class Scoring:
     eos_id: int
     pad_id: int
     rows_hook: RowsHook | None
+    searches: SearchCounts
     _special: frozenset[int]
     _passage_ids: dict[int, tuple[int, ...]]
     _hook_lock: threading.Lock
@@ -258,13 +273,17 @@ class Scoring:
             plain = [h for _, h in self._iter_groups(self._plain_groups(seqs))]
             queries = torch.cat(plain) if plain else None
         groups = self._ric_groups(seqs, plan) if plan.uses_ric else self._plain_groups(seqs)
+        targets = np.array([t for s in seqs for t in list(s)[1:]], dtype=np.int64)
         for at in range(0, len(groups), self.config.batch_size):
             part = groups[at:at + self.config.batch_size]
             lp, hidden = self._run_groups([g for _, g in part])
             index = np.concatenate([np.arange(i, i + g.scored) for i, g in part])
             chunk = _Chunk(index, lp, passages=[g.passages for _, g in part
                                                 for _ in range(g.scored)])
-            if plan.uses_knn:
+            if plan.uses_knn and plan.knn.pointers:
+                q = hidden if queries is None else queries[torch.from_numpy(index)]
+                self._search_along(chunk, q, [g.scored for _, g in part], targets, plan)
+            elif plan.uses_knn:
                 q = hidden if queries is None else queries[torch.from_numpy(index)]
                 self._search(chunk, q, plan)
             yield chunk
@@ -274,14 +293,53 @@ class Scoring:
         for at in range(0, len(groups), self.config.batch_size):
             yield self._run_groups([g for _, g in groups[at:at + self.config.batch_size]])
 
-    def _search(self, chunk: _Chunk, queries: torch.Tensor, plan: Plan) -> None:
+    def _search(self, chunk: _Chunk, queries: torch.Tensor, plan: Plan,
+                previous: np.ndarray | None = None, tokens: np.ndarray | None = None,
+                ) -> None:
+        """The chunk's kNN neighbours (one row per query, in order)."""
+        self._set_neighbours(chunk, *self._neighbours(queries.numpy(), plan, previous, tokens))
+
+    def _neighbours(self, queries: np.ndarray, plan: Plan, previous: np.ndarray | None,
+                    tokens: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(q, k) distances and entry ids: a search per query, or with `plan.knn.pointers`
+        the successors of each query's `previous` neighbours that voted for its `tokens`
+        where enough of them remain (datastore.pointers)."""
         assert self.datastore is not None
         with datastore_faults("the kNN search"):
-            dist, ids = self.datastore.knn_search(queries.numpy(), plan.knn.k, plan.filter)
+            if not plan.knn.pointers:
+                self.searches.count(len(queries), len(queries))
+                return self.datastore.knn_search(queries, plan.knn.k, plan.filter)
+            dist, ids, searched = follow(self.datastore, queries, previous, tokens,
+                                         plan.knn.k, plan.filter, plan.knn.pointers)
+        self.searches.count(int(searched.sum()), len(queries))
+        return dist, ids
+
+    def _set_neighbours(self, chunk: _Chunk, dist: np.ndarray, ids: np.ndarray) -> None:
+        assert self.datastore is not None
+        with datastore_faults("the kNN search"):
             values = self.datastore.values(ids)
         chunk.distances = torch.from_numpy(dist)
         chunk.entry_ids = ids
         chunk.values = torch.from_numpy(values.astype(np.int64))
+
+    def _search_along(self, chunk: _Chunk, queries: torch.Tensor, lengths: list[int],
+                      targets: np.ndarray, plan: Plan) -> None:
+        """Neighbours of a chunk whose rows are groups of consecutive positions (`lengths`
+        rows each), following pointers along each group: step j takes the j-th position
+        of every group at once, with the neighbours and target of position j - 1."""
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        sizes = np.asarray(lengths)
+        dist = np.full((len(chunk.index), plan.knn.k), np.inf, np.float32)
+        ids = np.full((len(chunk.index), plan.knn.k), -1, np.int64)
+        q = queries.numpy()
+        for j in range(int(sizes.max(initial=0))):
+            rows = offsets[sizes > j] + j
+            if j == 0:
+                dist[rows], ids[rows] = self._neighbours(q[rows], plan, None, None)
+            else:
+                dist[rows], ids[rows] = self._neighbours(
+                    q[rows], plan, ids[rows - 1], targets[chunk.index[rows - 1]])
+        self._set_neighbours(chunk, dist, ids)
 
     def _mixed(self, chunk: _Chunk, plan: Plan) -> torch.Tensor:
         """(m, V) log-probs of the plan's mixture for the chunk's positions."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 from pathlib import Path
 
@@ -152,9 +153,10 @@ def test_filtered_output_equals_a_datastore_without_the_documents(
     a = SiloLM(tiny_lm, tiny_tokenizer, store, cfg)
     b = SiloLM(tiny_lm, tiny_tokenizer, reduced, cfg)
     ids = prompt_ids(a)
-    for base in ALL[1:]:
+    # pointers 0: a search per position; 2: pointers followed where two remain
+    for base, pointers in itertools.product(ALL[1:], (0, 2)):
         opts = SiloOptions(base.mode, k=6, lam=0.5, knn_temperature=2.0, license_classes=policy,
-                           attribution=True, ric=base.ric)
+                           attribution=True, ric=base.ric, pointers=pointers)
         got = a.score([ScoreRequest(ids, options=opts, scope=scope)])[0]
         want = b.score([ScoreRequest(ids, options=opts)])[0]
         np.testing.assert_allclose(np.array(got.token_logprobs[1:], float),
@@ -173,10 +175,15 @@ def test_filtered_output_equals_a_datastore_without_the_documents(
     reduced.close()
 
 
-def test_contributions_are_lambda_times_the_knn_mass(full: SiloLM) -> None:
+@pytest.mark.parametrize("pointers", [0, 1], ids=["search", "pointers"])
+def test_contributions_are_lambda_times_the_knn_mass(full: SiloLM, pointers: int) -> None:
     ids = prompt_ids(full)[:16]
-    opts = SiloOptions("knnlm", k=8, lam=0.4, knn_temperature=2.0, attribution=True)
+    opts = SiloOptions("knnlm", k=8, lam=0.4, knn_temperature=2.0, attribution=True,
+                       pointers=pointers)
+    before = full.searches.searched
     res = full.score([ScoreRequest(ids, options=opts)])[0]
+    if pointers:  # some tokens were predicted through pointers, and attributed the same
+        assert full.searches.searched - before < len(ids) - 1
     lm_only = _lp(full, SiloOptions("parametric"), ids)
     assert res.provenance is not None and res.attribution is not None
     for t, prov in enumerate(res.provenance[1:]):

@@ -1,0 +1,95 @@
+"""Pointers: the entry after a neighbour as a candidate for the next token (RetoMaton).
+
+Entry e of a document predicted the token at its position + 1; entry e + 1 of the same
+document is the state after that token. When a neighbour e of position t voted for the
+token that really came next (its value equals the observed token), e + 1 is a good
+neighbour for position t + 1, and following it costs one distance per candidate instead
+of a search (Alon et al., 2022, "Neuro-symbolic language modeling with automaton-augmented
+retrieval"). A search is made only where too few such pointers remain.
+
+    follow(store, queries, previous, tokens, k, filter, min_pointers) -> (distances, ids)
+
+Followed entries pass the same entry filter as every search (datastore.filter): an
+excluded document's entries are never followed, so the equivalence guarantee holds on
+this path too. Their distances are exact squared L2 to the stored fp16 keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from datastore.filter import EntryFilter, SearchFilter
+
+
+def successors(entry_filter: EntryFilter, values: np.ndarray, previous: np.ndarray,
+               tokens: np.ndarray) -> np.ndarray:
+    """The entries to follow: previous (q, k) entry ids (-1 padded) and the token that
+    came next at each of the q positions (q,) -> (q, k) int64 ids of e + 1 for every
+    neighbour e that voted for that token, is followed in its own document by e + 1,
+    and whose e + 1 the filter allows; -1 elsewhere."""
+    prev = np.asarray(previous, dtype=np.int64)
+    docs = entry_filter.docs
+    if docs.n_entries == 0:
+        return np.full(prev.shape, -1, np.int64)
+    safe = np.clip(prev, 0, docs.n_entries - 1)
+    agree = (prev >= 0) & (values[safe] == np.asarray(tokens)[:, None])
+    succ = prev + 1
+    in_doc = succ < docs.entry_end[docs.rows_of_entries(safe)]  # e + 1 of the same document
+    candidates = np.where(agree & in_doc, succ, -1)
+    return np.where(entry_filter.excludes(candidates), -1, candidates)
+
+
+def exact_distances(keys: np.ndarray, queries: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Squared L2 from each query (q, dim) to the keys of its ids (q, k) -> (q, k)
+    float32, inf at -1."""
+    safe = np.maximum(ids, 0)
+    gathered = np.asarray(keys[safe.reshape(-1)], dtype=np.float32).reshape(
+        *ids.shape, -1)
+    diff = gathered - np.asarray(queries, dtype=np.float32)[:, None, :]
+    dist = np.einsum("qkd,qkd->qk", diff, diff)
+    return np.where(ids >= 0, dist, np.inf).astype(np.float32)
+
+
+def nearest(dist: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest of each row, nearest first, padded with (inf, -1)."""
+    width = max(k, ids.shape[1])
+    if ids.shape[1] < width:
+        pad = width - ids.shape[1]
+        dist = np.pad(dist, ((0, 0), (0, pad)), constant_values=np.inf)
+        ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+    order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(dist, order, 1), np.take_along_axis(ids, order, 1)
+
+
+def follow(store: Any, queries: np.ndarray, previous: np.ndarray | None,
+           tokens: np.ndarray | None, k: int, filter: SearchFilter | None,
+           min_pointers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """kNN neighbours of q queries, following pointers where at least `min_pointers`
+    of them remain and searching elsewhere.
+
+    queries (q, dim) float32; previous (q, k') the neighbours of each query's position
+    before (None or -1 rows: none, so search); tokens (q,) the token that came after
+    that position. Returns distances (q, k) float32, entry ids (q, k) int64 (-1 padded)
+    and searched (q,) bool. Runs again if an opt-out swapped the snapshot meanwhile, so
+    no result outlives an acknowledged opt-out.
+    """
+    q = np.asarray(queries, dtype=np.float32)
+    while True:
+        entry_filter = store.entry_filter(filter)
+        if previous is None or tokens is None:
+            follow_ids = np.full((len(q), 1), -1, np.int64)
+        else:
+            follow_ids = successors(entry_filter, store.kv.values, previous, tokens)
+        searched = (follow_ids >= 0).sum(axis=1) < max(min_pointers, 1)
+        dist = np.full((len(q), k), np.inf, np.float32)
+        ids = np.full((len(q), k), -1, np.int64)
+        if searched.any():
+            dist[searched], ids[searched] = store.knn_search(q[searched], k, filter)
+        kept = ~searched
+        if kept.any():
+            d = exact_distances(store.kv.keys, q[kept], follow_ids[kept])
+            dist[kept], ids[kept] = nearest(d, follow_ids[kept], k)
+        if store.snapshot is entry_filter.docs:
+            return dist, ids, searched
