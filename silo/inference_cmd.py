@@ -38,6 +38,10 @@ def tune(
     ks: str = "16,64,256,1024",
     lams: str = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,0.95",
     temperatures: str = "1,2,5,10,20,40,80,160,320",
+    pointers: Annotated[str, typer.Option(
+        help="Pointer thresholds to try (empty: always search).")] = "1,2,4,8,16,32",
+    pointer_tolerance: Annotated[float, typer.Option(
+        help="Largest perplexity increase a pointer threshold may cost.")] = 0.02,
 ) -> None:
     """Tune kNN-LM's k, lambda and temperature per domain; store the best with the
     datastore as its defaults."""
@@ -45,7 +49,7 @@ def tune(
     from silo.evaluate import domain_sequences
     from silo.lm import SiloLM, SiloOptions
     from silo.model import DEFAULT_MODEL
-    from silo.tuning import Grid, best_overall, grid_search, write_defaults
+    from silo.tuning import Grid, best_overall, grid_search, tune_pointers, write_defaults
 
     grid = Grid(tuple(int(k) for k in _floats(ks, "ks")), _floats(lams, "lams"),
                 _floats(temperatures, "temperatures"))
@@ -57,12 +61,19 @@ def tune(
     points = {name: grid_search(lm.target_scores(s, SiloOptions("knnlm"), grid.k_max), grid)
               for name, s in sorted(seqs.items())}
     best = best_overall(points)
-    path = write_defaults(datastore, best, {d: p[0] for d, p in points.items()},
-                          note=f"silo tune on the {split} split")
     for name, p in points.items():
         console.print(f"{name}: k={p[0].k} lambda={p[0].lam} tau={p[0].temperature:g} "
                       f"ppl {p[0].perplexity:.2f}")
-    console.print(f"default k={best.k} lambda={best.lam} tau={best.temperature:g} -> {path}")
+    candidates = [int(m) for m in _floats(pointers, "pointers")] if pointers.strip() else []
+    if candidates:
+        best, swept = tune_pointers(lm, seqs, best, candidates, pointer_tolerance)
+        for point in swept:
+            console.print(f"pointers {point.pointers}: ppl {point.perplexity:.2f}, "
+                          f"{point.searched:.0%} of tokens searched")
+    path = write_defaults(datastore, best, {d: p[0] for d, p in points.items()},
+                          note=f"silo tune on the {split} split")
+    console.print(f"default k={best.k} lambda={best.lam} tau={best.temperature:g} "
+                  f"pointers={best.pointers} -> {path}")
 
 
 def complete(

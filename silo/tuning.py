@@ -6,6 +6,10 @@ cached log-probs and distances, since the k nearest of k_max neighbours sorted b
 distance are its first k. The best values are stored with the datastore
 (`silo_knnlm.json` in its folder) and become SiloLM's defaults for it.
 
+Then the pointer threshold (datastore.pointers) is chosen by measurement: each candidate
+re-runs the neighbours with pointers followed, and the setting that searches least
+within 2% of the full search's perplexity is stored with the others.
+
 SILO's grid stops at tau = 40; small models have larger key distances relative to
 their spread, so the default grid reaches further (tau up to 320, lam up to 0.95).
 """
@@ -14,9 +18,10 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -75,10 +80,12 @@ class GridPoint:
     lam: float
     temperature: float
     perplexity: float
+    pointers: int = 0  # chosen after the grid (choose_pointers); 0: search every token
+    searched: float = 1.0  # the share of tokens that needed a search at that setting
 
     @property
     def params(self) -> KnnParams:
-        return KnnParams(self.k, self.lam, self.temperature)
+        return KnnParams(self.k, self.lam, self.temperature, self.pointers)
 
 
 def knn_target_prob(scores: TargetScores, k: int, temperature: float) -> np.ndarray:
@@ -153,4 +160,38 @@ def read_defaults(folder: Path) -> KnnParams | None:
     if not path.is_file():
         return None
     best = json.loads(path.read_text())["default"]
-    return KnnParams(int(best["k"]), float(best["lam"]), float(best["temperature"]))
+    return KnnParams(int(best["k"]), float(best["lam"]), float(best["temperature"]),
+                     int(best.get("pointers", 0)))
+
+
+def choose_pointers(score: Callable[[int], tuple[float, float]], best: GridPoint,
+                    candidates: Sequence[int] = (1, 2, 4, 8, 16, 32),
+                    tolerance: float = 0.02) -> tuple[GridPoint, list[GridPoint]]:
+    """Pick how many pointers must remain to skip a search (datastore.pointers): the
+    setting that searches least while its perplexity stays within `tolerance` of the
+    full search's. `score(m)` -> (perplexity, share of tokens searched) at the tuned
+    k, lambda, tau with threshold m. Returns the choice and every point measured."""
+    measured = [replace(best, pointers=m, perplexity=ppl, searched=share)
+                for m, (ppl, share) in ((m, score(m)) for m in candidates)]
+    bound = best.perplexity * (1 + tolerance)
+    ok = [p for p in measured if p.perplexity <= bound]
+    choice = min(ok, key=lambda p: (p.searched, p.perplexity)) if ok else best
+    return choice, measured
+
+
+def tune_pointers(lm: Any, seqs: Mapping[str, Sequence[Sequence[int]]], best: GridPoint,
+                  candidates: Sequence[int] = (1, 2, 4, 8, 16, 32),
+                  tolerance: float = 0.02) -> tuple[GridPoint, list[GridPoint]]:
+    """`choose_pointers` for a SiloLM over per-domain token sequences, perplexity
+    aggregated over domains as `best_overall` does (mean log-perplexity)."""
+    from silo.request import SiloOptions
+
+    def score(m: int) -> tuple[float, float]:
+        searched, positions = lm.searches.searched, lm.searches.positions
+        logs = [math.log(perplexity(mixed_logprob(
+            lm.target_scores(s, SiloOptions("knnlm", pointers=m), best.k),
+            replace(best, pointers=m).params))) for s in seqs.values()]
+        share = (lm.searches.searched - searched) / max(lm.searches.positions - positions, 1)
+        return float(np.exp(np.mean(logs))), share
+
+    return choose_pointers(score, best, candidates, tolerance)

@@ -16,9 +16,11 @@ from silo.tuning import (
     GridPoint,
     TargetScores,
     best_overall,
+    choose_pointers,
     grid_search,
     mixed_logprob,
     read_defaults,
+    tune_pointers,
     write_defaults,
 )
 from tests.conftest import make_documents
@@ -81,6 +83,33 @@ def test_defaults_round_trip_and_become_silolm_defaults(lm: SiloLM, tmp_path: Pa
     (lm.datastore.folder / "silo_knnlm.json").unlink()
 
 
+def test_the_pointer_choice_searches_least_within_the_tolerance() -> None:
+    best = GridPoint(64, 0.5, 10.0, 20.0)
+    table = {1: (21.0, 0.2), 2: (20.3, 0.4), 4: (20.1, 0.7)}  # ppl, share searched
+    choice, measured = choose_pointers(table.__getitem__, best, (1, 2, 4), 0.02)
+    assert choice.pointers == 2 and choice.searched == 0.4 and choice.k == 64
+    assert [p.pointers for p in measured] == [1, 2, 4]
+    none, _ = choose_pointers(table.__getitem__, best, (1,), 0.02)  # 5% worse: refused
+    assert none == best and none.params.pointers == 0
+
+
+def test_pointer_tuning_measures_silolm_and_is_exact_at_a_search_everywhere(lm: SiloLM,
+                                                                         ) -> None:
+    seqs = {"x": [(lm.eos_id, *lm.encode(t)) for t in TEXTS]}
+    best = best_overall({"x": grid_search(lm.target_scores(seqs["x"], SiloOptions("knnlm"),
+                                                           8), Grid(ks=(8,), lams=(0.5,),
+                                                                    temperatures=(5.0,)))})
+    never = 10**6  # a threshold no position reaches: every token searched, as pointers 0
+    _, (point,) = tune_pointers(lm, seqs, best, (never,))
+    assert point.searched == 1.0 and point.perplexity == pytest.approx(best.perplexity)
+    _, (one,) = tune_pointers(lm, seqs, best, (1,))
+    assert 0 < one.searched < 1 and np.isfinite(one.perplexity)
+    opts = SiloOptions("knnlm", k=8, lam=0.5, knn_temperature=5.0, pointers=1)
+    res = lm.score([ScoreRequest(s, options=opts) for s in seqs["x"]])
+    lps = np.array([x for r in res for x in r.token_logprobs[1:]], dtype=np.float64)
+    assert one.perplexity == pytest.approx(float(np.exp(-lps.mean())), rel=1e-4)
+
+
 def test_grid_is_validated_naming_the_field() -> None:
     with pytest.raises(ValueError, match="ks"):
         Grid(ks=())
@@ -108,8 +137,10 @@ def test_tune_command_stores_defaults_the_next_silolm_uses(
             "--temperatures", "1,10"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
+    assert "of tokens searched" in result.output
     stored = read_defaults(tmp_path / "ds")
     assert stored is not None and stored.k in (2, 4) and stored.lam == 0.5
+    assert stored.pointers in (0, 1, 2, 4, 8, 16, 32)
     assert SiloLM.from_dirs(model_dir, tmp_path / "ds").defaults == stored
     done = CliRunner().invoke(app, ["complete", "In the", "--datastore", str(tmp_path / "ds"),
                                     "--model", str(model_dir), "--max-tokens", "4"])
