@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "silo-base:bookworm"
 IMAGE = "silo:test"
 TORCH = "torch==2.13.0"
+EXTRAS = "milvus,postgres"
 SYSTEM_CERTS = Path("/usr/local/share/ca-certificates")
 PROXY_VARS = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
 
@@ -87,16 +88,19 @@ def pip_index_args() -> list[str]:
     """This machine's pip index settings that a build can reach (http and https ones)."""
     config = subprocess.run([sys.executable, "-m", "pip", "config", "list"],
                             capture_output=True, text=True).stdout
-    found: dict[str, list[str]] = {"index-url": [], "extra-index-url": []}
+    found: dict[str, list[str]] = {"index-url": [], "extra-index-url": [], "trusted-host": []}
     for line in config.splitlines():
         key, _, value = line.partition("=")
         name = key.rpartition(".")[2]
         if name in found:
             found[name] += value.strip().strip("'\"").split()
-    for name, env in (("index-url", "PIP_INDEX_URL"), ("extra-index-url", "PIP_EXTRA_INDEX_URL")):
-        found[name] += os.environ.get(env, "").split()
+    for name in found:
+        found[name] += os.environ.get("PIP_" + name.upper().replace("-", "_"), "").split()
+    found = {k: list(dict.fromkeys(v)) for k, v in found.items()}  # env is listed twice
     web = {k: [u for u in v if u.startswith(("http://", "https://"))] for k, v in found.items()}
     args = []
+    if found["trusted-host"]:
+        args += ["--build-arg", f"PIP_TRUSTED_HOST={' '.join(found['trusted-host'])}"]
     if web["index-url"]:
         args += ["--build-arg", f"PIP_INDEX_URL={web['index-url'][-1]}"]
     if web["extra-index-url"]:
@@ -122,7 +126,8 @@ def build(docker: str, dockerfile: str, tag: str, *extra: str) -> None:
 def image(docker: str) -> str:
     ensure_base_image(docker)
     fill_build_inputs()
-    build(docker, "docker/Dockerfile", IMAGE, *pip_index_args())
+    # with the extras compose.yaml's replicas get
+    build(docker, "docker/Dockerfile", IMAGE, "--build-arg", f"EXTRAS={EXTRAS}", *pip_index_args())
     return IMAGE
 
 
@@ -170,7 +175,10 @@ def test_container_answers_healthz_and_a_completion(docker: str, image: str) -> 
                            {"model": model, "prompt": "A kernel is", "max_tokens": 8})
         assert status == 200, out
         assert isinstance(out["choices"][0]["text"], str) and out["choices"][0]["text"].strip()
-        assert sh(docker, "exec", name, "id", "-u").strip() != "0"  # not root
+        # not root, and the extras' clients import
+        uid = sh(docker, "exec", name, "python3", "-c",
+                 "import os, psycopg, pymilvus; print(os.getuid())")
+        assert uid.strip() != "0"
         # the image's HEALTHCHECK command works too
         for _ in range(60):
             health = sh(docker, "inspect", "-f", "{{.State.Health.Status}}", name).strip()
