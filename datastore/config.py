@@ -33,6 +33,8 @@ class DatastoreConfig:
     bm25_backend: str = "bm25s"
     ngram: bool = True  # keep the verbatim (n-gram) attribution index
     milvus_uri: str = ""  # "" = milvus-lite in the datastore folder; else a server URI
+    # on a server: FLAT, IVF_FLAT, IVF_PQ, HNSW, GPU_IVF_PQ or GPU_CAGRA
+    milvus_index: str = "FLAT"
     name: str = "datastore"
 
     def __post_init__(self) -> None:
