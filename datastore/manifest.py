@@ -10,7 +10,8 @@ corrupted file is reported by name rather than as a crash inside faiss.
 The document table is not checksummed: it changes with every opt-out and its database
 checks its own pages (SQLite's `PRAGMA quick_check` at load). `database` says where the
 table is: None for SQLite in the folder, else the PostgreSQL host, port, dbname and schema
-(never credentials; see datastore.table_registry).
+(never credentials; see datastore.table_registry). `index_location` names a kNN index
+kept on a server (a Milvus URI without credentials, its database and collection).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class Manifest:
     checksums: dict[str, list[str]] = field(default_factory=dict)
     updated_at: float = 0.0
     database: dict[str, Any] | None = None  # PostgreSQL location of the table; None = SQLite
+    # a kNN index on a server: its URI (no credentials), database and collection
+    index_location: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.key_dim < 1:

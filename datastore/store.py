@@ -278,7 +278,8 @@ class Datastore:
         store = cls(folder, manifest, table, kv, None)
         store.index = create_index(config, folder, kv, trained_index)
         store._catch_up(encoder)
-        store.manifest = replace(store.manifest, status="ready")
+        store.manifest = replace(store.manifest, status="ready",
+                                 index_location=getattr(store.index, "location", None))
         store._write_manifest(rewritten=store.index.files)
         return store
 
@@ -450,14 +451,15 @@ class Datastore:
             return
         try:
             index.delete_rows(pending)
-            seq = self.table.index_written(index.fence(), deleted=pending)
+            fence = index.fence()
+            seq = self.table.index_written(fence, deleted=pending)
         except UnavailableError as e:
             log.warning("opt-out deletes left pending in the kNN index: %s", e)
             return
         with self._sync_lock:
             view = self._view
             left = tuple(r for r in view.pending if r not in set(pending))
-            self._swap(view.snapshot, seq, pending=left, fence=view.fence)
+            self._swap(view.snapshot, seq, pending=left, fence=max(fence, view.fence))
 
     def receipts(self) -> list[Receipt]:
         return [Receipt.from_row(r) for r in self.table.optout_rows()]

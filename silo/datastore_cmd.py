@@ -56,6 +56,13 @@ def _documents(corpus: list[Path], policy: str | None, allow_empty: bool = False
     return itertools.chain([first], docs)
 
 
+def _public(uri: str) -> str:
+    """A Milvus URI without credentials (those belong in SILO_MILVUS_TOKEN)."""
+    from datastore.index.milvus_server import public_uri
+
+    return public_uri(uri) if uri else ""
+
+
 def _print_json(data: Any) -> None:
     out.print_json(json.dumps(data, default=str))
 
@@ -76,6 +83,12 @@ def build(
     name: Annotated[str, typer.Option(help="Datastore name in the manifest.")] = "datastore",
     allow_empty: Annotated[bool, typer.Option(
         help="Build even when the corpus has no usable document.")] = False,
+    milvus_uri: Annotated[str, typer.Option(
+        help="Milvus server URI for a shared index (milvus); credentials come from "
+             "SILO_MILVUS_TOKEN and are never written to the manifest.")] = "",
+    milvus_index: Annotated[str, typer.Option(
+        help="Index type on the Milvus server: FLAT, IVF_FLAT, IVF_PQ, HNSW, GPU_IVF_PQ, "
+             "GPU_CAGRA.")] = "FLAT",
 ) -> None:
     """Build a datastore from corpus files (re-run the same command to resume)."""
     from datastore.config import DatastoreConfig
@@ -83,7 +96,8 @@ def build(
 
     try:
         config = DatastoreConfig(backend=backend, nlist=nlist, m=m, nbits=nbits,
-                                 nprobe=nprobe, encode_batch=batch_size, name=name)
+                                 nprobe=nprobe, encode_batch=batch_size, name=name,
+                                 milvus_uri=_public(milvus_uri), milvus_index=milvus_index)
     except ValueError as e:
         raise SiloError(str(e)) from None
     encoder = _encoder(model, batch_size)

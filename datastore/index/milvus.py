@@ -4,6 +4,9 @@ One collection `entries` with the entry id as primary key and the key vector; th
 entry filter becomes a Milvus boolean expression over id ranges (one clause per run of
 excluded documents). Removal is `delete` by the same kind of expression. The same code
 runs against a Milvus cluster when `milvus_uri` names one.
+
+A server URI (http://, tcp://) opens the shared server index instead
+(datastore.index.milvus_server): scalar fields, ANN index types, deletes on opt-out.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from datastore.config import DatastoreConfig
 from datastore.errors import CorruptDatastoreError, InvalidInputError
 from datastore.filter import EntryFilter
 from datastore.index import pad_results
+from datastore.index.milvus_server import MilvusServerIndex, is_server
 
 LITE_FILE = "milvus.db"
 COLLECTION = "entries"
@@ -42,7 +46,9 @@ class MilvusIndex:
         self._local = local
 
     @classmethod
-    def create(cls, folder: Path, config: DatastoreConfig, dim: int) -> MilvusIndex:
+    def create(cls, folder: Path, config: DatastoreConfig, dim: int) -> Any:
+        if is_server(config.milvus_uri):
+            return MilvusServerIndex.create(folder, config, dim)
         from pymilvus import DataType
 
         client = _client(folder, config)
@@ -57,7 +63,9 @@ class MilvusIndex:
         return cls(client, dim, not config.milvus_uri)
 
     @classmethod
-    def from_dir(cls, folder: Path, config: DatastoreConfig, dim: int) -> MilvusIndex:
+    def from_dir(cls, folder: Path, config: DatastoreConfig, dim: int) -> Any:
+        if is_server(config.milvus_uri):
+            return MilvusServerIndex.from_dir(folder, config, dim)
         client = _client(folder, config)
         if not client.has_collection(COLLECTION):
             raise CorruptDatastoreError(f"{folder}: Milvus collection {COLLECTION!r} missing")

@@ -81,3 +81,18 @@ def new_table(tmp_path: Path, table_backend: str) -> Iterator[OpenTable]:
     yield open_
     for table in opened:
         table.close()
+
+
+@pytest.fixture(scope="session")
+def milvus_uri() -> Iterator[str]:
+    """The URI of a Milvus server started once per session (skipped where none can be
+    started, except under CI, where that fails)."""
+    from tests.milvus import milvus_server, missing
+
+    reason = missing()
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI runs the Milvus server tests")
+        pytest.skip(reason)
+    with milvus_server() as server:
+        yield server.uri
