@@ -287,8 +287,8 @@ def main() -> None:
           f"streams hung up {tally.hung_up}")
     print(f"server RSS: first third {first:.1f} MiB, last third {last:.1f} MiB "
           f"({100 * change:+.1f}%)")
-    print(f"verdict: {result['verdict']} (0 errors, RSS within "
-          f"{100 * RSS_TOLERANCE:.0f}%)")
+    print(f"verdict: {result['verdict']} (pass = 0 errors and the last third's RSS "
+          f"within {100 * RSS_TOLERANCE:.0f}% of the first third's)")
 
 
 if __name__ == "__main__":
