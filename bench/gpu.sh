@@ -16,14 +16,14 @@
 # bench/gpu_speed.py (see its --help). PYTHON picks the interpreter (default python3).
 #
 # What must travel with the tree: the GPU image has torch, transformers, numpy, pytest and
-# tqdm but no faiss. Put the faiss-cpu wheel for its Python (3.12, x86-64) in .whl/ (never
+# tqdm but no faiss. The benchmark needs none; the tests compare against faiss and need
+# it. Put the faiss-cpu wheel for its Python (3.12, x86-64; 18.8 MB) in .whl/ (never
 # committed; add `/.whl/` to .git/info/exclude) and carry .whl; this script installs it
 # into /tmp/site when faiss is missing:
 #     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #       --implementation cp --platform manylinux_2_28_x86_64 -d .whl faiss-cpu==1.15.1
-# (18.8 MB). A faiss-gpu wheel there instead adds the faiss-gpu case. Without faiss the
-# tests fail to import and the benchmark runs without its IVF-PQ cases. bench/out/ is not
-# git-ignored: set OUT, or add it to .git/info/exclude.
+# A faiss-gpu wheel there instead also adds the faiss-gpu case to the benchmark.
+# bench/out/ is not git-ignored: set OUT, or add it to .git/info/exclude.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 PY="${PYTHON:-python3}"

@@ -6,14 +6,15 @@ initialised LM of a preset (`base` by default) in bf16, keys of its hidden size 
 score. The datastore lives on the device only (50M 512-d fp16 keys are 51 GB): no key
 file is written.
 
-Searches: the torch exact search (`TorchExactIndex`, fp16 tiles), the torch IVF-PQ
-(`IvfPq`) over a faiss IVF-PQ trained on a sample of the keys and filled on the device
-with the torch encoder, the same with an opt-out filter excluding 1% of the entries,
-and faiss-gpu IVF-PQ where faiss-gpu is installed (no IVF-PQ case where faiss is not
-installed at all). Cases are timed in interleaved rounds
-after one warm-up, each figure the median over rounds, ratios against parametric within
-this run. Scoring = forward pass, log-softmax, search, kNN distribution, interpolation,
-gathering the targets' log-probs.
+Searches: the torch exact search (`TorchExactIndex`, fp16 tiles); the torch IVF-PQ
+(`IvfPq`), trained on the device by k-means on a sample (coarse centroids, then PQ
+codebooks on the residuals, as faiss trains) and filled by the torch encoder; the same
+with an opt-out filter excluding 1% of the entries; and faiss-gpu IVF-PQ with the same
+quantizer where faiss-gpu is installed. faiss is not needed otherwise. Cases are timed
+in interleaved rounds after one warm-up, each figure the median over rounds, ratios
+against parametric within this run; the JSON is rewritten after every round, so a run
+cut short still leaves its figures. Scoring = forward pass, log-softmax, search, kNN
+distribution, interpolation, gathering the targets' log-probs.
 
     python bench/gpu_speed.py --entries 50000000 --preset base        # on a GPU
     python bench/gpu_speed.py --entries 20000 --preset tiny --nlist 64 --m 8 \\
@@ -26,7 +27,7 @@ import argparse
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,7 +67,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         ("k", 1024, "neighbours (SILO's k)"),
         ("nlist", 4096, "IVF lists"), ("m", 64, "PQ sub-quantizers"),
         ("nbits", 8, "bits per PQ code"), ("nprobe", 8, "lists probed"),
-        ("train_size", 163_840, "keys the IVF-PQ is trained on (faiss, CPU; 40 x nlist)"),
+        ("train_size", 163_840, "keys the IVF-PQ is trained on (40 x nlist)"),
         ("excluded", 0.01, "fraction of entries the filtered case excludes"),
         ("tile_elems", 0, "exact search tile, in distances (0 = the index default)"),
         ("seed", 0, "random seed"),
@@ -97,21 +98,41 @@ def synthetic_keys(n: int, dim: int, device: torch.device, seed: int) -> torch.T
     return keys
 
 
-def train_ivfpq(keys: torch.Tensor, args: argparse.Namespace) -> tuple[Any, IvfPq]:
-    """faiss trains IVF-PQ on a sample (CPU); the torch encoder fills it on the device.
-    Returns the trained, empty faiss index and the filled tensors."""
-    import faiss
+def nearest(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """x (b, n, d), c (b, k, d) float32 -> (b, n) index of each row's nearest centre."""
+    return (c.pow(2).sum(-1)[:, None, :] - 2 * x @ c.transpose(1, 2)).argmin(-1)
 
+
+def kmeans(x: torch.Tensor, k: int, iters: int, g: torch.Generator) -> torch.Tensor:
+    """Lloyd's k-means, batched: x (b, n, d) float32 -> (b, k, d) centres (an empty
+    cluster keeps its previous centre)."""
+    b, n, d = x.shape
+    c = x[:, torch.randperm(n, device=x.device, generator=g)[:k]].clone()
+    rows = torch.arange(b, device=x.device)[:, None] * k
+    for _ in range(iters):
+        assign = (nearest(x, c) + rows).reshape(-1)  # (b * n,) flat cluster ids
+        sums = torch.zeros(b * k, d, device=x.device).index_add_(0, assign, x.reshape(-1, d))
+        counts = torch.bincount(assign, minlength=b * k)[:, None]
+        c = torch.where(counts > 0, sums / counts.clamp_min(1), c.reshape(-1, d)).view(b, k, d)
+    return c
+
+
+def train_ivfpq(keys: torch.Tensor, args: argparse.Namespace) -> IvfPq:
+    """IVF-PQ trained on the device (k-means on a sample: coarse centroids, then PQ
+    codebooks on the residuals, as faiss trains it on the CPU, which at nlist 4096 would
+    take much of the time budget) and filled by the torch encoder."""
     from datastore.index.torch_ivfpq import IvfPq
-    rows = torch.randperm(len(keys), device=keys.device)[: args.train_size]
-    sample = keys[rows].float().cpu().numpy()
-    dim = keys.shape[1]
-    index = faiss.IndexIVFPQ(faiss.IndexFlatL2(dim), dim, args.nlist, args.m, args.nbits)
-    index.train(sample)
-    empty = IvfPq.from_faiss(index, keys.device)
-    lists, codes = empty.encode(keys)
-    ids = torch.arange(len(keys), device=keys.device)
-    return index, IvfPq.from_codes(empty, lists, codes, ids)
+
+    g = torch.Generator(device=keys.device).manual_seed(args.seed + 2)
+    rows = torch.randperm(len(keys), device=keys.device, generator=g)[: args.train_size]
+    sample = keys[rows].float()
+    centroids = kmeans(sample[None], args.nlist, 10, g)[0]
+    residuals = sample - centroids[nearest(sample[None], centroids[None])[0]]
+    residuals = residuals[: 256 * 2 ** args.nbits]  # faiss, too, trains PQ on <= 256 x ksub
+    per_sub = residuals.view(len(residuals), args.m, -1).transpose(0, 1).contiguous()
+    ivf = IvfPq.trained(centroids, kmeans(per_sub, 2 ** args.nbits, 25, g))
+    lists, codes = ivf.encode(keys)
+    return IvfPq.from_codes(ivf, lists, codes, torch.arange(len(keys), device=keys.device))
 
 
 def opt_out_filter(n: int, fraction: float, doc_len: int = 1000) -> EntryFilter:
@@ -128,10 +149,17 @@ def opt_out_filter(n: int, fraction: float, doc_len: int = 1000) -> EntryFilter:
     return compute_filter(snap)
 
 
-def faiss_gpu_search(trained: Any, keys: torch.Tensor, nprobe: int) -> Search:
+def faiss_gpu_search(ivf: IvfPq, keys: torch.Tensor, nprobe: int) -> Search:
     """faiss-gpu IVF-PQ with the same trained quantizer, the keys added through faiss."""
     import faiss
 
+    m, ksub, dsub = ivf.codebooks.shape
+    dim = m * dsub
+    trained: Any = faiss.IndexIVFPQ(faiss.IndexFlatL2(dim), dim, len(ivf.centroids), m,
+                                    ksub.bit_length() - 1)
+    trained.quantizer.add(ivf.centroids.cpu().numpy())
+    faiss.copy_array_to_vector(ivf.codebooks.cpu().numpy().ravel(), trained.pq.centroids)
+    trained.is_trained = True
     opts = faiss.GpuClonerOptions()
     opts.useFloat16 = True  # float16 lookup tables: needed for M = 64 on the GPU
     res = faiss.StandardGpuResources()
@@ -184,46 +212,46 @@ def main(argv: Sequence[str] | None = None) -> None:
     model: Any = build_lm(args.preset, args.vocab, seed=args.seed)
     model = model.to(device, torch.bfloat16).eval()  # the LM in bf16, cast here
     dim = get_preset(args.preset).hidden_size
+    need = max(args.nlist, 2 ** args.nbits)
+    if dim % args.m or args.train_size < need:
+        raise SystemExit(f"--m {args.m} must divide the hidden size {dim}, and --train-size "
+                         f"must be at least max(nlist, 2^nbits) = {need}")
     keys = synthetic_keys(args.entries, dim, device, args.seed)
     values = torch.randint(0, args.vocab, (args.entries,), device=device)
     sync(device)
     clock["model_and_keys_s"] = time.perf_counter() - t0
     opted_out = opt_out_filter(args.entries, args.excluded)
     cases: list[tuple[str, Search | None, int]] = [("parametric", None, args.batches)]
-    faiss_version = ivfpq_cases(keys, args, opted_out, cases, clock)
+    ivfpq_cases(keys, args, opted_out, cases, clock)
     exact = TorchExactIndex(keys)
     exact.tile_elems = args.tile_elems or exact.tile_elems
     del keys  # the exact index holds them
     cases.insert(1, ("knnlm, torch exact", lambda q, k: exact.search_tensor(q, k),
                      args.exact_batches))
-    rows, rounds = measure(args, model, values, cases, device)
     out = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
            "dry_run": device.type != "cuda", "torch": torch.__version__,
-           "faiss": faiss_version, "faiss_gpu": any("faiss-gpu" in c[0] for c in cases),
+           "faiss": faiss_version(), "faiss_gpu": any("faiss-gpu" in c[0] for c in cases),
            "preset": args.preset, "dim": dim, "vocab": args.vocab, "lm_dtype": "bf16",
            "entries": args.entries, "k": args.k, "nlist": args.nlist, "m": args.m,
            "nbits": args.nbits, "nprobe": args.nprobe, "batch": args.batch, "seq": args.seq,
-           "rounds": rounds, "excluded_entries": opted_out.n_excluded_entries,
-           "setup": clock, "cuda_tests": args.tests, "rows": rows}
+           "excluded_entries": opted_out.n_excluded_entries, "setup": clock,
+           "cuda_tests": args.tests, "rounds": 0, "rows": []}
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(out, indent=2))
+    args.json.write_text(json.dumps(out, indent=2))  # the setup, should measuring be cut
+    for rows, rounds in measure(args, model, values, cases, device):
+        out.update(rows=rows, rounds=rounds)
+        args.json.write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
 
 
 def ivfpq_cases(keys: torch.Tensor, args: argparse.Namespace, opted_out: EntryFilter,
                 cases: list[tuple[str, Search | None, int]], clock: dict[str, float],
-                ) -> str | None:
-    """Append the IVF-PQ cases (torch, torch filtered, faiss-gpu where installed) and
-    return faiss's version; without faiss, append none and return None."""
-    try:
-        import faiss
+                ) -> None:
+    """Append the IVF-PQ cases: torch, torch filtered, faiss-gpu where installed."""
+    from datastore.index.torch_ivfpq import faiss_has_gpu
 
-        from datastore.index.torch_ivfpq import faiss_has_gpu
-    except ImportError:
-        print("faiss is not installed: no IVF-PQ cases (see bench/gpu.sh)")
-        return None
     t0 = time.perf_counter()
-    trained, ivf = train_ivfpq(keys, args)
+    ivf = train_ivfpq(keys, args)
     sync(keys.device)
     clock["ivfpq_train_and_fill_s"] = time.perf_counter() - t0
     probe = f"nprobe {args.nprobe}"
@@ -235,16 +263,24 @@ def ivfpq_cases(keys: torch.Tensor, args: argparse.Namespace, opted_out: EntryFi
     if faiss_has_gpu():
         t0 = time.perf_counter()
         cases.append((f"knnlm, faiss-gpu IVF-PQ {probe}",
-                      faiss_gpu_search(trained, keys, args.nprobe), args.batches))
+                      faiss_gpu_search(ivf, keys, args.nprobe), args.batches))
         clock["faiss_gpu_fill_s"] = time.perf_counter() - t0
+
+
+def faiss_version() -> str | None:
+    try:
+        import faiss
+    except ImportError:
+        return None
     return str(faiss.__version__)
 
 
 def measure(args: argparse.Namespace, model: Any, values: torch.Tensor,
             cases: list[tuple[str, Search | None, int]], device: torch.device,
-            ) -> tuple[list[dict[str, Any]], int]:
-    """Interleaved rounds after a warm-up; tokens/s from the median round per case.
-    Returns the rows and the timed rounds (fewer than asked once `budget_s` is spent)."""
+            ) -> Iterator[tuple[list[dict[str, Any]], int]]:
+    """Interleaved rounds after a warm-up. After each timed round, yields the rows so far
+    (tokens/s from the median round per case) and the rounds timed; stops early once
+    `budget_s` is spent."""
     score = Scorer(model, values, args.vocab, KnnParams(k=args.k))
     g = torch.Generator(device="cpu").manual_seed(args.seed + 1)
     batches = [torch.randint(0, args.vocab, (args.batch, args.seq), generator=g).to(device)
@@ -254,7 +290,7 @@ def measure(args: argparse.Namespace, model: Any, values: torch.Tensor,
     start = time.perf_counter()
     for round_ in range(args.rounds + 1):  # round 0 warms up and is not counted
         if round_ > 1 and args.budget_s and time.perf_counter() - start > args.budget_s:
-            break
+            return
         for name, search, n in cases:
             sync(device)
             t0 = time.perf_counter()
@@ -263,16 +299,23 @@ def measure(args: argparse.Namespace, model: Any, values: torch.Tensor,
             if round_:
                 seconds[name].append(time.perf_counter() - t0)
             mean_lp[name] = float(torch.cat(lps).mean())
+        if round_:
+            yield summary(args, cases, seconds, mean_lp), round_
+
+
+def summary(args: argparse.Namespace, cases: list[tuple[str, Search | None, int]],
+            seconds: dict[str, list[float]], mean_lp: dict[str, float],
+            ) -> list[dict[str, Any]]:
+    """One row per case: tokens/s of its median round, and the ratio to parametric."""
     rows = []
     for name, _, n in cases:
         tokens = n * args.batch * (args.seq - 1)
-        rate = tokens / float(np.median(seconds[name]))
-        rows.append({"mode": name, "tokens": tokens, "tokens_per_s": rate,
-                     "ms_per_batch": 1000 * float(np.median(seconds[name])) / n,
-                     "mean_logprob": mean_lp[name]})
+        median = float(np.median(seconds[name]))
+        rows.append({"mode": name, "tokens": tokens, "tokens_per_s": tokens / median,
+                     "ms_per_batch": 1000 * median / n, "mean_logprob": mean_lp[name]})
     for r in rows:
         r["ratio"] = r["tokens_per_s"] / rows[0]["tokens_per_s"]
-    return rows, len(seconds[cases[0][0]])
+    return rows
 
 
 if __name__ == "__main__":

@@ -20,16 +20,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import faiss
 import numpy as np
 import torch
-from faiss.contrib.inspect_tools import get_invlist
 
 from datastore.filter import EntryFilter
-from datastore.index.faiss_index import FaissIndex
 from datastore.index.torch_search import DeviceFilter, RunningTopK, to_numpy
+
+if TYPE_CHECKING:
+    from datastore.index.faiss_index import FaissIndex
 
 CPU_CANDIDATES = 1 << 22  # list entries scanned per group of queries
 CUDA_CANDIDATES = 1 << 24
@@ -38,6 +38,10 @@ ENCODE_ROWS = 1 << 16  # keys encoded per step
 
 def faiss_has_gpu() -> bool:
     """Is faiss-gpu installed and does it see a GPU?"""
+    try:
+        import faiss
+    except ImportError:
+        return False
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
@@ -82,6 +86,9 @@ class IvfPq:
     @classmethod
     def from_faiss(cls, index: Any, device: str | torch.device = "cpu") -> IvfPq:
         """Read a faiss IndexIVFPQ's quantizer, codebooks and lists onto `device`."""
+        import faiss
+        from faiss.contrib.inspect_tools import get_invlist
+
         ivf: Any = faiss.downcast_index(faiss.extract_index_ivf(index))
         pq = ivf.pq
         centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)
@@ -98,8 +105,18 @@ class IvfPq:
                    torch.as_tensor(codebooks, device=dev),
                    torch.as_tensor(codes, dtype=_code_dtype(pq.nbits), device=dev),
                    torch.as_tensor(ids, device=dev), torch.as_tensor(offsets, device=dev),
-                   bool(ivf.by_residual),
-                   CUDA_CANDIDATES if dev.type == "cuda" else CPU_CANDIDATES)
+                   bool(ivf.by_residual), _candidates(dev))
+
+    @classmethod
+    def trained(cls, centroids: torch.Tensor, codebooks: torch.Tensor) -> IvfPq:
+        """An empty index (residual PQ) over a quantizer trained elsewhere: centroids
+        (nlist, d), codebooks (M, ksub, dsub), on the device they are on."""
+        dev, m = centroids.device, codebooks.shape[0]
+        nbits = max(1, (codebooks.shape[1] - 1).bit_length())
+        return cls(centroids, codebooks, torch.zeros((0, m), dtype=_code_dtype(nbits), device=dev),
+                   torch.zeros(0, dtype=torch.int64, device=dev),
+                   torch.zeros(len(centroids) + 1, dtype=torch.int64, device=dev),
+                   True, _candidates(dev))
 
     @classmethod
     def from_codes(cls, template: IvfPq, lists: torch.Tensor, codes: torch.Tensor,
@@ -198,6 +215,10 @@ class IvfPq:
 
 def _code_dtype(nbits: int) -> torch.dtype:
     return torch.uint8 if nbits <= 8 else torch.int32
+
+
+def _candidates(device: torch.device) -> int:
+    return CUDA_CANDIDATES if device.type == "cuda" else CPU_CANDIDATES
 
 
 def _groups(per_query: np.ndarray, budget: int) -> list[tuple[int, int]]:
