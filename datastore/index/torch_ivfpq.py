@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 CPU_CANDIDATES = 1 << 22  # list entries scanned per group of queries
 CUDA_CANDIDATES = 1 << 24
 ENCODE_ROWS = 1 << 16  # keys encoded per step
+UNPACK_ROWS = 1 << 16  # faiss codes of other than 8 bits unpacked per step
 
 
 def faiss_has_gpu() -> bool:
@@ -52,12 +53,17 @@ def _sq_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _unpack_codes(packed: np.ndarray, m: int, nbits: int) -> np.ndarray:
     """faiss PQ codes (n, code_size) uint8, `nbits` per sub-quantizer packed LSB first ->
-    (n, m) int64."""
+    (n, m): the array itself at 8 bits, else int32, unpacked in slices of rows so the
+    bit array stays small."""
     if nbits == 8:
-        return packed.astype(np.int64)
-    bits = np.unpackbits(packed, axis=1, bitorder="little")[:, :m * nbits]
-    weights = 1 << np.arange(nbits, dtype=np.int64)
-    return (bits.reshape(len(packed), m, nbits).astype(np.int64) * weights).sum(-1)
+        return packed
+    weights = 1 << np.arange(nbits, dtype=np.int32)
+    out = np.empty((len(packed), m), dtype=np.int32)
+    for s in range(0, len(packed), UNPACK_ROWS):
+        part = packed[s:s + UNPACK_ROWS]
+        bits = np.unpackbits(part, axis=1, bitorder="little")[:, :m * nbits]
+        out[s:s + len(part)] = (bits.reshape(len(part), m, nbits) * weights).sum(-1)
+    return out
 
 
 @dataclass

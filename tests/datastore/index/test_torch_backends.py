@@ -15,7 +15,7 @@ import torch
 
 from datastore.config import DatastoreConfig
 from datastore.errors import UnavailableError
-from datastore.index import create_index
+from datastore.index import create_index, torch_ivfpq
 from datastore.index.faiss_index import FaissIndex
 from datastore.index.torch_exact import TorchExactIndex
 from datastore.index.torch_ivfpq import IvfPq, TorchIvfPqIndex, _unpack_codes
@@ -103,7 +103,9 @@ def test_torch_exact_sees_rows_added_after_it_was_opened(tmp_path: Path) -> None
 @pytest.mark.parametrize("nbits", [8, 6])
 @pytest.mark.parametrize("removed_every", [0, 3])
 def test_torch_ivfpq_equals_faiss_ivfpq(tmp_path: Path, device: str, nbits: int,
-                                        removed_every: int) -> None:
+                                        removed_every: int,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch_ivfpq, "UNPACK_ROWS", 700)  # codes unpacked in several slices
     kv = _store(tmp_path)
     inner = _faiss_built(tmp_path, kv, "faiss-ivfpq", nbits=nbits, **IVF)
     f = _filter(len(kv), 13, removed_every) if removed_every else None
