@@ -25,9 +25,9 @@ from tests.datastore import test_store as store_tests
 from tests.datastore.index.test_backends import _filter, _queries, _store
 from tests.datastore.synthetic import SyntheticEncoder, corpus
 
-CUDA = pytest.param("cuda", marks=[
-    pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")])
+NEEDS_CUDA = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+CUDA = pytest.param("cuda", marks=NEEDS_CUDA)
 DEVICES = ["cpu", CUDA]
 IVF = {"nlist": 16, "m": 8, "nprobe": 4}
 
@@ -195,19 +195,22 @@ def _located(store: Datastore, ids: np.ndarray) -> np.ndarray:
     return out
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("backend", ["torch-exact", "torch-ivfpq"])
+@pytest.mark.parametrize(("backend", "device"), [
+    ("torch-exact", "cpu"), ("torch-ivfpq", "cpu"),
+    *(pytest.param(b, "cuda", marks=NEEDS_CUDA)
+      for b in ("torch-exact", "torch-ivfpq", "exact", "faiss-ivfpq"))])
 def test_filtered_store_equals_store_without_excluded_documents(
         tmp_path: Path, backend: str, device: str) -> None:
     """The equivalence guarantee on the GPU path: a filtered search of the full store
     equals the search of a store built without the excluded documents (same trained
-    quantizer for IVF-PQ)."""
+    quantizer for IVF-PQ). On CUDA also through `exact` and `faiss-ivfpq`, which the
+    device setting sends there (faiss-gpu for unfiltered searches where installed)."""
     docs = corpus(60, seed=1)
     full = store_tests._build(tmp_path / "full", docs, backend, device=device, bm25=False,
                               ngram=False)
     removed = {"doc-3", "doc-17", "doc-40"}
     full.optout(doc_ids=sorted(removed))
-    trained = tmp_path / "full" / "index.faiss" if backend == "torch-ivfpq" else None
+    trained = tmp_path / "full" / "index.faiss" if backend.endswith("ivfpq") else None
     rng = np.random.default_rng(0)
     for trial in range(3):
         request = store_tests._random_filter(rng)
