@@ -141,14 +141,15 @@ class TorchExactIndex:
         top = RunningTopK(len(q), k, self.device)
         for start in range(0, len(keys), key_tile):
             x = keys[start:start + key_tile]
-            d = self._products(q, x).mul_(-2).add_(norms[start:start + len(x)])
-            d.add_(q_sq).clamp_min_(0)  # (a, b) squared L2
+            # ||x||^2 - 2 q.x ranks keys as the squared L2 does; ||q||^2 is added to the k kept
+            d = self._products(q, x).mul_(-2).add_(norms[start:start + len(x)])  # (a, b)
             ids = torch.arange(start, start + len(x), device=self.device)
             banned = dfilter.excludes(ids)
             if banned is not None:
                 d.masked_fill_(banned[None], math.inf)
             top.push(d, ids.expand(len(q), -1))
-        return top.tensors()
+        dist, ids = top.tensors()
+        return dist.add_(q_sq).clamp_min_(0), ids  # (a, <=k) squared L2
 
     def search(self, queries: np.ndarray, k: int, filter: EntryFilter | None = None,
                ) -> tuple[np.ndarray, np.ndarray]:
