@@ -10,7 +10,7 @@ are threads of this process, each a loop bounded by time and by count:
   * 15 inference clients, each in one mode (parametric, knnlm, ric, knnlm+ric in turn),
     attribution on for every other client; a third of the requests stream over SSE, and
     half of those hang up after the first event; greedy and sampled, n = 1 or 2, with
-    and without logprobs;
+    and without logprobs, and 5% with temperature or top_p at 1e-300;
   * 1 admin client that adds two documents now and then, opts one out by id and the
     other by its source, and lists the receipts.
 
@@ -78,6 +78,8 @@ def _body(rng: random.Random, mode: str, attribution: bool) -> dict[str, object]
         "silo": {"mode": mode, "attribution": attribution}}
     if rng.random() < 0.25:
         body["logprobs"] = 2
+    if rng.random() < 0.05:  # edge values, which must not hurt the requests batched with them
+        body[rng.choice(("temperature", "top_p"))] = 1e-300
     return body
 
 
@@ -219,7 +221,7 @@ def _plot(samples: list[tuple[float, float]], first: float, last: float, path: P
               label="mean of first / last third")
     ax.set_xlabel("time (s)")
     ax.set_ylabel("RSS (MiB)")
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, 1.1 * max(mib))
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
