@@ -85,17 +85,20 @@ class KeyValueStore:
         self._maps = None
 
     def _memmaps(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if self._maps is None:
-            if self._n == 0:
-                empty = (np.zeros((0, self.dim), np.float16), np.zeros(0, np.int32),
-                         np.zeros(0, np.int32))
-                return empty
-            self._maps = (
-                np.memmap(self.folder / KEYS_FILE, np.float16, "r", shape=(self._n, self.dim)),
-                np.memmap(self.folder / VALUES_FILE, np.int32, "r", shape=(self._n,)),
-                np.memmap(self.folder / CHARPOS_FILE, np.int32, "r", shape=(self._n,)),
-            )
-        return self._maps
+        # Readers (searches) and the writer (append) run on different threads: maps are
+        # reused only while they cover exactly the current row count, so maps a reader
+        # built from a count an append has since moved past are never served again.
+        n, maps = self._n, self._maps
+        if maps is not None and len(maps[1]) == n:
+            return maps
+        if n == 0:
+            return (np.zeros((0, self.dim), np.float16), np.zeros(0, np.int32),
+                    np.zeros(0, np.int32))
+        maps = (np.memmap(self.folder / KEYS_FILE, np.float16, "r", shape=(n, self.dim)),
+                np.memmap(self.folder / VALUES_FILE, np.int32, "r", shape=(n,)),
+                np.memmap(self.folder / CHARPOS_FILE, np.int32, "r", shape=(n,)))
+        self._maps = maps
+        return maps
 
     @property
     def keys(self) -> np.ndarray:

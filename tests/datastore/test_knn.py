@@ -45,3 +45,13 @@ def test_shapes_are_checked(tmp_path: Path) -> None:
     with pytest.raises(CorruptDatastoreError, match="values.i32"):
         (tmp_path / "values.i32").unlink()
         KeyValueStore.from_dir(tmp_path, 4)
+
+
+def test_maps_a_racing_reader_built_before_an_append_are_not_served(tmp_path: Path) -> None:
+    kv = KeyValueStore(tmp_path, 4)
+    kv.append(np.ones((3, 4)), np.arange(3), np.arange(3))
+    stale = kv._memmaps()  # a search thread builds the maps for 3 rows ...
+    kv.append(np.full((2, 4), 2.0), np.arange(3, 5), np.arange(3, 5))
+    kv._maps = stale  # ... and stores them just after the append cleared the cache
+    assert kv.keys.shape == (5, 4) and kv.values.tolist() == [0, 1, 2, 3, 4]
+    assert (np.asarray(kv.keys[3:]) == 2).all()
