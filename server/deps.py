@@ -1,6 +1,8 @@
 """FastAPI dependencies: the service, the caller (user or admin), the audit log.
 
-Handlers declare what they need with the `Annotated` shortcuts below.
+Handlers declare what they need with the `Annotated` shortcuts below. The service and
+the user are `async` (FastAPI runs a sync dependency in its thread pool, a hop per
+request for a lookup in memory); the admin stays sync, as a refusal writes the audit log.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from server.errors import ApiError
 from server.service import SiloService
 
 
-def get_service(request: Request) -> SiloService:
+async def get_service(request: Request) -> SiloService:
     return request.app.state.service  # type: ignore[no-any-return]
 
 
@@ -27,7 +29,7 @@ def _keys(request: Request) -> KeyRing:
     return request.app.state.keys  # type: ignore[no-any-return]
 
 
-def get_user(request: Request) -> Principal:
+async def get_user(request: Request) -> Principal:
     return authorize_user(_keys(request), request.headers.get("authorization"))
 
 
