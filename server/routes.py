@@ -1,6 +1,8 @@
 """Inference routes: health, metrics, models, completions, attribution, tokenizer, page.
 
-Thin: validate (protocol models), authorize (deps), call the service.
+Thin: validate (protocol models), authorize (deps), call the service. Handlers that
+only read memory are `async` (a sync one costs a hop to the thread pool per request);
+tokenize and detokenize, whose work grows with the input, stay in the pool.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
@@ -32,13 +35,24 @@ PAGE = Path(__file__).resolve().parent / "page" / "index.html"
 router = APIRouter()
 
 
+class ModelJSON(Response):
+    """A body the service built in its response model's exact shape (field names, order,
+    aliases), sent as JSON without validating it against the model again; non-finite
+    floats become null, as pydantic writes them."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
 @router.get("/", include_in_schema=False)
 def page() -> FileResponse:
     return FileResponse(PAGE, media_type="text/html")
 
 
 @router.get("/healthz", response_model=Health)
-def healthz(service: ServiceDep) -> Health:
+async def healthz(service: ServiceDep) -> Health:
     return Health(model=service.model_name, datastore=service.registry.active)
 
 
@@ -49,7 +63,7 @@ def metrics(request: Request, service: ServiceDep) -> Response:
 
 
 @router.get("/v1/models", response_model=ModelList)
-def models(service: ServiceDep, user: UserDep) -> ModelList:
+async def models(service: ServiceDep, user: UserDep) -> ModelList:
     return ModelList(data=[ModelCard(id=service.model_name, created=int(time.time()),
                                      max_model_len=service.max_length)])
 
@@ -61,7 +75,7 @@ async def completions(body: CompletionRequest, service: ServiceDep, user: UserDe
         events = await service.stream(body, user)
         return StreamingResponse(events, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
-    return await service.complete(body, user)
+    return ModelJSON(await service.complete(body, user))
 
 
 @router.post("/v1/attribution", response_model=AttributionResponse)
@@ -71,7 +85,7 @@ async def attribution(body: AttributionRequest, service: ServiceDep, user: UserD
 
 
 @router.get("/tokenizer_info")
-def tokenizer_info(service: ServiceDep, user: UserDep) -> dict[str, Any]:
+async def tokenizer_info(service: ServiceDep, user: UserDep) -> dict[str, Any]:
     return service.tokenizer_info()
 
 

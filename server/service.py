@@ -30,7 +30,6 @@ from server.protocol import (
     CompletionRequest,
     DatastoreEntry,
     DatastoreList,
-    LogProbs,
     SiloRequestOptions,
 )
 from server.registry import DatastoreRegistry
@@ -75,6 +74,7 @@ class SiloService:
         self.max_length = base.max_length
         self.vocab_size = base.vocab_size
         self.max_prompt_tokens = settings.max_prompt_tokens or self.max_length
+        self._token_texts: dict[int, str] = {}
         self.worker = ModelWorker(settings.max_batch_size, settings.max_queue,
                                   settings.batch_wait_ms / 1000, metrics.observe_batch)
 
@@ -84,7 +84,12 @@ class SiloService:
         return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 
     def token_text(self, token_id: int) -> str:
-        return str(self.tokenizer.decode([token_id]))
+        """One token's text, cached: logprobs name every token of a response, and the
+        tokenizer's `decode` costs microseconds a call."""
+        text = self._token_texts.get(token_id)
+        if text is None:
+            text = self._token_texts[token_id] = str(self.tokenizer.decode([token_id]))
+        return text
 
     def prompts(self, prompt: Any) -> list[tuple[int, ...]]:
         """A request's prompt as token-id sequences; an empty one becomes [EOS]."""
@@ -262,11 +267,11 @@ class SiloService:
         for t in tokens:
             offsets.append(offset)
             offset += len(t)
-        return LogProbs(tokens=tokens, token_logprobs=values,
-                        top_logprobs=[None if t is None else
-                                      {self.token_text(k): v for k, v in t.items()}
-                                      for t in tops] if n else None,
-                        text_offset=offsets).model_dump()
+        return {"tokens": tokens, "token_logprobs": values,  # protocol.LogProbs
+                "top_logprobs": [None if t is None else
+                                 {self.token_text(k): v for k, v in t.items()}
+                                 for t in tops] if n else None,
+                "text_offset": offsets}
 
     # ---- streaming -------------------------------------------------------------------
 

@@ -3,7 +3,9 @@
 Route handlers submit `Job`s and await them; one thread owns the model. Each turn it
 
   1. admits queued jobs: scoring jobs wait for the next scoring batch, generation jobs
-     join the running set while it holds fewer than `max_batch` sequences;
+     join the running set while it holds fewer than `max_batch` sequences (an idle
+     model that was just serving several jobs first waits up to `batch_wait_s` for as
+     many again; one that served a single job starts at once);
   2. scores every waiting scoring job in one `SiloLM.score` call (the LM groups them by
      options and pads them into shared forward passes);
   3. advances every running generation by one token, rows of different requests that
@@ -72,6 +74,7 @@ class ModelWorker:
         self._queue: deque[Job] = deque()
         self._cond = threading.Condition()
         self._running: list[_Generation] = []
+        self._company = 0  # jobs served in the last turn: how many to wait for when idle
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="silo-model", daemon=True)
 
@@ -121,9 +124,8 @@ class ModelWorker:
                 self._cond.wait()
             if self._stop:
                 return None
-            if not self._running and self.batch_wait_s > 0 and len(self._queue) == 1:
-                # a lone request waits a moment for company; a busy server never waits
-                self._cond.wait(self.batch_wait_s)
+            if not self._running:
+                self._await_company()
             taken: list[Job] = []
             used = sum(len(g.state.live) for g in self._running)
             scores: list[Job] = []
@@ -138,10 +140,22 @@ class ModelWorker:
                 taken.append(self._queue.popleft())
                 if isinstance(job.request, ScoreRequest):
                     scores.append(job)
+            self._company = len(taken) + len(self._running)
         for job in taken:
             if not job.cancelled.is_set() and isinstance(job.request, GenerationRequest):
                 self._begin(job)
         return [j for j in scores if not j.cancelled.is_set()]
+
+    def _await_company(self) -> None:
+        """Before an idle model starts, wait (at most `batch_wait_s`) until as many jobs
+        are queued as the last turn served. Only a server that was just serving several
+        requests expects company; a lone client's request never waits."""
+        deadline = time.monotonic() + self.batch_wait_s
+        while len(self._queue) < self._company and not self._stop:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._cond.wait(left)
 
     def _begin(self, job: Job) -> None:
         assert isinstance(job.request, GenerationRequest)
