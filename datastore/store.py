@@ -176,6 +176,13 @@ def _text_indexes(folder: Path, config: DatastoreConfig, create: bool) -> tuple[
     return bm25, ngram
 
 
+def _shares_index(config: DatastoreConfig) -> bool:
+    """True when the kNN index lives on a server that replicas share."""
+    from datastore.index.milvus_server import is_server
+
+    return config.backend == "milvus" and is_server(config.milvus_uri)
+
+
 class Datastore:
     """A datastore folder opened for search, opt-out, add and compaction."""
 
@@ -295,11 +302,14 @@ class Datastore:
             raise CorruptDatastoreError(
                 f"{folder}: the build did not finish; run the build again to resume it")
         interrupted = manifest.status in ("adding", "compacting")
+        # with a shared index the key files are a cache that grows with other replicas'
+        # adds (pulled from the index), past the manifest's checksums
+        cache = KV_FILES if _shares_index(DatastoreConfig.from_json(manifest.config)) else ()
         if verify:
             # after an interrupted add the key files and index may have grown past their
             # checksums; the files an add never touches are still checked
             verify_checksums(folder, manifest, skip=(*KV_FILES, INDEX_FILE) if interrupted
-                             else ())
+                             else cache)
         table = open_table(folder, manifest.database)
         if verify:
             table.check_integrity()
@@ -312,7 +322,7 @@ class Datastore:
             with store._writer:
                 store._purge()
             return store
-        if len(kv) != manifest.indexed_upto:
+        if len(kv) != manifest.indexed_upto and not cache:
             raise CorruptDatastoreError(
                 f"{folder}: the key files hold {len(kv)} entries, the manifest "
                 f"{manifest.indexed_upto}")

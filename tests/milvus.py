@@ -2,8 +2,9 @@
 (`milvus-server`, Milvus 2.3.5 with embedded etcd and local storage) in a temporary
 folder, every port it lets one choose a free one (its embedded etcd always takes peer port
 2380, so one such server runs per machine). It answers in about 40 s; tests start it once per module
-or session. `stop` kills it (as an outage); `start` again brings it back on the same
-ports and data.
+or session. `pause` freezes it (an outage) and `resume` ends the outage; a killed
+server restarted on the same data waits out its stale etcd sessions (minutes), so tests
+use pause.
 """
 
 from __future__ import annotations
@@ -79,6 +80,15 @@ class MilvusServer:
         tail = (self.folder / "server.log").read_text(errors="replace")[-2000:]
         self.stop()
         raise RuntimeError(f"the Milvus server did not come up:\n{tail}")
+
+    def pause(self) -> None:
+        """Freeze the server (an outage: connections stay open, nothing answers)."""
+        assert self._proc is not None
+        os.killpg(self._proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._proc is not None
+        os.killpg(self._proc.pid, signal.SIGCONT)
 
     def stop(self) -> None:
         """Kill the server and everything it started (an outage, not a shutdown)."""

@@ -16,6 +16,7 @@ import pytest
 
 from datastore.table import DocumentTable
 from datastore.table_registry import DATABASE_ENV, open_table
+from tests.milvus import MilvusServer
 from tests.pg import PgCluster, cluster, find_bin_dir
 
 OpenTable = Callable[[], DocumentTable]
@@ -84,9 +85,9 @@ def new_table(tmp_path: Path, table_backend: str) -> Iterator[OpenTable]:
 
 
 @pytest.fixture(scope="session")
-def milvus_uri() -> Iterator[str]:
-    """The URI of a Milvus server started once per session (skipped where none can be
-    started, except under CI, where that fails)."""
+def milvus() -> Iterator[MilvusServer]:
+    """A Milvus server started once per session (skipped where none can be started,
+    except under CI, where that fails)."""
     from tests.milvus import milvus_server, missing
 
     reason = missing()
@@ -95,4 +96,9 @@ def milvus_uri() -> Iterator[str]:
             pytest.fail(f"{reason}; CI runs the Milvus server tests")
         pytest.skip(reason)
     with milvus_server() as server:
-        yield server.uri
+        yield server
+
+
+@pytest.fixture
+def milvus_uri(milvus: MilvusServer) -> str:
+    return milvus.uri
