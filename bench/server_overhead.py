@@ -11,15 +11,19 @@ budget, and never at the same time as the server works. One thread is the defaul
 small machine whose cores other work also uses, two OpenMP threads per process spin
 against each other (a 32-token completion took 1.0 s with two and 0.16 s with one on the
 2-core machine of docs/BENCHMARKS.md). Clients are httpx clients in a thread pool of
-this process (they only wait on sockets). Measures, in one run on one machine:
+this process. Measures, in one run on one machine:
 
   * p50 latency of a 32-token greedy completion: direct `SiloLM.generate` vs served;
   * p50 latency of scoring one prompt: direct `SiloLM.score` vs served
-    (echo, max_tokens=0);
+    (echo, max_tokens=0), of a 1-token completion and of `GET /healthz`;
   * throughput of 32-token greedy completions, 16 concurrent clients vs 1, in
     parametric and knnlm modes (completions per second, each client sending its
     requests one after another), next to the ceiling batching allows: 16 generations
-    stepped together by `SiloLM.step` in this process vs 1.
+    stepped together by `SiloLM.step` in this process vs 1;
+  * where the CPU went while served: the server's event loop (its main thread), its
+    other threads (the model thread), and the clients (this process), per request and
+    in cores (CPU seconds per second of the measurement), next to the CPU of one direct
+    `SiloLM.score` call.
 
 Model: a randomly initialised preset (weights do not change the cost) with a small
 datastore built from the test corpus.
@@ -28,6 +32,7 @@ datastore built from the test corpus.
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import sys
 import tempfile
@@ -38,6 +43,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import httpx
+import psutil
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -65,16 +71,53 @@ def _p50(fn: Callable[[], object], n: int) -> float:
     return statistics.median(times)
 
 
+class _Cpu:
+    """CPU seconds spent from `start()` on: the server's main thread (the event loop), its
+    other threads (the model thread), and this process (the clients)."""
+
+    def __init__(self, pid: int) -> None:
+        self.server = psutil.Process(pid)
+        self.pid = pid
+
+    def _now(self) -> tuple[float, float, float, float]:
+        loop = other = 0.0
+        for t in self.server.threads():
+            if t.id == self.pid:
+                loop += t.user_time + t.system_time
+            else:
+                other += t.user_time + t.system_time
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        return loop, other, me.ru_utime + me.ru_stime, time.perf_counter()
+
+    def start(self) -> None:
+        self._start = self._now()
+
+    def report(self, requests: int) -> str:
+        loop, model, clients, wall = (b - a for a, b in zip(self._start, self._now(),
+                                                            strict=True))
+        return (f"CPU ms/request: event loop {1e3 * loop / requests:.2f}, model thread "
+                f"{1e3 * model / requests:.2f}, clients {1e3 * clients / requests:.2f}; "
+                f"cores: event loop {loop / wall:.2f}, model thread {model / wall:.2f}, "
+                f"clients {clients / wall:.2f}")
+
+
 def _throughput(url: str, body: dict[str, object], clients: int, per_client: int) -> float:
-    """Requests per second, `clients` threads each sending `per_client` in turn."""
-    def one(_: int) -> None:
-        with httpx.Client(base_url=url, timeout=600) as c:
-            for _ in range(per_client):
-                c.post("/v1/completions", json=body).raise_for_status()
-    t = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(one, range(clients)))
-    return clients * per_client / (time.perf_counter() - t)
+    """Requests per second, `clients` threads each sending `per_client` in turn. The
+    clients are made before the clock starts: making an httpx client builds an SSL
+    context, about 25 ms of CPU, more than the server spends on a request."""
+    made = [httpx.Client(base_url=url, timeout=600) for _ in range(clients)]
+
+    def one(c: httpx.Client) -> None:
+        for _ in range(per_client):
+            c.post("/v1/completions", json=body).raise_for_status()
+    try:
+        t = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            list(pool.map(one, made))
+        return clients * per_client / (time.perf_counter() - t)
+    finally:
+        for c in made:
+            c.close()
 
 
 def _stepped(lm: SiloLM, request: GenerationRequest, k: int) -> float:
@@ -105,7 +148,10 @@ def main() -> None:
     gen = GenerationRequest(prompt, max_tokens=TOKENS, temperature=0, options=parametric)
     lm.generate(gen)  # warm up
     direct_gen = _p50(lambda: lm.generate(gen), n)
-    direct_score = _p50(lambda: lm.score([ScoreRequest(prompt, options=parametric)]), n)
+    score = ScoreRequest(prompt, options=parametric)
+    cpu = time.process_time()
+    direct_score = _p50(lambda: lm.score([score]), 10 * n)
+    direct_score_cpu = (time.process_time() - cpu) / (10 * n)
     ceiling = {mode: (_stepped(lm, replace(gen, options=SiloOptions(mode=mode)), 1),
                       _stepped(lm, replace(gen, options=SiloOptions(mode=mode)), 16))
                for mode in MODES}
@@ -114,31 +160,47 @@ def main() -> None:
                      "silo": {"mode": mode}} for mode in MODES}
     body_score = {"prompt": list(prompt), "max_tokens": 0, "echo": True, "logprobs": 0,
                   "silo": {"mode": "parametric"}}
-    per_single, per_many = 2 * (16 // 4), 2  # the one client sends as many as 4 of the 16
-    budget = 2 * n + 2 + len(MODES) * (per_single + 16 * per_many) + 1000  # + health polls
+    body_one = {**bodies["parametric"], "max_tokens": 1}
+    per_many = 4
+    per_single = per_many * (16 // 4)  # the one client sends as many as 4 of the 16
+    budget = 2 * n + 31 * n + 2 + len(MODES) * (per_single + 16 * per_many) + 1000
     proc, url = serve(model, store, args.threads, budget)
+    usage = _Cpu(proc.pid)
     try:
         http = httpx.Client(base_url=url, timeout=600)
         http.post("/v1/completions", json=bodies["parametric"]).raise_for_status()  # warm up
         served_gen = _p50(lambda: http.post("/v1/completions", json=bodies["parametric"])
                           .raise_for_status(), n)
+        usage.start()
         served_score = _p50(lambda: http.post("/v1/completions", json=body_score)
-                            .raise_for_status(), n)
-        rates = {mode: (_throughput(url, bodies[mode], 1, per_single),
-                        _throughput(url, bodies[mode], 16, per_many)) for mode in MODES}
+                            .raise_for_status(), 10 * n)
+        score_cpu = usage.report(10 * n)
+        served_one = _p50(lambda: http.post("/v1/completions", json=body_one)
+                          .raise_for_status(), 10 * n)
+        health = _p50(lambda: http.get("/healthz").raise_for_status(), 10 * n)
+        rates, cpus = {}, {}
+        for mode in MODES:
+            one = _throughput(url, bodies[mode], 1, per_single)
+            usage.start()
+            many = _throughput(url, bodies[mode], 16, per_many)
+            rates[mode], cpus[mode] = (one, many), usage.report(16 * per_many)
     finally:
         stop(proc)
     print(f"threads {args.threads}, preset {args.preset}, prompt {len(prompt)} tokens")
     print(f"{TOKENS}-token completion p50: direct {direct_gen * 1e3:.1f} ms, served "
           f"{served_gen * 1e3:.1f} ms (x{served_gen / direct_gen:.3f})")
-    print(f"scoring p50: direct {direct_score * 1e3:.2f} ms, served "
-          f"{served_score * 1e3:.2f} ms; throughput ratio served/direct "
+    print(f"scoring p50: direct {direct_score * 1e3:.2f} ms ({direct_score_cpu * 1e3:.2f} ms "
+          f"CPU), served {served_score * 1e3:.2f} ms; throughput ratio served/direct "
           f"{direct_score / served_score:.3f}")
+    print(f"  served scoring {score_cpu}")
+    print(f"1-token completion p50 {served_one * 1e3:.2f} ms, /healthz p50 "
+          f"{health * 1e3:.2f} ms")
     for mode, (one, many) in rates.items():
         print(f"{mode} {TOKENS}-token completions: 1 client {one:.2f} req/s, 16 clients "
               f"{many:.2f} req/s (x{many / one:.2f}); direct SiloLM.step 1 "
               f"{ceiling[mode][0]:.2f}/s, 16 together {ceiling[mode][1]:.2f}/s "
               f"(x{ceiling[mode][1] / ceiling[mode][0]:.2f})")
+        print(f"  16 clients {cpus[mode]}")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,9 @@ class Settings(BaseSettings):
     audit_log: Path = Path("silo-audit.jsonl")
 
     max_batch_size: int = Field(default=16, ge=1, description="Sequences per model call.")
-    batch_wait_ms: float = Field(default=2.0, ge=0, description="How long a batch waits to fill.")
+    batch_wait_ms: float = Field(default=2.0, ge=0, description=(
+        "How long an idle model that last served several jobs together waits for as many "
+        "again before it starts (a lone client's request never waits)."))
     max_queue: int = Field(default=64, ge=1, description="Queued sequences before 429.")
     request_timeout_s: float = Field(default=120.0, gt=0)
     max_prompt_tokens: int | None = Field(default=None, ge=1, description="Default: the context.")
