@@ -41,6 +41,10 @@ def load_service(settings: Settings, metrics: Metrics) -> SiloService:
     from silo.lm import SiloConfig, SiloLM
     from silo.model import DEFAULT_MODEL, load_lm
 
+    if settings.torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
     loaded = load_lm(settings.model or DEFAULT_MODEL, device=settings.device)
     config = SiloConfig(batch_size=settings.max_batch_size)
 
@@ -58,7 +62,7 @@ def load_service(settings: Settings, metrics: Metrics) -> SiloService:
                                  SiloLM(loaded.model, loaded.tokenizer, None, config))
     if active is not None:
         registry.lm(active)  # open now: a broken datastore fails the start, not a request
-    return SiloService(settings, registry, LMEncoder.from_loaded(loaded), 
+    return SiloService(settings, registry, LMEncoder.from_loaded(loaded),
                        model_name_of(loaded.path, settings.model_name), metrics)
 
 

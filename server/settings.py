@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     audit_log: Path = Path("silo-audit.jsonl")
 
     max_batch_size: int = Field(default=16, ge=1, description="Sequences per model call.")
+    torch_threads: int | None = Field(default=None, ge=1, description=(
+        "Torch intra-op threads for the model (unset: torch's default; `silo serve` sets "
+        "all cores but one, so the event loop keeps a core)."))
     batch_wait_ms: float = Field(default=2.0, ge=0, description=(
         "How long an idle model that last served several jobs together waits for as many "
         "again before it starts (a lone client's request never waits)."))
