@@ -41,10 +41,6 @@ def load_service(settings: Settings, metrics: Metrics) -> SiloService:
     from silo.lm import SiloConfig, SiloLM
     from silo.model import DEFAULT_MODEL, load_lm
 
-    if settings.torch_threads is not None:
-        import torch
-
-        torch.set_num_threads(settings.torch_threads)
     loaded = load_lm(settings.model or DEFAULT_MODEL, device=settings.device)
     config = SiloConfig(batch_size=settings.max_batch_size)
 

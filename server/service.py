@@ -76,7 +76,8 @@ class SiloService:
         self.max_prompt_tokens = settings.max_prompt_tokens or self.max_length
         self._token_texts: dict[int, str] = {}
         self.worker = ModelWorker(settings.max_batch_size, settings.max_queue,
-                                  settings.batch_wait_ms / 1000, metrics.observe_batch)
+                                  settings.batch_wait_ms / 1000, metrics.observe_batch,
+                                  settings.torch_threads)
 
     # ---- prompts and limits ----------------------------------------------------------
 

@@ -66,8 +66,10 @@ class ModelWorker:
     """The model thread and its bounded queue (see the module docstring)."""
 
     def __init__(self, max_batch: int, max_queue: int, batch_wait_s: float,
-                 on_batch: Callable[[str, int], None] | None = None) -> None:
+                 on_batch: Callable[[str, int], None] | None = None,
+                 torch_threads: int | None = None) -> None:
         self.max_batch = max_batch
+        self.torch_threads = torch_threads
         self.max_queue = max_queue
         self.batch_wait_s = batch_wait_s
         self.on_batch = on_batch or (lambda kind, size: None)
@@ -108,6 +110,11 @@ class ModelWorker:
     # ---- the thread ------------------------------------------------------------------
 
     def _loop(self) -> None:
+        if self.torch_threads is not None:
+            # OpenMP's thread count belongs to the calling thread: set it on this one
+            import torch
+
+            torch.set_num_threads(self.torch_threads)
         while True:
             scores = self._admit()
             if scores is None:

@@ -1,18 +1,22 @@
-"""The app factory's start-up settings."""
+"""The app's start-up settings, as the model thread sees them."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 
-def test_torch_threads_are_set_before_the_model_loads(make_live, model_dir: Path) -> None:
-    before = torch.get_num_threads()
-    try:
-        live = make_live(model=model_dir, torch_threads=1)
-        assert torch.get_num_threads() == 1
-        with live.client() as c:
-            assert c.get("/healthz").status_code == 200
-    finally:
-        torch.set_num_threads(before)
+def test_the_model_thread_runs_with_the_configured_torch_threads(make_live, model_dir: Path,
+                                                                 ) -> None:
+    live = make_live(model=model_dir, torch_threads=1)
+    seen: list[int] = []
+
+    def record(rows: Sequence[Sequence[int]]) -> None:  # runs on the model thread
+        seen.append(torch.get_num_threads())
+
+    live.app.state.service.registry.lm().rows_hook = record
+    with live.client() as c:
+        r = c.post("/v1/completions", json={"prompt": "In the", "max_tokens": 2})
+    assert r.status_code == 200 and seen and set(seen) == {1}
