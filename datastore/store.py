@@ -105,6 +105,22 @@ class DatastoreInfo:
     bytes_on_disk: int
 
 
+class _SpanRecorder:
+    """A BM25 index seen through `index_text`: records the spans of the blocks added,
+    for the shared table (replicas cannot recompute them without the tokenizer)."""
+
+    def __init__(self, bm25: Any) -> None:
+        self.bm25 = bm25
+        self.spans: list[tuple[int, str, int, int]] = []
+
+    def add(self, blocks: list[Any]) -> None:
+        self.spans += [(b.block_id, b.doc_id, b.char_start, b.char_end) for b in blocks]
+        self.bm25.add(blocks)
+
+    def save(self) -> None:
+        self.bm25.save()
+
+
 @dataclass(frozen=True)
 class _View:
     """What a search reads, swapped as one reference: the table snapshot, the change
@@ -235,6 +251,40 @@ class Datastore:
             self._pull(min(published, snap.n_entries), fence)
             self._view = _View(snap.prefix(min(published, len(self.kv))), seq, fence,
                                tuple(pending))
+            self._refresh_text()
+
+    def _refresh_text(self) -> None:
+        """Index in this replica's BM25 and n-gram indexes the documents other replicas
+        added (their text and block spans from the shared table). Skipped while this
+        process is itself adding: that add indexes them with its own."""
+        upto = min(self.table.text_published(), len(self._view.snapshot.doc_ids))
+        start = self.manifest.text_indexed_upto
+        if upto <= start or not self._writer.acquire(blocking=False):
+            return
+        try:
+            from datastore.blocks import Block
+
+            rows = [r for r in self.table.texts(start) if r[0] < upto]
+            blocks, first = [], int(self._view.snapshot.block_start[start])
+            spans = {b[0]: b for b in self.table.block_spans(
+                first, int(self._view.snapshot.block_end[upto - 1]))}
+            for row, doc_id, state, block_start, text in rows:
+                if state != "live" or text is None:
+                    continue
+                if self.ngram is not None:
+                    self.ngram.add(doc_id, text)
+                end = int(self._view.snapshot.block_end[row])
+                blocks += [Block(b, doc_id, text[spans[b][2]:spans[b][3]], spans[b][2],
+                                 spans[b][3]) for b in range(block_start, end) if b in spans]
+            if self.bm25 is not None and blocks:
+                self.bm25.add(blocks)
+                self.bm25.save()
+            if self.ngram is not None and rows:
+                self.ngram.save()
+            self.manifest = replace(self.manifest, text_indexed_upto=upto)
+            write_manifest(self.folder, self.manifest)
+        finally:
+            self._writer.release()
 
     def _pull(self, upto: int, fence: int) -> None:
         """Copy the key rows [len(kv), upto) that other replicas added from the shared
@@ -394,8 +444,11 @@ class Datastore:
         self._index_entries()
         next_row = self.manifest.text_indexed_upto
         if self.bm25 is not None or self.ngram is not None:
-            next_row = index_text(self.table, encoder, self.config, self.bm25, self.ngram,
+            bm25 = _SpanRecorder(self.bm25) if self.bm25 is not None else None
+            next_row = index_text(self.table, encoder, self.config, bm25, self.ngram,
                                   next_row)
+            if self._shared:  # what replicas need to index these documents too
+                self.table.publish_text(bm25.spans if bm25 is not None else [], next_row)
         self.manifest = replace(self.manifest, text_indexed_upto=next_row)
         self._reload()
 

@@ -9,7 +9,10 @@ cheaply whether the table changed since it last looked. For a kNN index shared b
 replicas (a Milvus server) two more tables record what the index holds: `index_state`
 (entries [0, published) are in it, and `fence`, an index timestamp taken after the last
 recorded index write, at which a search sees every one of them) and `pending_deletes`
-(rows tombstoned whose index delete is not yet behind the fence).
+(rows tombstoned whose index delete is not yet behind the fence). `block_spans` and
+`index_state.text_published` let replicas refresh their BM25 and n-gram indexes with
+documents another replica added: the RIC block spans of rows [0, text_published)
+(spans need the tokenizer, which a serving replica's datastore does not hold).
 
 `DocumentTable` is the one interface; the SQL it runs is written here once, in the
 dialect SQLite and PostgreSQL share (`?` placeholders). Two implementations supply the
@@ -85,11 +88,19 @@ INSERT INTO changes (id, seq) VALUES (0, 0) ON CONFLICT DO NOTHING;
 CREATE TABLE IF NOT EXISTS index_state (
     id INTEGER PRIMARY KEY CHECK (id = 0),
     published {int} NOT NULL,
-    fence {int} NOT NULL
+    fence {int} NOT NULL,
+    text_published {int} NOT NULL
 );
-INSERT INTO index_state (id, published, fence) VALUES (0, 0, 0) ON CONFLICT DO NOTHING;
+INSERT INTO index_state (id, published, fence, text_published) VALUES (0, 0, 0, 0)
+    ON CONFLICT DO NOTHING;
 CREATE TABLE IF NOT EXISTS pending_deletes (
     doc_row {int} PRIMARY KEY
+);
+CREATE TABLE IF NOT EXISTS block_spans (
+    block_id {pk},
+    doc_id TEXT NOT NULL,
+    char_start {int} NOT NULL,
+    char_end {int} NOT NULL
 );
 """
 _BUMP = "UPDATE changes SET seq = seq + 1 WHERE id = 0 RETURNING seq"
@@ -360,6 +371,26 @@ class DocumentTable(ABC):
         pending = [r[0] for r in self._read("SELECT doc_row FROM pending_deletes "
                                             "ORDER BY doc_row")]
         return int(published), int(fence), pending
+
+    def publish_text(self, spans: Sequence[tuple[int, str, int, int]], upto_row: int) -> int:
+        """Record RIC block spans (block_id, doc_id, char_start, char_end) and that rows
+        [0, upto_row) are in the text indexes. Returns the change sequence."""
+        with self._transaction() as run:
+            if spans:
+                run("INSERT INTO block_spans (block_id, doc_id, char_start, char_end) "
+                    "VALUES (?,?,?,?) ON CONFLICT DO NOTHING", list(spans), True)
+            run("UPDATE index_state SET text_published = ? WHERE id = 0 AND "
+                "text_published < ?", (upto_row, upto_row))
+            return int(run(_BUMP)[0][0])
+
+    def text_published(self) -> int:
+        return int(self._read("SELECT text_published FROM index_state WHERE id = 0")[0][0])
+
+    def block_spans(self, start: int, end: int) -> list[tuple[int, str, int, int]]:
+        """(block_id, doc_id, char_start, char_end) of block ids [start, end)."""
+        return [tuple(r) for r in self._read(  # type: ignore[misc]
+            "SELECT block_id, doc_id, char_start, char_end FROM block_spans WHERE "
+            "block_id >= ? AND block_id < ? ORDER BY block_id", (start, end))]
 
     def index_written(self, fence: int, published: int | None = None,
                       deleted: Sequence[int] = ()) -> int:

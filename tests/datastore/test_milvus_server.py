@@ -90,6 +90,9 @@ def test_replicas_see_each_others_adds_and_optouts_at_once(
         d_b, i_b = b.knn_search(q, 3)  # b pulls the added key rows from the index
         assert len(b.kv) == len(a.kv) and np.array_equal(i_a, i_b)
         assert np.array_equal(b.values(i_b), a.values(i_a))
+        added = docs[25]  # b's BM25 and n-gram indexes took the documents a added
+        assert added.doc_id in {h.doc_id for h in b.bm25_search(added.text, 5)}
+        assert added.doc_id in {m.doc_id for m in b.verbatim(added.text, 5)}
         victim = _located(b, i_b)[0][0][0]
         assert victim in {d.doc_id for d in docs[20:]}
         b.optout(doc_ids=[victim])

@@ -208,6 +208,7 @@ def test_a_document_added_through_one_replica_is_served_by_the_other(
     r = deployment.b.post("/admin/documents", {"documents": [line]}, admin=True)
     assert r.status_code == 200, r.text
     assert "new/1" in _named(deployment.a.post("/v1/completions", {"prompt": text, **SCORE}))
+    assert "new/1" in _named(deployment.a.post("/v1/attribution", {"text": text, "k": 10}))
 
 
 def test_kill_9_mid_write_loses_no_acknowledged_optout(deployment: Deployment) -> None:
