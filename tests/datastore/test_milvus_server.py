@@ -14,7 +14,7 @@ import pytest
 from datastore.config import DatastoreConfig
 from datastore.document import Document, LicenseClass
 from datastore.filter import SearchFilter
-from datastore.index.milvus_server import _expression
+from datastore.index.milvus_server import _expression, public_uri
 from datastore.store import Datastore
 from datastore.table_registry import DATABASE_ENV
 from tests.datastore.synthetic import SyntheticEncoder, corpus
@@ -111,3 +111,8 @@ def test_ann_indexes_reach_a_high_recall(tmp_path: Path, milvus_uri: str, kind: 
         _, found = ann.knn_search(q, 5)
         recall = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(exact, found, strict=True)])
         assert recall >= (0.9 if kind == "HNSW" else 0.5), recall
+
+
+def test_uris_lose_their_credentials_before_the_manifest() -> None:
+    assert public_uri("http://root:Milvus@db.example:19530") == "http://db.example:19530"
+    assert public_uri("https://db.example/") == "https://db.example/"
