@@ -31,15 +31,18 @@ def successors(entry_filter: EntryFilter, values: np.ndarray, previous: np.ndarr
     neighbour e that voted for that token, is followed in its own document by e + 1,
     and whose e + 1 the filter allows; -1 elsewhere."""
     prev = np.asarray(previous, dtype=np.int64)
+    out = np.full(prev.shape, -1, np.int64)
     docs = entry_filter.docs
     if docs.n_entries == 0:
-        return np.full(prev.shape, -1, np.int64)
+        return out
     safe = np.clip(prev, 0, docs.n_entries - 1)
-    agree = (prev >= 0) & (values[safe] == np.asarray(tokens)[:, None])
-    succ = prev + 1
-    in_doc = succ < docs.entry_end[docs.rows_of_entries(safe)]  # e + 1 of the same document
-    candidates = np.where(agree & in_doc, succ, -1)
-    return np.where(entry_filter.excludes(candidates), -1, candidates)
+    # the few neighbours that voted for the token: the document lookups run on them only
+    rows, cols = np.nonzero((prev >= 0) & (values[safe] == np.asarray(tokens)[:, None]))
+    succ = prev[rows, cols] + 1
+    in_doc = succ < docs.entry_end[docs.rows_of_entries(safe[rows, cols])]  # same document
+    keep = in_doc & ~entry_filter.excludes(succ)
+    out[rows[keep], cols[keep]] = succ[keep]
+    return out
 
 
 def exact_distances(keys: np.ndarray, queries: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -71,13 +74,13 @@ def compact(ids: np.ndarray) -> np.ndarray:
 
 def nearest(dist: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The k nearest of each row, nearest first, padded with (inf, -1)."""
-    width = max(k, ids.shape[1])
-    if ids.shape[1] < width:
-        pad = width - ids.shape[1]
+    order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    dist, ids = np.take_along_axis(dist, order, 1), np.take_along_axis(ids, order, 1)
+    if ids.shape[1] < k:  # pad after the sort, which then runs over the given columns only
+        pad = k - ids.shape[1]
         dist = np.pad(dist, ((0, 0), (0, pad)), constant_values=np.inf)
         ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
-    order = np.argsort(dist, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(dist, order, 1), np.take_along_axis(ids, order, 1)
+    return dist, ids
 
 
 def follow(store: Any, queries: np.ndarray, previous: np.ndarray | None,
