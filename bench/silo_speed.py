@@ -2,11 +2,17 @@
 latency, all measured in one run so the ratios hold.
 
 The datastore is the reproduction's (bench/silo_table.py: faiss IVF-PQ, tuned k, lam,
-tau stored with it). For comparison the script also builds an exact (faiss-flat) copy
-from the same stored keys, with no forward pass, and measures kNN-LM over it on fewer
-tokens (a rate is a rate; exact search at this size is slow).
+tau and pointer threshold stored with it). Measured: parametric; kNN-LM with the tuned
+full search (a search at every token); with pointers (datastore.pointers) at a few
+thresholds, and batched wider; and cheaper searches: a lower nprobe, k 256, IVF-PQ
+without precomputed tables (to show what they give), each also with pointers. Each row
+reports the share of tokens that needed a search and the perplexity change against the
+tuned full search on the same tokens. With --flat-tokens the script also builds an
+exact (faiss-flat) copy from the same stored keys, with no forward pass, and measures
+kNN-LM over it on fewer tokens (a rate is a rate; exact search at this size is slow).
 
-    python bench/silo_speed.py --model runs/mini/pdsw --datastore runs/silo_table/full
+    OMP_NUM_THREADS=1 python bench/silo_speed.py --model runs/mini/pdsw \
+        --datastore runs/silo_table/full
 """
 
 from __future__ import annotations
@@ -15,11 +21,14 @@ import argparse
 import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
+import torch
 from silo_table import load_domains  # bench/ is on the path when run as a script
 
 from datastore.config import DatastoreConfig
@@ -79,6 +88,123 @@ def timed(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
     return best, result  # best of `repeat`; rounds in main() take the median
 
 
+@dataclass(frozen=True)
+class Case:
+    """One measured variant: the model (its batch size), the options, the scored
+    sequences and the index's search-time settings."""
+
+    name: str
+    model: SiloLM
+    options: SiloOptions
+    seqs: list[tuple[int, ...]]
+    nprobe: int
+    precomputed: bool = True  # IVF-PQ's precomputed distance tables (faiss default)
+
+
+def set_search(store: Datastore, nprobe: int, precomputed: bool) -> None:
+    """Search-time settings of the store's faiss index (no effect on faiss-flat)."""
+    store.index.nprobe = nprobe  # type: ignore[union-attr]
+    ivf: Any = ivf_of(store.index.index)  # type: ignore[union-attr]
+    if isinstance(ivf, faiss.IndexIVFPQ):
+        # 1: use the tables read_index computed; -1: recompute each list's table per query
+        ivf.use_precomputed_table = 1 if precomputed else -1
+
+
+def ivf_of(index: Any) -> Any:
+    """The IVF index inside `index` as its own class (IndexIVFPQ), or None."""
+    ivf = faiss.try_extract_index_ivf(index)
+    return None if ivf is None else faiss.downcast_index(ivf)
+
+
+def precomputed_tables(index: Any) -> dict[str, int]:
+    """Whether IVF-PQ's precomputed tables are on as the index was read, and their size."""
+    ivf = ivf_of(index)
+    if not hasattr(ivf, "use_precomputed_table"):
+        return {}
+    return {"use_precomputed_table_after_read": int(ivf.use_precomputed_table),
+            "precomputed_table_floats": int(ivf.precomputed_table.size())}
+
+
+def ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def cases_for(args: argparse.Namespace, lm: SiloLM, lm_big: SiloLM, lm_flat: SiloLM | None,
+              seqs: list[tuple[int, ...]], few: list[tuple[int, ...]], tuned_probe: int,
+              ) -> list[Case]:
+    """Parametric, tuned full search, the pointer thresholds, and cheaper searches (with
+    and without pointers) that trade some perplexity or Python overhead for speed."""
+    knn, m = SiloOptions("knnlm", pointers=0), lm.defaults.pointers or args.pointers[0]
+    cases = [Case("parametric", lm, SiloOptions("parametric"), seqs, tuned_probe),
+             Case("knnlm, tuned full search", lm, knn, seqs, tuned_probe),
+             Case("knnlm, full search, no precomputed tables", lm, knn, seqs, tuned_probe,
+                  precomputed=False)]
+    cases += [Case(f"knnlm, pointers {p}", lm, SiloOptions("knnlm", pointers=p), seqs,
+                   tuned_probe) for p in args.pointers]
+    cases.append(Case(f"knnlm, pointers {m}, no precomputed tables", lm,
+                      SiloOptions("knnlm", pointers=m), seqs, tuned_probe, precomputed=False))
+    cases.append(Case(f"knnlm, pointers {m}, batch {lm_big.config.batch_size}", lm_big,
+                      SiloOptions("knnlm", pointers=m), seqs, tuned_probe))
+    for nprobe in args.nprobes:
+        cases.append(Case(f"knnlm, nprobe {nprobe}", lm, knn, seqs, nprobe))
+        cases.append(Case(f"knnlm, pointers {m}, nprobe {nprobe}", lm,
+                          SiloOptions("knnlm", pointers=m), seqs, nprobe))
+    cases.append(Case("knnlm, k 256", lm, SiloOptions("knnlm", k=256, pointers=0), seqs,
+                      tuned_probe))
+    cases.append(Case(f"knnlm, k 256, pointers {m}", lm,
+                      SiloOptions("knnlm", k=256, pointers=m), seqs, tuned_probe))
+    if args.nprobes:
+        low = min(args.nprobes)
+        cases.append(Case(f"knnlm, k 256, pointers {m}, nprobe {low}", lm,
+                          SiloOptions("knnlm", k=256, pointers=m), seqs, low))
+    if lm_flat is not None:
+        cases.append(Case("knnlm, exact search", lm_flat, knn, few, tuned_probe))
+    if args.ric:
+        ric = RicParams(query_tokens=32, k=1, stride=4)
+        cases.append(Case("ric", lm, SiloOptions("ric", ric=ric), seqs, tuned_probe))
+        cases.append(Case("knnlm+ric, tuned full search", lm,
+                          SiloOptions("knnlm+ric", ric=ric, pointers=0), seqs, tuned_probe))
+    return cases
+
+
+def measure(cases: list[Case], store: Datastore, rounds: int, gen_tokens: int,
+            prompt: tuple[int, ...]) -> list[dict[str, Any]]:
+    """Rounds interleave the cases, and each figure is the median over rounds, so that
+    load from other processes on the shared cores drifts onto every case alike."""
+    score_s: dict[str, list[float]] = {c.name: [] for c in cases}
+    gen_s: dict[str, list[float]] = {c.name: [] for c in cases}
+    ppl: dict[str, float] = {}
+    searched: dict[str, float] = {}
+    for _ in range(rounds):
+        for c in cases:
+            set_search(store, c.nprobe, c.precomputed)
+            before = (c.model.searches.searched, c.model.searches.positions)
+            sec, scored = timed(partial(c.model.score, [ScoreRequest(s, options=c.options)
+                                                        for s in c.seqs]))
+            score_s[c.name].append(sec)
+            done = c.model.searches.positions - before[1]
+            searched[c.name] = (c.model.searches.searched - before[0]) / done if done else 0.0
+            ppl[c.name] = perplexity([x for res in scored for x in res.token_logprobs[1:]])
+            gen = GenerationRequest(prompt, max_tokens=gen_tokens, temperature=0,
+                                    options=c.options)
+            gen_s[c.name].append(timed(partial(c.model.generate, gen))[0])
+    rows: list[dict[str, Any]] = []
+    for c in cases:
+        n_tokens = sum(len(s) - 1 for s in c.seqs)
+        rows.append({"mode": c.name, "tokens": n_tokens, "nprobe": c.nprobe,
+                     "score_tokens_per_s": n_tokens / float(np.median(score_s[c.name])),
+                     "score_s_rounds": score_s[c.name], "perplexity": ppl[c.name],
+                     "searched": searched[c.name],
+                     "gen_ms_per_token": 1000 * float(np.median(gen_s[c.name])) / gen_tokens})
+    base, base_gen = rows[0]["score_tokens_per_s"], rows[0]["gen_ms_per_token"]
+    full = rows[1]["perplexity"]
+    for r in rows:
+        r["ratio"] = r["score_tokens_per_s"] / base
+        r["gen_ratio"] = r["gen_ms_per_token"] / base_gen
+        r["perplexity_change"] = r["perplexity"] / full - 1
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", type=Path, default=Path("runs/mini/pdsw"))
@@ -86,69 +212,44 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--corpus-dir", type=Path, default=Path("data/corpus"))
     ap.add_argument("--domain", default="gcide", help="test documents to score")
     ap.add_argument("--tokens", type=int, default=4096, help="scored tokens per mode")
-    ap.add_argument("--flat-tokens", type=int, default=512, help="scored with exact search")
+    ap.add_argument("--flat-tokens", type=int, default=0,
+                    help="tokens scored with exact search (0: no exact case)")
     ap.add_argument("--gen-tokens", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
+    ap.add_argument("--pointers", type=ints, default=[4, 8, 16],
+                    help="pointer thresholds to measure")
+    ap.add_argument("--nprobes", type=ints, default=[4, 8, 16],
+                    help="cheaper nprobe values to measure")
+    ap.add_argument("--big-batch", type=int, default=64,
+                    help="sequences per pass for the batched pointer case")
+    ap.add_argument("--ric", action="store_true", help="also measure RIC-LM modes")
     ap.add_argument("--work", type=Path, default=Path("runs/silo_speed"))
     ap.add_argument("--json", type=Path, default=Path("runs/silo_speed/speed.json"))
     args = ap.parse_args(argv)
 
     loaded = load_lm(args.model)
     store = Datastore.open(args.datastore, loaded.fingerprint, verify=False)
-    flat = build_flat(args, store, loaded)
     lm = SiloLM(loaded.model, loaded.tokenizer, store, SiloConfig(batch_size=16))
-    lm_flat = SiloLM(loaded.model, loaded.tokenizer, flat, SiloConfig(batch_size=16),
-                     defaults=lm.defaults)  # the tuned values live with the main store
+    lm_big = SiloLM(loaded.model, loaded.tokenizer, store,
+                    SiloConfig(batch_size=args.big_batch), defaults=lm.defaults)
+    lm_flat = None
+    if args.flat_tokens:
+        lm_flat = SiloLM(loaded.model, loaded.tokenizer, build_flat(args, store, loaded),
+                         SiloConfig(batch_size=16), defaults=lm.defaults)
     test = (d for d in read_corpus([args.corpus_dir / f"{args.domain}.jsonl.gz"])
             if split_of(d.doc_id) == "test")
     seqs = domain_sequences(test, lm.encode, lm.eos_id, args.tokens)[args.domain]
     used = sum(len(s) - 1 for s in seqs)
-    d = lm.defaults
-    ric = RicParams(query_tokens=32, k=1, stride=4)
     few = seqs[: max(1, len(seqs) * args.flat_tokens // max(1, used))]
     tuned_probe = store.config.nprobe
-    # (name, model, options, sequences, nprobe): tuned settings first, then cheaper
-    # searches that trade some perplexity for speed
-    cases: list[tuple[str, SiloLM, SiloOptions, list[tuple[int, ...]], int]] = [
-        ("parametric", lm, SiloOptions("parametric"), seqs, tuned_probe),
-        ("knnlm, IVF-PQ, tuned k", lm, SiloOptions("knnlm"), seqs, tuned_probe),
-        ("knnlm, IVF-PQ, k=1024 nprobe=8 (SILO)", lm, SiloOptions("knnlm", k=1024), seqs, 8),
-        ("knnlm, IVF-PQ, k=256 nprobe=4", lm, SiloOptions("knnlm", k=256), seqs, 4),
-        ("knnlm, IVF-PQ, k=64 nprobe=2", lm, SiloOptions("knnlm", k=64), seqs, 2),
-        ("knnlm, IVF-PQ, k=16 nprobe=1", lm, SiloOptions("knnlm", k=16), seqs, 1),
-        ("knnlm, exact, tuned k", lm_flat, SiloOptions("knnlm"), few, tuned_probe),
-        ("ric", lm, SiloOptions("ric", ric=ric), seqs, tuned_probe),
-        ("knnlm+ric, IVF-PQ, tuned k", lm, SiloOptions("knnlm+ric", ric=ric), seqs, tuned_probe),
-    ]
-    # rounds interleave the cases, and each figure is the median over rounds, so that
-    # load from other processes on the shared cores drifts onto every case alike
-    score_s: dict[str, list[float]] = {c[0]: [] for c in cases}
-    gen_s: dict[str, list[float]] = {c[0]: [] for c in cases}
-    ppl: dict[str, float] = {}
-    for _ in range(args.rounds):
-        for name, model, opts, part, nprobe in cases:
-            store.index.nprobe = nprobe  # type: ignore[union-attr]  # a search-time setting
-            sec, scored = timed(partial(model.score, [ScoreRequest(s, options=opts)
-                                                      for s in part]))
-            score_s[name].append(sec)
-            ppl[name] = perplexity([x for res in scored for x in res.token_logprobs[1:]])
-            gen = GenerationRequest(seqs[0][:16], max_tokens=args.gen_tokens, temperature=0,
-                                    options=opts)
-            gen_s[name].append(timed(partial(model.generate, gen))[0])
-    store.index.nprobe = tuned_probe  # type: ignore[union-attr]
-    rows = []
-    for name, _, _, part, _ in cases:
-        n_tokens = sum(len(s) - 1 for s in part)
-        rows.append({"mode": name, "tokens": n_tokens,
-                     "score_tokens_per_s": n_tokens / float(np.median(score_s[name])),
-                     "perplexity": ppl[name],
-                     "gen_ms_per_token": 1000 * float(np.median(gen_s[name])) / args.gen_tokens})
-    base, base_gen = rows[0]["score_tokens_per_s"], rows[0]["gen_ms_per_token"]
-    for r in rows:
-        r["ratio"] = r["score_tokens_per_s"] / base
-        r["gen_ratio"] = r["gen_ms_per_token"] / base_gen
-    out = {"entries": len(store.kv), "defaults": d.__dict__, "domain": args.domain,
-           "index": store.config.to_json(), "rows": rows}
+    tables = precomputed_tables(store.index.index)  # type: ignore[union-attr]
+    cases = cases_for(args, lm, lm_big, lm_flat, seqs, few, tuned_probe)
+    rows = measure(cases, store, args.rounds, args.gen_tokens, seqs[0][:16])
+    set_search(store, tuned_probe, True)
+    out = {"entries": len(store.kv), "defaults": lm.defaults.__dict__, "domain": args.domain,
+           "index": store.config.to_json(), "tables": tables,
+           "torch_threads": torch.get_num_threads(), "faiss_threads": faiss.omp_get_max_threads(),
+           "rows": rows}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
