@@ -7,7 +7,8 @@ neighbour for position t + 1, and following it costs one distance per candidate 
 of a search (Alon et al., 2022, "Neuro-symbolic language modeling with automaton-augmented
 retrieval"). A search is made only where too few such pointers remain.
 
-    follow(store, queries, previous, tokens, k, filter, min_pointers) -> (distances, ids)
+    Datastore.follow(queries, previous, tokens, k, filter, min_pointers)
+        -> (distances, ids, searched)
 
 Followed entries pass the same entry filter as every search (datastore.filter): an
 excluded document's entries are never followed, so the equivalence guarantee holds on
@@ -16,12 +17,15 @@ this path too. Their distances are exact squared L2 to the stored fp16 keys.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from datastore.filter import EntryFilter, SearchFilter
+from datastore.filter import EntryFilter
+
+# (queries (q, dim), k) -> (distances (q, k), ids (q, k)): the index under one filter
+Search = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 
 
 def successors(entry_filter: EntryFilter, values: np.ndarray, previous: np.ndarray,
@@ -83,34 +87,32 @@ def nearest(dist: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.n
     return dist, ids
 
 
-def follow(store: Any, queries: np.ndarray, previous: np.ndarray | None,
-           tokens: np.ndarray | None, k: int, filter: SearchFilter | None,
-           min_pointers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """kNN neighbours of q queries, following pointers where at least `min_pointers`
-    of them remain and searching elsewhere.
+def follow(entry_filter: EntryFilter, keys: np.ndarray, values: np.ndarray,
+           queries: np.ndarray, previous: np.ndarray | None, tokens: np.ndarray | None,
+           k: int, min_pointers: int, search: Search,
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """kNN neighbours of q queries under one entry filter, following pointers where at
+    least `min_pointers` of them remain and calling `search` (the index, under the same
+    filter) elsewhere. `Datastore.follow` runs this against its current snapshot.
 
     queries (q, dim) float32; previous (q, k') the neighbours of each query's position
     before (None or -1 rows: none, so search); tokens (q,) the token that came after
     that position. Returns distances (q, k) float32, entry ids (q, k) int64 (-1 padded)
-    and searched (q,) bool. Runs again if an opt-out swapped the snapshot meanwhile, so
-    no result outlives an acknowledged opt-out.
+    and searched (q,) bool.
     """
     q = np.asarray(queries, dtype=np.float32)
-    while True:
-        entry_filter = store.entry_filter(filter)
-        if previous is None or tokens is None:
-            follow_ids = np.full((len(q), 1), -1, np.int64)
-        else:
-            follow_ids = successors(entry_filter, store.kv.values, previous, tokens)
-        searched = (follow_ids >= 0).sum(axis=1) < max(min_pointers, 1)
-        dist = np.full((len(q), k), np.inf, np.float32)
-        ids = np.full((len(q), k), -1, np.int64)
-        if searched.any():
-            dist[searched], ids[searched] = store.knn_search(q[searched], k, filter)
-        kept = ~searched
-        if kept.any():
-            followed = compact(follow_ids[kept])
-            d = exact_distances(store.kv.keys, q[kept], followed)
-            dist[kept], ids[kept] = nearest(d, followed, k)
-        if store.snapshot is entry_filter.docs:
-            return dist, ids, searched
+    if previous is None or tokens is None:
+        follow_ids = np.full((len(q), 1), -1, np.int64)
+    else:
+        follow_ids = successors(entry_filter, values, previous, tokens)
+    searched = (follow_ids >= 0).sum(axis=1) < max(min_pointers, 1)
+    dist = np.full((len(q), k), np.inf, np.float32)
+    ids = np.full((len(q), k), -1, np.int64)
+    if searched.any():
+        dist[searched], ids[searched] = search(q[searched], k)
+    kept = ~searched
+    if kept.any():
+        followed = compact(follow_ids[kept])
+        d = exact_distances(keys, q[kept], followed)
+        dist[kept], ids[kept] = nearest(d, followed, k)
+    return dist, ids, searched

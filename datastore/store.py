@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from datastore import pointers
 from datastore.build import IngestStats, index_text, ingest
 from datastore.config import DatastoreConfig
 from datastore.document import Document, LicenseClass
@@ -614,14 +615,32 @@ class Datastore:
         if k < 1:
             raise InvalidInputError(f"k must be >= 1, got {k}")
 
-        def search(entry_filter: EntryFilter, view: _View) -> tuple[np.ndarray, np.ndarray]:
-            index: Any = self._index()
-            with self._index_lock.read():
-                if self._shared:
-                    return index.search_at(q, k, entry_filter, view.fence, view.pending)
-                return index.search(q, k, entry_filter)
+        return self._consistent(filter, lambda f, view: self._search(q, k, f, view))
 
-        return self._consistent(filter, search)
+    def _search(self, q: np.ndarray, k: int, entry_filter: EntryFilter, view: _View,
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """The index's search under `entry_filter` (and, shared, the view's fence)."""
+        index: Any = self._index()
+        with self._index_lock.read():
+            if self._shared:
+                return index.search_at(q, k, entry_filter, view.fence, view.pending)
+            return index.search(q, k, entry_filter)
+
+    def follow(self, queries: np.ndarray, previous: np.ndarray | None,
+               tokens: np.ndarray | None, k: int, filter: SearchFilter | None = None,
+               min_pointers: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """kNN neighbours that follow pointers where at least `min_pointers` remain and
+        search elsewhere (datastore.pointers), all under one snapshot's filter: (q, k)
+        distances, (q, k) entry ids, (q,) bool searched."""
+        q = np.asarray(queries, dtype=np.float32)
+
+        def run(entry_filter: EntryFilter, view: _View,
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            return pointers.follow(entry_filter, self.kv.keys, self.kv.values, q, previous,
+                                   tokens, k, min_pointers,
+                                   lambda sub, kk: self._search(sub, kk, entry_filter, view))
+
+        return self._consistent(filter, run)
 
     def _consistent(self, request: SearchFilter | None,
                     search: Callable[[EntryFilter, _View], _T]) -> _T:

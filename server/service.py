@@ -200,7 +200,8 @@ class SiloService:
     async def complete(self, req: CompletionRequest, principal: Principal) -> dict[str, Any]:
         lm, options, prompts, reqs = self._requests(req, principal)
         loop = asyncio.get_running_loop()
-        submitted = [self._submit(lm, r, loop) for r in reqs if r is not None]
+        submitted = self._submit_all(
+            [(lambda r=r: self._submit(lm, r, loop)) for r in reqs if r is not None])
         results = iter(await self._await([f for f, _ in submitted], [j for _, j in submitted]))
         choices, attribution, completion_tokens = [], [], 0
         for p, (ids, r) in enumerate(zip(prompts, reqs, strict=True)):
@@ -283,13 +284,26 @@ class SiloService:
         lm, options, prompts, reqs = self._requests(req, principal)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[int, TokenEvent | None]] = asyncio.Queue()
-        submitted = []
-        for p, r in enumerate(reqs):
-            if r is None:
-                continue
-            submitted.append(self._submit(lm, r, loop, functools.partial(
-                _post, loop, queue, p), functools.partial(queue.put_nowait, (p, None))))
+        submitted = self._submit_all([
+            (lambda p=p, r=r: self._submit(lm, r, loop, functools.partial(_post, loop, queue, p),
+                                           functools.partial(queue.put_nowait, (p, None))))
+            for p, r in enumerate(reqs) if r is not None])
         return self._events(req, lm, options, prompts, reqs, queue, submitted)
+
+    @staticmethod
+    def _submit_all(submits: list[Any]) -> list[tuple[asyncio.Future[Any], Job]]:
+        """Queue the jobs of one request: all, or none (a full queue refusing a later one
+        cancels those already queued, so nothing runs for a request that got a 429)."""
+        submitted: list[tuple[asyncio.Future[Any], Job]] = []
+        try:
+            for submit in submits:
+                submitted.append(submit())
+        except BaseException:
+            for future, job in submitted:
+                job.cancelled.set()
+                future.cancel()
+            raise
+        return submitted
 
     async def _events(self, req: CompletionRequest, lm: SiloLM, options: SiloOptions,
                       prompts: list[tuple[int, ...]], reqs: list[Any],
@@ -314,7 +328,7 @@ class SiloService:
             while running:  # each job posts its events, then (p, None) when it ends
                 try:
                     p, ev = await asyncio.wait_for(queue.get(), max(0.0, deadline - loop_time()))
-                except TimeoutError:
+                except TimeoutError:  # the error event, then [DONE]: no partial tail
                     timeout = error_body("the request timed out", "timeout_error", "timeout")
                     yield f"data: {json.dumps(timeout)}\n\n"
                     break
@@ -324,11 +338,11 @@ class SiloService:
                 yield chunk([{"index": p * req.n + ev.choice, "text": ev.text,
                               "logprobs": self._event_logprobs(ev, req.logprobs),
                               "finish_reason": ev.finish_reason}])
-            results = [f.result() for f in futures if f.done() and f.exception() is None]
             failed = [e for f in futures if f.done() and (e := f.exception()) is not None]
             if failed:
                 yield f"data: {json.dumps(stream_error(failed[0]))}\n\n"
-            else:
+            elif not running:
+                results = [f.result() for f in futures]
                 yield chunk([], **self._stream_tail(req, lm, options, prompts,
                                                     [r is not None for r in reqs], results))
         finally:

@@ -220,9 +220,13 @@ class ModelWorker:
                     g.state.fail(exc)
                 continue
             for g, events in zip(gens, stepped, strict=True):
-                if g.job.emit is not None:
-                    for ev in events:
-                        g.job.emit(ev)
+                if g.job.emit is not None and events:
+                    try:
+                        for ev in events:
+                            g.job.emit(ev)
+                    except Exception:  # its listener is gone (a closed loop): drop the job
+                        log.exception("a streamed job could not take its events")
+                        g.job.cancelled.set()
         log.debug("step of %d rows in %.1f ms", rows, 1e3 * (time.perf_counter() - started))
         still = []
         for g in self._running:
@@ -237,15 +241,18 @@ class ModelWorker:
     @staticmethod
     def _end(g: _Generation) -> None:
         """A finished generation's result, or the error that ended it, to its job."""
-        if g.state.error is not None:
-            _log_failure(g.state.error)
-            g.job.done(g.state.error)
-            return
+        result: Any = g.state.error
+        if result is None:
+            try:
+                result = g.job.lm.finish(g.state)
+            except Exception as exc:  # attribution of the finished text
+                result = exc
+        if isinstance(result, BaseException):
+            _log_failure(result)
         try:
-            g.job.done(g.job.lm.finish(g.state))
-        except Exception as exc:  # attribution of the finished text
-            _log_failure(exc)
-            g.job.done(exc)
+            g.job.done(result)  # exactly once, whatever it does
+        except Exception:
+            log.exception("a job's completion callback failed")
 
 
 def _log_failure(exc: BaseException) -> None:

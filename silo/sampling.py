@@ -11,8 +11,8 @@ The rules (the README's API section states them for clients):
 - top_p keeps the smallest set of most likely tokens whose mass reaches top_p, and always
   at least the most likely token (ties to the lowest id), so the smallest positive
   top_p is greedy too.
-- a row with no finite log-probability has no distribution to draw from: that is a bug
-  upstream, raised as a plain ValueError (never a silent token).
+- a row with a nan, or with no finite log-probability, has no distribution to draw from:
+  that is a bug upstream, raised as a plain ValueError (never a silent token).
 
 Each request draws with its own `torch.Generator`, so a seeded request samples the same
 tokens whatever else shares its batch.
@@ -28,8 +28,8 @@ GREEDY_BELOW = 1e-5
 def sample(log_probs: torch.Tensor, temperature: float, top_p: float,
            gen: torch.Generator) -> torch.Tensor:
     """(m, V) log-probs -> (m,) token ids under the rules above."""
-    if not torch.isfinite(log_probs).any(dim=1).all():
-        raise ValueError("a next-token distribution has no finite log-probability")
+    if torch.isnan(log_probs).any() or not torch.isfinite(log_probs).any(dim=1).all():
+        raise ValueError("a next-token distribution has a nan or no finite log-probability")
     if temperature < GREEDY_BELOW:
         return log_probs.argmax(dim=1)
     weights = nucleus_weights(log_probs.float() / temperature, top_p)
@@ -40,7 +40,7 @@ def nucleus_weights(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     """(m, V) logits -> (m, V) unnormalised weights in [0, 1]: exp(logit - row max),
     zero outside the top-p nucleus. The row maximum always has weight 1."""
     logits = logits - logits.max(dim=1, keepdim=True).values
-    weights = logits.exp()  # -inf -> 0, the maximum -> 1, nan impossible
+    weights = logits.exp()  # -inf -> 0, the maximum -> 1 (sample rejects nan rows)
     if top_p >= 1.0:
         return weights
     sorted_w, order = weights.sort(dim=1, descending=True, stable=True)  # ties: lowest id

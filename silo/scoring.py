@@ -28,7 +28,6 @@ import torch
 
 from datastore.errors import SiloError, UnavailableError
 from datastore.filter import AccessScope
-from datastore.pointers import follow
 from datastore.table import CLASS_CODES
 from silo.attribution import (
     Attribution,
@@ -280,12 +279,12 @@ class Scoring:
             index = np.concatenate([np.arange(i, i + g.scored) for i, g in part])
             chunk = _Chunk(index, lp, passages=[g.passages for _, g in part
                                                 for _ in range(g.scored)])
-            if plan.uses_knn and plan.knn.pointers:
+            if plan.uses_knn:
                 q = hidden if queries is None else queries[torch.from_numpy(index)]
-                self._search_along(chunk, q, [g.scored for _, g in part], targets, plan)
-            elif plan.uses_knn:
-                q = hidden if queries is None else queries[torch.from_numpy(index)]
-                self._search(chunk, q, plan)
+                if plan.knn.pointers:
+                    self._search_along(chunk, q, [g.scored for _, g in part], targets, plan)
+                else:
+                    self._search(chunk, q, plan)
             yield chunk
 
     def _iter_groups(self, groups: list[tuple[int, _Group]]
@@ -309,8 +308,8 @@ class Scoring:
             if not plan.knn.pointers:
                 self.searches.count(len(queries), len(queries))
                 return self.datastore.knn_search(queries, plan.knn.k, plan.filter)
-            dist, ids, searched = follow(self.datastore, queries, previous, tokens,
-                                         plan.knn.k, plan.filter, plan.knn.pointers)
+            dist, ids, searched = self.datastore.follow(queries, previous, tokens, plan.knn.k,
+                                                        plan.filter, plan.knn.pointers)
         self.searches.count(int(searched.sum()), len(queries))
         return dist, ids
 
@@ -347,7 +346,8 @@ class Scoring:
             return chunk.lm
         knn = knn_log_probs(chunk.distances, chunk.values, self.vocab_size,
                             plan.knn.temperature)
-        return interpolate(chunk.lm, knn, plan.knn.lam, (chunk.values >= 0).any(1))
+        # a row whose neighbours all have unusable distances has no kNN distribution
+        return interpolate(chunk.lm, knn, plan.knn.lam, torch.isfinite(knn).any(1))
 
     def _provenance(self, chunk: _Chunk, targets: torch.Tensor, plan: Plan,
                     ) -> list[TokenProvenance]:

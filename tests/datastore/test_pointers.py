@@ -9,7 +9,7 @@ import pytest
 
 from datastore.config import DatastoreConfig
 from datastore.filter import SearchFilter
-from datastore.pointers import exact_distances, follow, nearest, successors
+from datastore.pointers import exact_distances, nearest, successors
 from datastore.store import Datastore
 from tests.datastore.synthetic import SyntheticEncoder, corpus
 
@@ -58,14 +58,14 @@ def test_follow_searches_where_too_few_pointers_remain(built) -> None:
     rng = np.random.default_rng(1)
     q = rng.standard_normal((4, store.kv.dim)).astype(np.float32)
     d0, i0 = store.knn_search(q, 5)
-    dist, ids, searched = follow(store, q, None, None, 5, None, 1)  # nothing to follow
+    dist, ids, searched = store.follow(q, None, None, 5, None, 1)  # nothing to follow
     assert searched.all() and np.array_equal(ids, i0) and np.allclose(dist, d0)
     values = np.asarray(store.kv.values)
     prev, tokens = i0, values[i0[:, 0]]  # the nearest neighbour's token came next
-    dist, ids, searched = follow(store, q, prev, tokens, 5, None, 1)
+    dist, ids, searched = store.follow(q, prev, tokens, 5, None, 1)
     assert not searched.any()  # each row has at least its nearest's successor
     assert (ids[:, 0] >= 0).all()
-    _, _, searched = follow(store, q, prev, tokens, 5, None, 10**6)  # never enough
+    _, _, searched = store.follow(q, prev, tokens, 5, None, 10**6)  # never enough
     assert searched.all()
 
 
@@ -89,8 +89,8 @@ def test_followed_results_equal_a_store_that_never_held_the_excluded(tmp_path: P
 
     (_, ia), (_, ib) = full.knn_search(q, 6, flt), reduced.knn_search(q, 6)
     ta, tb = np.asarray(full.kv.values)[ia[:, 0]], np.asarray(reduced.kv.values)[ib[:, 0]]
-    fa = follow(full, q, ia, ta, 6, flt, 2)
-    fb = follow(reduced, q, ib, tb, 6, None, 2)
+    fa = full.follow(q, ia, ta, 6, flt, 2)
+    fb = reduced.follow(q, ib, tb, 6, None, 2)
     assert np.array_equal(fa[2], fb[2])
     assert docpos(full, fa[1]) == docpos(reduced, fb[1])
     np.testing.assert_allclose(fa[0], fb[0], rtol=1e-5)

@@ -74,7 +74,10 @@ def test_denormal_temperature_is_greedy_and_seeded_draws_repeat() -> None:
     assert torch.equal(a, b)
 
 
-def test_a_row_without_a_finite_log_prob_is_an_error_not_a_token() -> None:
+def test_a_row_without_a_finite_log_prob_or_with_a_nan_is_an_error_not_a_token() -> None:
     lp = torch.full((1, 5), -math.inf)
     with pytest.raises(ValueError, match="no finite log-probability"):
+        sample(lp, 1.0, 1.0, torch.Generator())
+    lp = torch.tensor([[-1.0, float("nan"), -2.0]])
+    with pytest.raises(ValueError, match="nan"):
         sample(lp, 1.0, 1.0, torch.Generator())
