@@ -538,7 +538,8 @@ class Datastore:
         """Physically erase removed documents: index vectors, key rows, blocks, n-gram
         entries and stored text. Returns the number of documents purged."""
         with self._writer:
-            if not self.table.rows_to_purge():
+            self.sync()  # rows another replica removed: in the snapshot before purging
+            if not self._rows_to_purge():
                 return 0
             self.manifest = replace(self.manifest, status="compacting")
             write_manifest(self.folder, self.manifest)  # intent: redone at open if cut
@@ -546,8 +547,8 @@ class Datastore:
 
     def _purge(self) -> int:
         """The steps of compaction, each idempotent; the caller holds the writer lock."""
-        rows = self.table.rows_to_purge()
         snap = self._snapshot
+        rows = self._rows_to_purge()
         starts, ends, block_ids = purge_ranges(snap, rows)
         with self._index_lock.write():
             self._index().remove(starts, ends)
@@ -559,10 +560,17 @@ class Datastore:
         if self.ngram is not None:
             self.ngram.delete([snap.doc_ids[r] for r in rows])
             self.ngram.save()
-        self.table.purge(time.time())
+        self.table.purge(rows, time.time())
         self.manifest = replace(self.manifest, status="ready")
         self._write_manifest(rewritten=(*KV_FILES, *self._index().files))
         return len(rows)
+
+    def _rows_to_purge(self) -> list[int]:
+        """Rows awaiting compaction that this process's snapshot knows as removed (a row
+        another replica removed after the last sync waits for the next compaction)."""
+        snap = self._snapshot
+        return [r for r in self.table.rows_to_purge()
+                if r < len(snap.doc_ids) and snap.removed[r]]
 
     def _index(self) -> KnnIndex:
         assert self.index is not None, "index used before the build created it"

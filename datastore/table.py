@@ -413,17 +413,27 @@ class DocumentTable(ABC):
             return self._read(sql + " ORDER BY effective_at")
         return self._read(sql + " WHERE optout_id=?", (optout_id,))
 
-    def purge(self, now: float) -> list[int]:
-        """Erase the text of removed documents, stamp their receipts, and compact the
-        storage so no freed page keeps the text. Returns the rows purged by this call."""
+    def purge(self, rows: Sequence[int], now: float) -> list[int]:
+        """Erase the text of the removed documents among `rows` (those whose vectors and
+        blocks the caller has erased), stamp the receipts all of whose documents are now
+        erased, and compact the storage so no freed page keeps the text. An opt-out
+        another replica commits meanwhile keeps its text and an open receipt for the next
+        compaction. Returns the rows purged by this call."""
+        ids = [int(r) for r in rows]
         with self._transaction() as run:
-            rows = [r[0] for r in run(
-                "SELECT doc_row FROM documents WHERE state='removed' AND text IS NOT NULL")]
-            run("UPDATE documents SET text=NULL WHERE state='removed'")
-            run("UPDATE optouts SET purged_at=? WHERE purged_at IS NULL", (now,))
+            purged: list[int] = []
+            for at in range(0, len(ids), 500):  # bound the statement's parameters
+                part = ids[at:at + 500]
+                marks = ",".join("?" * len(part))
+                purged += [r[0] for r in run(
+                    f"UPDATE documents SET text=NULL WHERE doc_row IN ({marks}) AND "
+                    "state='removed' AND text IS NOT NULL RETURNING doc_row", part)]
+            run("UPDATE optouts SET purged_at=? WHERE purged_at IS NULL AND NOT EXISTS "
+                "(SELECT 1 FROM documents d WHERE d.optout_id = optouts.optout_id AND "
+                "d.text IS NOT NULL)", (now,))
             run(_BUMP)
         self._compact_storage()
-        return rows
+        return sorted(purged)
 
     def rows_to_purge(self) -> list[int]:
         """Rows of removed documents whose data compaction has not yet erased."""

@@ -17,22 +17,30 @@ from datastore.document import LicenseClass
 Prompt = str | list[str] | list[int] | list[list[int]]
 
 
-def _check_unicode(value: Any, where: str) -> None:
-    """Text must be encodable (JSON's \\ud800 escapes decode to lone surrogates, which
-    no tokenizer, index or database takes)."""
+def _lone_surrogate(value: Any) -> tuple[Any, ...] | None:
+    """Where in `value` a string holds a lone surrogate (JSON's \\ud800 escapes decode to
+    them, and no tokenizer, index or database takes them): the path to it, ending with
+    the character's offset; None if there is none. Lists of ints (token ids) are passed
+    over at once: the schema never mixes them with text."""
     if isinstance(value, str):
         try:
             value.encode("utf-8")
         except UnicodeEncodeError as e:
-            raise ValueError(f"{where}: not valid Unicode (a lone surrogate at "
-                             f"character {e.start})") from None
-    elif isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            _check_unicode(item, f"{where}[{i}]")
+            return (e.start,)
+        return None
+    if isinstance(value, list | tuple):
+        if value and type(value[0]) is int:
+            return None
+        items: Any = enumerate(value)
     elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_unicode(key, where)
-            _check_unicode(item, f"{where}.{key}")
+        items = ((k, v) for key in value for k, v in ((key, key), (key, value[key])))
+    else:
+        return None
+    for where, item in items:
+        found = _lone_surrogate(item)
+        if found is not None:
+            return (where, *found)
+    return None
 
 
 class Request(BaseModel):
@@ -42,8 +50,14 @@ class Request(BaseModel):
     def _valid_unicode(self) -> Request:
         for name in type(self).model_fields:
             value = getattr(self, name)
-            if not isinstance(value, BaseModel):  # nested requests check themselves
-                _check_unicode(value, name)
+            if isinstance(value, BaseModel):  # nested requests check themselves
+                continue
+            found = _lone_surrogate(value)
+            if found is not None:
+                where = "".join(f"[{p!r}]" if isinstance(p, str) else f"[{p}]"
+                                for p in found[:-1])
+                raise ValueError(f"{name}{where}: not valid Unicode (a lone surrogate at "
+                                 f"character {found[-1]})")
         return self
 
 

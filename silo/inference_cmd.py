@@ -29,6 +29,18 @@ def _floats(text: str, name: str) -> tuple[float, ...]:
         raise ValueError(f"--{name} must be comma-separated numbers, got {text!r}") from None
 
 
+def _counts(text: str, name: str) -> list[int]:
+    """A comma-separated list of whole numbers >= 0, checked before any work starts."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SiloError(f"--{name} must be whole numbers separated by commas, "
+                        f"got {text!r}") from None
+    if any(v < 0 for v in values):
+        raise SiloError(f"--{name} must be >= 0, got {text!r}")
+    return values
+
+
 def tune(
     corpus: Annotated[list[Path], typer.Option("--corpus", help="Corpus files or folders.")],
     datastore: StoreOpt,
@@ -51,6 +63,7 @@ def tune(
     from silo.model import DEFAULT_MODEL
     from silo.tuning import Grid, best_overall, grid_search, tune_pointers, write_defaults
 
+    candidates = _counts(pointers, "pointers") if pointers.strip() else []
     grid = Grid(tuple(int(k) for k in _floats(ks, "ks")), _floats(lams, "lams"),
                 _floats(temperatures, "temperatures"))
     lm = SiloLM.from_dirs(model or DEFAULT_MODEL, datastore)
@@ -64,7 +77,7 @@ def tune(
     for name, p in points.items():
         console.print(f"{name}: k={p[0].k} lambda={p[0].lam} tau={p[0].temperature:g} "
                       f"ppl {p[0].perplexity:.2f}")
-    candidates = [int(m) for m in _floats(pointers, "pointers")] if pointers.strip() else []
+
     if candidates:
         best, swept = tune_pointers(lm, seqs, best, candidates, pointer_tolerance)
         for point in swept:

@@ -385,7 +385,7 @@ def test_compaction_cut_midway_is_finished_at_open(tmp_path: Path,
     store = _build(tmp_path / "ds", docs, "faiss-flat")
     store.optout(doc_ids=["doc-5"])
 
-    def cut(table: object, now: float) -> None:
+    def cut(table: object, rows: object, now: float) -> None:
         raise KeyboardInterrupt  # after vectors and blocks went, before the text
 
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):

@@ -66,11 +66,17 @@ def test_tombstones_and_purge(new_table: OpenTable) -> None:
     assert table.optout_rows("o1")[0][3:6] == ('["doc-4", "doc-1"]', 6, 2)
     assert table.snapshot().removed.tolist() == [False, True, False, False, True, False]
     assert table.rows_to_purge() == [1, 4]
-    assert table.purge(2.0) == [1, 4]
+    # an opt-out committed after the purger read its rows keeps its text and open receipt
+    table.remove((["doc-2"], None, None), ("o2", "{}", None, 1.5))
+    assert table.purge([1, 4], 2.0) == [1, 4]
     assert table.text(1) is None and table.text(0) is not None
-    assert table.optout_rows()[0][-1] == 2.0  # purged_at
+    assert table.text(2) is not None
+    stamped = {r[0]: r[-1] for r in table.optout_rows()}
+    assert stamped == {"o1": 2.0, "o2": None}  # purged_at
     assert table.optout_rows("o1")[0][6] == 1.0  # effective_at
-    assert table.rows_to_purge() == []
+    assert table.rows_to_purge() == [2]
+    assert table.purge([2], 3.0) == [2] and table.rows_to_purge() == []
+    assert {r[0]: r[-1] for r in table.optout_rows()} == {"o1": 2.0, "o2": 3.0}
     table.check_integrity()
 
 
@@ -82,7 +88,7 @@ def test_every_write_bumps_the_change_sequence_seen_by_other_connections(
     assert other.change_seq() == 1
     _, seq = table.remove((["doc-2"], None, None), ("o1", "{}", None, 1.0))
     assert other.change_seq() == seq == 2 and other.snapshot().removed[2]
-    table.purge(2.0)
+    table.purge([2], 2.0)
     assert other.change_seq() == 3
 
 
@@ -139,7 +145,7 @@ def test_unreachable_postgres_fails_closed_and_recovers(pg_cluster: PgCluster,
     _fill(table)
     pg_cluster.stop()
     try:
-        for call in (table.snapshot, table.change_seq, lambda: table.purge(1.0),
+        for call in (table.snapshot, table.change_seq, lambda: table.purge([1], 1.0),
                      lambda: table.remove((["doc-1"], None, None), ("o", "{}", None, 1.0))):
             with pytest.raises(UnavailableError, match="cannot be reached"):
                 call()

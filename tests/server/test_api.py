@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import openai
@@ -143,10 +144,13 @@ def test_tokenizer_endpoints_round_trip(live: Live) -> None:
     ({"prompt": "x", "silo": {"datastore": "nope"}}, "nope"),
     ({"prompt": []}, "empty"),
     ({"max_tokens": 1}, "prompt"),
+    ({"prompt": ["ok", "a\ud800"]}, "prompt[1]: not valid Unicode"),
+    ({"prompt": "x", "stop": ["\udc00"]}, "stop[0]: not valid Unicode"),
 ])
 def test_bad_input_is_a_400_with_a_message(live: Live, body: dict, fragment: str) -> None:
-    with live.client(USER_KEY) as http:
-        r = http.post("/v1/completions", json=body)
+    with live.client(USER_KEY) as http:  # json.dumps escapes lone surrogates as \\udXXX
+        r = http.post("/v1/completions", content=json.dumps(body),
+                      headers={"Content-Type": "application/json"})
     assert r.status_code in (400, 404), r.text
     error = r.json()["error"]
     assert fragment in error["message"] and error["type"]

@@ -148,3 +148,6 @@ def test_tune_command_stores_defaults_the_next_silolm_uses(
     assert '"sentences"' in done.output
     bad = CliRunner().invoke(app, args[:-2] + ["--temperatures", "x"])
     assert bad.exit_code == 2 and "temperatures" in bad.output
+    for wrong in ("1.5", "-1"):
+        bad = CliRunner().invoke(app, [*args, "--pointers", wrong])
+        assert bad.exit_code == 2 and "--pointers" in bad.output
