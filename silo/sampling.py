@@ -40,13 +40,15 @@ def nucleus_weights(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     """(m, V) logits -> (m, V) unnormalised weights in [0, 1]: exp(logit - row max),
     zero outside the top-p nucleus. The row maximum always has weight 1."""
     logits = logits - logits.max(dim=1, keepdim=True).values
-    weights = logits.exp()  # -inf -> 0, the maximum -> 1 (sample rejects nan rows)
     if top_p >= 1.0:
-        return weights
-    sorted_w, order = weights.sort(dim=1, descending=True, stable=True)  # ties: lowest id
+        return logits.exp()  # -inf -> 0, the maximum -> 1 (sample rejects nan rows)
+    # ranked by logit, not by weight: two logits an ulp apart may share a weight, and the
+    # top token must be argmax's (ties to the lowest id)
+    sorted_l, order = logits.sort(dim=1, descending=True, stable=True)
+    sorted_w = sorted_l.exp()
     total = sorted_w.sum(dim=1, keepdim=True)  # >= 1
     before = (sorted_w.cumsum(1) - sorted_w) / total  # mass ranked above, in [0, 1)
     keep = before < top_p
     keep[:, 0] = True  # the most likely token survives any top_p
     sorted_w = torch.where(keep, sorted_w, torch.zeros_like(sorted_w))
-    return torch.zeros_like(weights).scatter(1, order, sorted_w)
+    return torch.zeros_like(logits).scatter(1, order, sorted_w)

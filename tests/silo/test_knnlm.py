@@ -90,7 +90,7 @@ def neighbours(draw: st.DrawFn) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(d, dtype=torch.float32).reshape(n, k), torch.tensor(v).reshape(n, k)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)  # the same cases on every run
 @given(neighbours(),
        st.one_of(st.sampled_from([5e-324, 1e-300, 1e-30, 1.0, 1e6]), st.floats(1e-300, 1e6)),
        st.one_of(st.sampled_from([0.0, 1.0, 1e-300]), st.floats(0.0, 1.0)))

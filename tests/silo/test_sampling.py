@@ -32,7 +32,7 @@ def log_prob_rows(draw: st.DrawFn) -> torch.Tensor:
     return torch.log_softmax(logits, dim=1)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)  # the same cases on every run
 @given(log_prob_rows(), extreme_floats, top_ps, st.integers(0, 2**31))
 def test_sampling_always_returns_a_token_the_distribution_allows(
         lp: torch.Tensor, temperature: float, top_p: float, seed: int) -> None:
@@ -44,15 +44,16 @@ def test_sampling_always_returns_a_token_the_distribution_allows(
         assert torch.equal(tokens, lp.argmax(dim=1))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)  # the same cases on every run
 @given(log_prob_rows(), extreme_floats, top_ps)
 def test_nucleus_weights_are_a_valid_unnormalised_distribution(
         lp: torch.Tensor, temperature: float, top_p: float) -> None:
     if temperature < GREEDY_BELOW:
         temperature = GREEDY_BELOW
-    w = nucleus_weights(lp / temperature, top_p)
+    scaled = lp / temperature  # what the sampler ranks (division may merge near-ties)
+    w = nucleus_weights(scaled, top_p)
     assert torch.isfinite(w).all() and (w >= 0).all() and (w <= 1).all()
-    assert (w.gather(1, lp.argmax(dim=1, keepdim=True)) == 1).all()  # the top token stays
+    assert (w.gather(1, scaled.argmax(dim=1, keepdim=True)) == 1).all()  # the top token stays
     assert ((w > 0) <= torch.isfinite(lp)).all()  # nothing outside the support
 
 
