@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from datastore.errors import NotFoundError
+from datastore.errors import InvalidInputError, NotFoundError
 
 APP = "server.app:create_app"
 CORPUS = Path(__file__).resolve().parent.parent / "data" / "corpus" / "foldoc.jsonl.gz"
@@ -104,6 +104,9 @@ def serve(
     datastore: Annotated[Path | None, typer.Option(
         help="Datastore folder; default: a FOLDOC datastore built once into the cache."
     )] = None,
+    no_datastore: Annotated[bool, typer.Option(
+        "--no-datastore", help="Serve the parametric LM alone (answers within seconds).")
+    ] = False,
 ) -> None:
     """Serve the OpenAI-compatible API, the admin API and the page."""
     import uvicorn
@@ -112,9 +115,14 @@ def serve(
 
     model = model or Path(os.environ.get("SILO_MODEL", DEFAULT_MODEL))
     check_model_dir(model)
-    if datastore is None and not os.environ.get("SILO_DATASTORE"):
-        datastore = default_datastore(model)
-    check_datastore_dir(datastore or Path(os.environ["SILO_DATASTORE"]))
+    if no_datastore:
+        if datastore is not None:
+            raise InvalidInputError("--datastore and --no-datastore exclude each other")
+        os.environ.pop("SILO_DATASTORE", None)  # requests default to parametric then
+    else:
+        if datastore is None and not os.environ.get("SILO_DATASTORE"):
+            datastore = default_datastore(model)
+        check_datastore_dir(datastore or Path(os.environ["SILO_DATASTORE"]))
     os.environ["SILO_MODEL"] = str(model)
     # torch's threads spinning on every core starve the event loop of the one it needs
     # (on 2 cores a 32-token completion took 1.0 s with two threads, 0.16 s with one)

@@ -159,11 +159,11 @@ def wait_healthy(docker: str, name: str, base: str, deadline_s: float) -> None:
 
 def test_container_answers_healthz_and_a_completion(docker: str, image: str) -> None:
     name = f"silo-test-{os.getpid()}"
-    # The parametric LM with no datastore, so it answers within seconds (`silo serve`, the
-    # image's command, first builds the default datastore: minutes).
+    # The parametric LM with no datastore, so it answers within seconds (the image's own
+    # command, `silo serve`, first builds the default datastore: minutes).
     sh(docker, "run", "-d", "--name", name, "-p", "127.0.0.1::8000",
-       "-e", "SILO_DEFAULT_MODE=parametric", "--health-interval", "1s", image,
-       "uvicorn", "server.app:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000")
+       "--health-interval", "1s", image,
+       "silo", "serve", "--host", "0.0.0.0", "--port", "8000", "--no-datastore")
     try:
         port = sh(docker, "port", name, "8000/tcp").split()[0].rpartition(":")[2]
         base = f"http://127.0.0.1:{port}"
