@@ -136,17 +136,26 @@ class ModelWorker:
             taken: list[Job] = []
             used = sum(len(g.state.live) for g in self._running)
             scores: list[Job] = []
+            # generations are admitted in order while rows are free; scoring jobs do not
+            # wait behind a generation that does not fit
+            waiting: deque[Job] = deque()
+            generations_full = False
             while self._queue:
-                job = self._queue[0]
+                job = self._queue.popleft()
                 if isinstance(job.request, GenerationRequest):
-                    if used and used + job.sequences > self.max_batch:
-                        break
+                    generations_full = generations_full or bool(
+                        used and used + job.sequences > self.max_batch)
+                    if generations_full:
+                        waiting.append(job)
+                        continue
                     used += job.sequences
-                elif len(scores) >= self.max_batch:
-                    break
-                taken.append(self._queue.popleft())
-                if isinstance(job.request, ScoreRequest):
+                elif len(scores) < self.max_batch:
                     scores.append(job)
+                else:
+                    waiting.append(job)
+                    continue
+                taken.append(job)
+            self._queue = waiting
             self._company = len(taken) + len(self._running)
         for job in taken:
             if not job.cancelled.is_set() and isinstance(job.request, GenerationRequest):

@@ -76,3 +76,35 @@ def test_full_queue_is_refused(tiny_lm, tiny_tokenizer) -> None:
     worker.submit(Job(lm, ScoreRequest((1, 2)), lambda r: None))
     with pytest.raises(CapacityError, match="queue is full"):
         worker.submit(Job(lm, ScoreRequest((1, 2)), lambda r: None))
+
+
+def test_scoring_does_not_wait_behind_a_generation_that_does_not_fit(tiny_lm, tiny_tokenizer,
+                                                                    ) -> None:
+    lm = SiloLM(tiny_lm, tiny_tokenizer)
+    worker = ModelWorker(max_batch=2, max_queue=8, batch_wait_s=0.0)
+    order: list[str] = []
+    done = threading.Semaphore(0)
+
+    def job(name: str, request: object) -> Job:
+        def finish(result: object) -> None:
+            order.append(name)
+            done.release()
+        return Job(lm, request, finish)  # type: ignore[arg-type]
+
+    long = GenerationRequest((5, 6), max_tokens=400, temperature=0, n=2, options=PARAMETRIC)
+    worker.submit(job("long", long))
+    worker.start()
+    try:
+        for _ in range(600):  # until the long generation holds both rows
+            if worker.running:
+                break
+            threading.Event().wait(0.01)
+        assert worker.running == 1
+        worker.submit(job("waiting", GenerationRequest((7,), max_tokens=2, n=2,
+                                                       options=PARAMETRIC)))
+        worker.submit(job("score", ScoreRequest((3, 4, 5), options=PARAMETRIC)))
+        for _ in range(3):
+            assert done.acquire(timeout=120)
+    finally:
+        worker.stop()
+    assert order == ["score", "long", "waiting"]
