@@ -94,6 +94,8 @@ class CompletionRequest(Request):
     logprobs: int | None = Field(default=None, ge=0)
     echo: bool = False
     stream: bool = False
+    ignore_eos: bool = Field(default=False, description=(
+        "vLLM's extension: keep generating past the end-of-text token, up to max_tokens."))
     silo: SiloRequestOptions | None = None
 
 

@@ -159,7 +159,7 @@ class SiloService:
                     GenerationRequest, ids, req.max_tokens or 16,
                     1.0 if req.temperature is None else req.temperature,
                     1.0 if req.top_p is None else req.top_p, req.n, stop, req.seed,
-                    req.logprobs or 0, req.echo, options, principal.scope))
+                    req.logprobs or 0, req.echo, options, principal.scope, req.ignore_eos))
         return lm, options, prompts, reqs
 
     def _submit(self, lm: SiloLM, request: Any, loop: asyncio.AbstractEventLoop,

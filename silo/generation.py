@@ -389,8 +389,10 @@ class Generation(Scoring):
         cut = min((full.find(s) for s in request.stop if s in full), default=-1)
         if cut >= 0:
             full, finish = full[:cut], "stop"
-        elif step == request.max_tokens - 1 or token == self.eos_id:
-            finish = "stop" if token == self.eos_id else "length"
+        elif token == self.eos_id and not request.ignore_eos:
+            finish = "stop"
+        elif step == request.max_tokens - 1:
+            finish = "length"
         delta = full[len(texts[choice]):] if full.startswith(texts[choice]) else ""
         texts[choice] = full
         top = None

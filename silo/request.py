@@ -102,6 +102,7 @@ class GenerationRequest:
     echo: bool = False  # also score the prompt
     options: SiloOptions = field(default_factory=SiloOptions)
     scope: AccessScope = field(default_factory=AccessScope)
+    ignore_eos: bool = False  # vLLM's: the end-of-text token does not end a choice
 
     def __post_init__(self) -> None:
         _check_ids(self.prompt_ids, "prompt_ids")

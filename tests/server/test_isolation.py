@@ -96,7 +96,7 @@ def test_a_streaming_client_that_leaves_frees_its_rows(make_live, model_dir, sto
     live = make_live(model=model_dir, datastore=store_dir, max_tokens_limit=100_000)
     worker = live.app.state.service.worker
     body = {"prompt": "In the beginning", "max_tokens": 100_000, "temperature": 1.0,
-            "seed": 3, "stream": True, "silo": {"mode": "parametric"}}
+            "seed": 3, "stream": True, "ignore_eos": True, "silo": {"mode": "parametric"}}
     with live.client() as c, c.stream("POST", "/v1/completions", json=body) as r:
         assert r.status_code == 200
         events: list[dict[str, Any]] = []

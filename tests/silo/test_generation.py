@@ -135,3 +135,21 @@ def test_a_datastore_fault_is_unavailable_not_a_bug(full: SiloLM) -> None:
                        torch.tensor(full.generate(GenerationRequest(
                            prompt_ids(full)[:4], max_tokens=2, temperature=0,
                            options=ALL[0])).choices[0].token_ids))
+
+
+def test_ignore_eos_generates_past_the_end_of_text_token(full: SiloLM) -> None:
+    ids = prompt_ids(full)[:3]
+    full.rows_hook = None
+
+    def request(seed: int, ignore_eos: bool) -> GenerationRequest:
+        return GenerationRequest(ids, max_tokens=40, temperature=2.0, seed=seed,
+                                 ignore_eos=ignore_eos, options=ALL[0])
+
+    # A seed whose draw reaches the end-of-text token before max_tokens.
+    seed, stopped = next((s, r.choices[0]) for s in range(500)
+                         if (r := full.generate(request(s, False))).choices[0].finish_reason
+                         == "stop")
+    assert stopped.token_ids[-1] == full.eos_id and len(stopped.token_ids) < 40
+    went_on = full.generate(request(seed, True)).choices[0]
+    assert went_on.finish_reason == "length" and len(went_on.token_ids) == 40
+    assert went_on.token_ids[:len(stopped.token_ids)] == stopped.token_ids
