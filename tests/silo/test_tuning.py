@@ -21,6 +21,7 @@ from silo.tuning import (
     mixed_logprob,
     read_defaults,
     tune_pointers,
+    widen,
     write_defaults,
 )
 from tests.conftest import make_documents
@@ -115,6 +116,20 @@ def test_grid_is_validated_naming_the_field() -> None:
         Grid(ks=())
     with pytest.raises(ValueError, match="lam"):
         Grid(lams=(1.5,))
+
+
+def test_widen_extends_only_the_edges_the_best_point_sits_on() -> None:
+    grid = Grid(ks=(16, 64), lams=(0.2, 0.5, 0.9), temperatures=(1.0, 5.0, 20.0))
+    assert widen(grid, GridPoint(16, 0.5, 5.0, 10.0)) == Grid((8, 16, 64), grid.lams,
+                                                              grid.temperatures)
+    inside = Grid(ks=(16, 64, 256), lams=grid.lams, temperatures=grid.temperatures)
+    assert widen(inside, GridPoint(64, 0.5, 5.0, 10.0)) == inside
+    corner = widen(inside, GridPoint(256, 0.9, 20.0, 10.0))
+    assert corner == Grid((16, 64, 256, 512), (0.2, 0.5, 0.9, 0.95), (1.0, 5.0, 20.0, 80.0))
+    low = widen(inside, GridPoint(64, 0.2, 1.0, 10.0))
+    assert low.lams[0] == 0.1 and low.temperatures[0] == 0.25
+    at_limits = Grid(ks=(4096,), lams=(1.0,), temperatures=(1e6,))
+    assert widen(at_limits, GridPoint(4096, 1.0, 1e6, 10.0)).ks == (2048, 4096)
 
 
 def test_tune_command_stores_defaults_the_next_silolm_uses(
