@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
+from served import median_seconds as _timed  # noqa: E402
+
 from datastore.config import DatastoreConfig  # noqa: E402
 from datastore.index.milvus_server import MilvusServerIndex  # noqa: E402
 from datastore.table_registry import DATABASE_ENV  # noqa: E402
@@ -52,16 +55,6 @@ def _keys(n: int, dim: int, seed: int) -> np.ndarray:
 
 def _recall(found: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean([len(set(f) & set(e)) / K for f, e in zip(found, exact, strict=True)]))
-
-
-def _timed(fn: Any, repeat: int) -> float:
-    """Median seconds of `repeat` calls."""
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def _faiss(kind: str, keys: np.ndarray, nlist: int, m: int) -> Any:
@@ -205,8 +198,8 @@ def _propagation(a: str, b: str, docs: list[dict[str, Any]], rounds: int) -> dic
     until, steady = [], []
     for doc in docs[:rounds]:
         body = {"text": doc["text"][:200], "k": 10}
-        steady.append(_timed(lambda body=body: httpx.post(b + "/v1/attribution", json=body,
-                                                          timeout=60), 3))
+        steady.append(_timed(partial(httpx.post, b + "/v1/attribution", json=body,
+                                     timeout=60), 3))
         r = httpx.post(a + "/admin/optout", json={"doc_ids": [doc["id"]]}, headers=ADMIN,
                        timeout=60)
         r.raise_for_status()
@@ -272,7 +265,7 @@ def sync_part(args: argparse.Namespace) -> dict[str, Any]:
                                  SyntheticEncoder(), config, progress=False) as store:
                 q = np.asarray(store.kv.keys[:1], np.float32)
                 seq = _timed(store.table.change_seq, 1000)
-                search = _timed(lambda store=store, q=q: store.knn_search(q, K), 1000)
+                search = _timed(partial(store.knn_search, q, K), 1000)
                 out[name] = {"change_seq_us": 1e6 * seq, "knn_search_us": 1e6 * search,
                              "share": seq / search}
             os.environ.pop(DATABASE_ENV, None)

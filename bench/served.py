@@ -11,9 +11,11 @@ and `stop` ends it in any case.
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -23,6 +25,16 @@ sys.path.insert(0, str(ROOT))
 
 from tests.conftest import make_documents  # noqa: E402
 from tests.server.conftest import STORE_CONFIG, free_port  # noqa: E402
+
+
+def median_seconds(fn: Callable[[], object], n: int) -> float:
+    """Median wall seconds of `n` calls of `fn`."""
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
 
 
 def build_model(folder: Path, preset: str) -> Path:

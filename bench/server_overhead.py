@@ -33,11 +33,9 @@ from __future__ import annotations
 
 import argparse
 import resource
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -49,6 +47,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from served import build_datastore, build_model, serve, stop  # noqa: E402
+from served import median_seconds as _p50  # noqa: E402
 
 from silo.lm import (  # noqa: E402
     GenerationRequest,
@@ -60,15 +59,6 @@ from silo.lm import (  # noqa: E402
 
 MODES = ("parametric", "knnlm")
 TOKENS = 32
-
-
-def _p50(fn: Callable[[], object], n: int) -> float:
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 class _Cpu:
