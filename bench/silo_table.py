@@ -29,6 +29,7 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, replace
@@ -387,12 +388,13 @@ def write_results(args: argparse.Namespace, r: dict[str, Any]) -> None:
     cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     model = next((ln.split(":", 1)[1].strip() for ln in cpu.splitlines()
                   if ln.startswith("Model name")), platform.processor())
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     lines = [
         "# SILO at small scale: results",
         "",
         "Produced by `python bench/silo_table.py` (see its docstring for the protocol) on "
-        f"a 2-core x86_64 CPU ({model}), 24 GB RAM, no GPU, in {r['seconds'] / 60:.0f} "
-        "minutes, while another training job shared the cores.",
+        f"a {os.cpu_count()}-core {platform.machine()} CPU ({model}), {memory:.0f} GB RAM, "
+        f"no GPU, in {r['seconds'] / 60:.0f} minutes.",
         "",
         models_line(r["models"]),
         f"Datastore: {r['documents']:,} documents of the domains' train split "
