@@ -49,6 +49,8 @@ from silo.lm import SiloConfig, SiloLM, SiloOptions
 from silo.model import load_lm
 from silo.ric import RicParams, passage_budget, with_passage
 from silo.tuning import (
+    K_LIMIT,
+    TEMPERATURE_LIMIT,
     Grid,
     GridPoint,
     TargetScores,
@@ -378,7 +380,8 @@ def grid_line(g: dict[str, Any] | None) -> str:
         return "of silo.tuning.Grid"
     return (f"k {{{', '.join(map(str, g['ks']))}}} x lam {{{', '.join(map(str, g['lams']))}}} "
             f"x tau {{{', '.join(f'{t:g}' for t in g['temperatures'])}}} (the default grid, "
-            "widened past each edge a domain's best value sat on)")
+            "widened past each edge a domain's best value sat on, up to the API's limits: "
+            f"k {K_LIMIT}, tau {TEMPERATURE_LIMIT:g})")
 
 
 def write_results(args: argparse.Namespace, r: dict[str, Any]) -> None:
@@ -433,8 +436,10 @@ def write_results(args: argparse.Namespace, r: dict[str, Any]) -> None:
         "parametric LM's: " + ", ".join(f"{n} {v:.2f}" for n, v in ratios.items())
         + (" (at most 1/3 on every domain: it has learned them)."
            if all(v <= 1 / 3 for v in ratios.values()) else
-           " (above 1/3 somewhere: the oracle has not fully learned that domain, and the "
-           "gap closed there overstates the method)."),
+           f" (above 1/3 on {', '.join(n for n, v in ratios.items() if v > 1 / 3)}: the "
+           "oracle has not fully learned that domain, and the gap closed there overstates "
+           "the method; an oracle that reads more of it, trained from scratch on "
+           "everything or for longer, would close this)."),
         "",
         "Above 100% a method beats the oracle: the datastore holds the domain's text "
         "verbatim, which an LM of this size can only partly memorise."
@@ -446,8 +451,9 @@ def write_results(args: argparse.Namespace, r: dict[str, Any]) -> None:
         + ", ".join(f"{n} {d['ric_ceiling']['alone']:.1f} -> "
                     f"{d['ric_ceiling']['own_text_in_context']:.1f}"
                     for n, d in r["domains"].items() if "ric_ceiling" in d)
-        + ". Where the two are close, the LM barely copies from its context, and no "
-        "retrieval can make RIC-LM close much of the gap.",
+        + ". Where the two are close, the LM barely copies from its context and no retrieval "
+        "can make RIC-LM close much of the gap; where the second is far lower, the LM copies "
+        "well and RIC-LM is limited by what BM25 retrieves.",
         "",
         "Tuned on the valid split (k, lam, tau; perplexity on valid), over the grid "
         + grid_line(r.get("grid")) + ":",
