@@ -11,7 +11,7 @@ tuned full search on the same tokens. With --flat-tokens the script also builds 
 exact (faiss-flat) copy from the same stored keys, with no forward pass, and measures
 kNN-LM over it on fewer tokens (a rate is a rate; exact search at this size is slow).
 
-    OMP_NUM_THREADS=1 python bench/silo_speed.py --model runs/mini/pdsw \
+    OMP_NUM_THREADS=1 python bench/silo_speed.py --model models/silo-small \
         --datastore runs/silo_table/full
 """
 
@@ -207,7 +207,7 @@ def measure(cases: list[Case], store: Datastore, rounds: int, gen_tokens: int,
 
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", type=Path, default=Path("runs/mini/pdsw"))
+    ap.add_argument("--model", type=Path, default=Path("models/silo-small"))
     ap.add_argument("--datastore", type=Path, default=Path("runs/silo_table/full"))
     ap.add_argument("--corpus-dir", type=Path, default=Path("data/corpus"))
     ap.add_argument("--domain", default="gcide", help="test documents to score")
