@@ -45,12 +45,11 @@ from datastore.store import Datastore
 from silo.corpus import read_corpus, split_of
 from silo.encoder import LMEncoder
 from silo.evaluate import domain_sequences
+from silo.knnlm import MAX_K, MAX_KNN_TEMPERATURE
 from silo.lm import SiloConfig, SiloLM, SiloOptions
 from silo.model import load_lm
 from silo.ric import RicParams, passage_budget, with_passage
 from silo.tuning import (
-    K_LIMIT,
-    TEMPERATURE_LIMIT,
     Grid,
     GridPoint,
     TargetScores,
@@ -219,10 +218,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     grid, searched = tune(lm, held, args.valid_tokens)
     results["grid"] = asdict(grid)
     best_knn = {name: knn_grid for name, (knn_grid, _) in searched.items()}
+    tests = {name: sequences(lm, held[name]["test"], args.test_tokens) for name in domains}
     for name in domains:
         t0 = time.perf_counter()
         knn_grid, both_grid = searched[name]
-        test = sequences(lm, held[name]["test"], args.test_tokens)
+        test = tests[name]
         t_plain, t_both = evaluate(lm, test, grid.k_max)
         o = oracle_lm.target_scores(test, SiloOptions("parametric"), 0)
         ppl = {
@@ -248,7 +248,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                    note=f"tuned on the valid split of {', '.join(domains)}")
     results["default"] = asdict(default)
 
-    results["size_curve"] = size_curve(args, lm, store_docs, held, encoder, best_knn, grid)
+    full = {n: d["perplexity"]["knnlm"] for n, d in results["domains"].items()}
+    results["size_curve"] = size_curve(args, lm, store_docs, tests, full, encoder, best_knn,
+                                       grid)
     results["optout"] = optout_table(args, lm, store_docs, encoder, default)
     results["seconds"] = time.perf_counter() - started
     (args.work / "results.json").write_text(json.dumps(results, indent=2))
@@ -274,9 +276,13 @@ def tune(lm: SiloLM, held: dict[str, dict[str, list[Document]]], budget: int,
     grid = Grid()
     valid = {name: sequences(lm, parts["valid"], budget) for name, parts in held.items()}
     scores = {name: evaluate(lm, seqs, grid.k_max) for name, seqs in valid.items()}
+
+    def search_all() -> dict[str, tuple[list[GridPoint], list[GridPoint]]]:
+        return {name: (grid_search(plain, grid), grid_search(both, grid))
+                for name, (plain, both) in scores.items()}
+
+    searched = search_all()
     for _ in range(rounds):
-        searched = {name: (grid_search(plain, grid), grid_search(both, grid))
-                    for name, (plain, both) in scores.items()}
         wider = grid
         for knn_grid, both_grid in searched.values():
             for best in (knn_grid[0], both_grid[0]):
@@ -287,9 +293,7 @@ def tune(lm: SiloLM, held: dict[str, dict[str, list[Document]]], budget: int,
         if wider.k_max > grid.k_max:
             scores = {name: evaluate(lm, seqs, wider.k_max) for name, seqs in valid.items()}
         grid = wider
-    else:
-        searched = {name: (grid_search(plain, grid), grid_search(both, grid))
-                    for name, (plain, both) in scores.items()}
+        searched = search_all()
     return grid, searched
 
 
@@ -310,26 +314,27 @@ def report_only(args: argparse.Namespace, domains: list[str], every: dict[str, i
 
 
 def size_curve(args: argparse.Namespace, lm: SiloLM, store_docs: list[Document],
-               held: dict[str, dict[str, list[Document]]], encoder: CachedEncoder,
+               tests: dict[str, list[tuple[int, ...]]], full: dict[str, float],
+               encoder: CachedEncoder,
                best: dict[str, list[GridPoint]], grid: Grid) -> list[dict[str, Any]]:
     """kNN-LM test perplexity with the first 1/8, 1/4, 1/2 and all of the datastore's
-    documents (in a fixed hash order), at each domain's tuned values."""
+    documents (in a fixed hash order), at each domain's tuned values; `full` is the whole
+    datastore's, already measured on the same test tokens."""
     order = sorted(store_docs, key=lambda d: hashlib.sha256(d.doc_id.encode()).digest())
     rows = []
-    for frac in (0.125, 0.25, 0.5, 1.0):
+    for frac in (0.125, 0.25, 0.5):
         part = order[: int(len(order) * frac)]
-        sub = lm.datastore if frac == 1.0 else build(
-            args.work / f"size-{frac}", part, encoder, args, bm25=False, trained=trained(args))
-        assert sub is not None
+        sub = build(args.work / f"size-{frac}", part, encoder, args, bm25=False,
+                    trained=trained(args))
         sub_lm = SiloLM(lm.model, lm.tokenizer, sub, lm.config)
         row: dict[str, Any] = {"fraction": frac, "entries": len(sub.kv)}
         for name in best:
-            test = sequences(lm, held[name]["test"], args.test_tokens)
-            scores = sub_lm.target_scores(test, SiloOptions("knnlm"), grid.k_max)
+            scores = sub_lm.target_scores(tests[name], SiloOptions("knnlm"), grid.k_max)
             row[name] = perplexity(mixed_logprob(scores, best[name][0].params))
         rows.append(row)
         print("size", json.dumps(row), flush=True)
-    return rows
+    assert lm.datastore is not None
+    return [*rows, {"fraction": 1.0, "entries": len(lm.datastore.kv), **full}]
 
 
 def optout_table(args: argparse.Namespace, lm: SiloLM, store_docs: list[Document],
@@ -381,7 +386,7 @@ def grid_line(g: dict[str, Any] | None) -> str:
     return (f"k {{{', '.join(map(str, g['ks']))}}} x lam {{{', '.join(map(str, g['lams']))}}} "
             f"x tau {{{', '.join(f'{t:g}' for t in g['temperatures'])}}} (the default grid, "
             "widened past each edge a domain's best value sat on, up to the API's limits: "
-            f"k {K_LIMIT}, tau {TEMPERATURE_LIMIT:g})")
+            f"k {MAX_K}, tau {MAX_KNN_TEMPERATURE:g})")
 
 
 def write_results(args: argparse.Namespace, r: dict[str, Any]) -> None:

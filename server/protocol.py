@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from datastore.document import LicenseClass
+from silo.knnlm import MAX_K, MAX_KNN_TEMPERATURE
 
 Prompt = str | list[str] | list[int] | list[list[int]]
 
@@ -67,10 +68,10 @@ class SiloRequestOptions(Request):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     mode: Literal["parametric", "knnlm", "ric", "knnlm+ric"] | None = None
-    k: int | None = Field(default=None, ge=1, le=4096, description="Neighbours per token.")
+    k: int | None = Field(default=None, ge=1, le=MAX_K, description="Neighbours per token.")
     lambda_: float | None = Field(default=None, alias="lambda", ge=0.0, le=1.0,
                                   description="Weight of the kNN distribution.")
-    knn_temperature: float | None = Field(default=None, gt=0.0, le=1e6)
+    knn_temperature: float | None = Field(default=None, gt=0.0, le=MAX_KNN_TEMPERATURE)
     license_classes: list[LicenseClass] | None = Field(
         default=None, description="Licence classes the datastore may contribute; all if unset.")
     attribution: bool = False

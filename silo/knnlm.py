@@ -18,6 +18,9 @@ from dataclasses import dataclass
 
 import torch
 
+MAX_K = 4096  # the most neighbours a request may ask for (the API's silo.k)
+MAX_KNN_TEMPERATURE = 1e6  # the API's limit on silo.knn_temperature
+
 
 @dataclass(frozen=True)
 class KnnParams:

@@ -26,7 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from silo.knnlm import KnnParams, interpolate, target_neighbour_mass
+from silo.knnlm import (
+    MAX_K,
+    MAX_KNN_TEMPERATURE,
+    KnnParams,
+    interpolate,
+    target_neighbour_mass,
+)
 
 DEFAULTS_FILE = "silo_knnlm.json"
 
@@ -131,27 +137,23 @@ def grid_search(scores: TargetScores, grid: Grid) -> list[GridPoint]:
     return sorted(points, key=lambda p: p.perplexity)
 
 
-K_LIMIT = 4096  # the most neighbours a request may ask for (the API's silo.k limit)
-TEMPERATURE_LIMIT = 1e6  # the API's silo.knn_temperature limit
-
-
 def widen(grid: Grid, best: GridPoint) -> Grid:
     """`grid` extended one step past each edge that `best` sits on, so that a best value
     at the edge is tested against a value beyond it: k doubled or halved (within 1 ..
-    K_LIMIT), lam halfway to 1 or to 0, tau times or divided by 4 (at most
-    TEMPERATURE_LIMIT). The same grid when `best` is inside on every axis, or at a
+    MAX_K), lam halfway to 1 or to 0, tau times or divided by 4 (at most
+    MAX_KNN_TEMPERATURE). The same grid when `best` is inside on every axis, or at a
     limit."""
     ks, lams, temps = set(grid.ks), set(grid.lams), set(grid.temperatures)
-    if best.k == max(ks) and best.k < K_LIMIT:
-        ks.add(min(2 * best.k, K_LIMIT))
+    if best.k == max(ks) and best.k < MAX_K:
+        ks.add(min(2 * best.k, MAX_K))
     if best.k == min(ks) and best.k > 1:
         ks.add(best.k // 2)
     if best.lam == max(lams) and best.lam < 1:
         lams.add(round((1 + best.lam) / 2, 6))
     if best.lam == min(lams) and best.lam > 0:
         lams.add(round(best.lam / 2, 6))
-    if best.temperature == max(temps) and best.temperature < TEMPERATURE_LIMIT:
-        temps.add(min(4 * best.temperature, TEMPERATURE_LIMIT))
+    if best.temperature == max(temps) and best.temperature < MAX_KNN_TEMPERATURE:
+        temps.add(min(4 * best.temperature, MAX_KNN_TEMPERATURE))
     if best.temperature == min(temps):
         temps.add(best.temperature / 4)
     return Grid(tuple(sorted(ks)), tuple(sorted(lams)), tuple(sorted(temps)))
