@@ -77,7 +77,6 @@ def tune(
     for name, p in points.items():
         console.print(f"{name}: k={p[0].k} lambda={p[0].lam} tau={p[0].temperature:g} "
                       f"ppl {p[0].perplexity:.2f}")
-
     if candidates:
         best, swept = tune_pointers(lm, seqs, best, candidates, pointer_tolerance)
         for point in swept:
