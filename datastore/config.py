@@ -5,7 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-BACKENDS = ("exact", "faiss-flat", "faiss-ivfpq", "milvus", "torch-exact", "torch-ivfpq")
+BACKENDS = ("exact", "faiss-flat", "faiss-ivfpq", "faiss-ivfpq-fs", "milvus", "torch-exact",
+            "torch-ivfpq")
+# index backends whose files live in the datastore folder and can be rebuilt from its
+# key files (Datastore.reindex)
+LOCAL_BACKENDS = ("exact", "faiss-flat", "faiss-ivfpq", "faiss-ivfpq-fs")
 
 
 @dataclass(frozen=True)
@@ -14,6 +18,10 @@ class DatastoreConfig:
 
     The IVF-PQ defaults are SILO's (nlist 4096, M 64 sub-quantizers of 8 bits, nprobe 8);
     small test stores pass smaller values. `train_size` caps the keys used to train IVF-PQ.
+    `faiss-ivfpq-fs` is IVF-PQ with 4-bit codes, scanned by faiss's SIMD fast-scan
+    kernels (nbits must be 4; M divides the key dim). With twice the sub-quantizers of an
+    8-bit index (M = dim, one dimension each) its codes are as large and several times
+    faster to scan (docs/BENCHMARKS.md). It is a CPU index.
     """
 
     backend: str = "exact"
@@ -48,6 +56,12 @@ class DatastoreConfig:
             raise ValueError(f"device must be cpu or cuda[:n], got {self.device!r}")
         if not 1 <= self.nbits <= 16:
             raise ValueError(f"nbits must be in [1, 16], got {self.nbits}")
+        if self.backend == "faiss-ivfpq-fs":
+            if self.nbits != 4:
+                raise ValueError(f"faiss-ivfpq-fs (fast-scan) codes are 4 bits: nbits must "
+                                 f"be 4, got {self.nbits}")
+            if self.device != "cpu":
+                raise ValueError("faiss-ivfpq-fs is a CPU index; on CUDA use faiss-ivfpq")
         if not 0 <= self.block_overlap < self.block_tokens:
             raise ValueError(
                 f"block_overlap must be in [0, block_tokens), got {self.block_overlap}"

@@ -29,6 +29,7 @@ from datastore.errors import CorruptDatastoreError, ModelMismatchError
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
 CHUNK_BYTES = 64 << 20  # checksum granularity: appends rehash only the last chunk
+STATUSES = ("building", "ready", "adding", "compacting", "reindexing")
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,9 @@ class Manifest:
     model_fingerprint: str
     key_dim: int
     config: dict[str, Any]
-    # "building" until the first build finishes, then "ready"; "adding"/"compacting"
-    # while those change the key files and the index (repaired at the next open)
+    # "building" until the first build finishes, then "ready"; "adding"/"compacting"/
+    # "reindexing" while those change the key files or the index (repaired at the next
+    # open; a reindex's config is already the new one)
     status: str = "building"
     version: int = FORMAT_VERSION
     key_dtype: str = "float16"
@@ -57,8 +59,8 @@ class Manifest:
     def __post_init__(self) -> None:
         if self.key_dim < 1:
             raise ValueError(f"key_dim must be >= 1, got {self.key_dim}")
-        if self.status not in ("building", "ready", "adding", "compacting"):
-            raise ValueError(f"status must be building, ready, adding or compacting, got "
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {', '.join(STATUSES)}, got "
                              f"{self.status!r}")
         if not self.model_fingerprint:
             raise ValueError("model_fingerprint must not be empty")

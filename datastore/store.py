@@ -38,10 +38,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+from tqdm import tqdm
 
 from datastore import pointers
 from datastore.build import IngestStats, index_text, ingest
-from datastore.config import DatastoreConfig
+from datastore.config import LOCAL_BACKENDS, DatastoreConfig
 from datastore.document import Document, LicenseClass
 from datastore.encoder import KeyEncoder
 from datastore.errors import (
@@ -200,6 +201,23 @@ def _shares_index(config: DatastoreConfig) -> bool:
     return config.backend == "milvus" and is_server(config.milvus_uri)
 
 
+def _index_fields(config: DatastoreConfig) -> tuple[Any, ...]:
+    """The parameters that shape the kNN index's contents (nprobe is a search setting)."""
+    return config.backend, config.nlist, config.m, config.nbits, config.train_size
+
+
+def _check_reindex(old: DatastoreConfig, new: DatastoreConfig) -> None:
+    """A reindex changes the index's backend and parameters only, between local backends."""
+    for c in (old, new):
+        if c.backend not in LOCAL_BACKENDS:
+            raise InvalidInputError(f"reindex rebuilds a local index ({', '.join(LOCAL_BACKENDS)})"
+                                    f"; {c.backend!r} is not one")
+    same = ("block_tokens", "block_overlap", "bm25", "bm25_backend", "ngram", "name")
+    changed = [f for f in same if getattr(old, f) != getattr(new, f)]
+    if changed:
+        raise InvalidInputError(f"reindex changes only the kNN index; not {', '.join(changed)}")
+
+
 class Datastore:
     """A datastore folder opened for search, opt-out, add and compaction."""
 
@@ -352,7 +370,7 @@ class Datastore:
         if manifest.status == "building":
             raise CorruptDatastoreError(
                 f"{folder}: the build did not finish; run the build again to resume it")
-        interrupted = manifest.status in ("adding", "compacting")
+        interrupted = manifest.status in ("adding", "compacting", "reindexing")
         # with a shared index the key files are a cache that grows with other replicas'
         # adds (pulled from the index), past the manifest's checksums
         cache = KV_FILES if _shares_index(DatastoreConfig.from_json(manifest.config)) else ()
@@ -372,6 +390,11 @@ class Datastore:
             store = cls(folder, manifest, table, kv, open_index(config, folder, kv))
             with store._writer:
                 store._purge()
+            return store
+        if manifest.status == "reindexing":  # the new config is recorded: build it again
+            store = cls(folder, manifest, table, kv, None)
+            with store._writer:
+                store._rebuild_index(progress=False)
             return store
         if len(kv) != manifest.indexed_upto and not cache:
             raise CorruptDatastoreError(
@@ -565,6 +588,52 @@ class Datastore:
         self._write_manifest(rewritten=(*KV_FILES, *self._index().files))
         return len(rows)
 
+    def reindex(self, config: DatastoreConfig, progress: bool = False) -> int:
+        """Rebuild the kNN index with `config`'s backend and index parameters from the key
+        files, with no forward pass; returns the entries indexed. Only the entries of
+        documents still in the datastore are indexed (and train IVF-PQ), so the new index
+        is the one a build without the opted-out documents would make. The intent is
+        recorded first: a reindex cut short is finished at the next open. Changing only
+        nprobe rebuilds nothing."""
+        old = self.config
+        _check_reindex(old, config)
+        with self._writer:
+            self.sync()
+            self.manifest = replace(self.manifest, config=config.to_json())
+            if _index_fields(old) == _index_fields(config):
+                self.config = config
+                if hasattr(self.index, "nprobe"):
+                    self.index.nprobe = config.nprobe  # type: ignore[union-attr]
+                write_manifest(self.folder, self.manifest)
+                return len(self._index())
+            self.manifest = replace(self.manifest, status="reindexing")
+            write_manifest(self.folder, self.manifest)  # intent: redone at open if cut
+            return self._rebuild_index(progress)
+
+    def _rebuild_index(self, progress: bool) -> int:
+        """Index every entry of the documents not removed, under the manifest's config,
+        and swap the new index in; the caller holds the writer lock."""
+        self.config = DatastoreConfig.from_json(self.manifest.config)
+        snap = self._snapshot
+        kept = ~snap.removed
+        starts, lengths = snap.entry_start[kept], snap.entry_end[kept] - snap.entry_start[kept]
+        entries = (np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+                   + np.arange(int(lengths.sum()), dtype=np.int64))
+        index = create_index(self.config, self.folder, self.kv, entries=entries)
+        step = self.config.flush_entries
+        for at in tqdm(range(0, len(entries), step), disable=not progress, unit="chunk",
+                       desc=f"reindex ({self.config.backend})"):
+            ids = entries[at:at + step]
+            index.add(np.asarray(self.kv.keys[ids], np.float32), ids)
+        index.save()
+        with self._index_lock.write():
+            self.index = index
+        self.manifest = replace(self.manifest, status="ready", indexed_upto=len(self.kv))
+        self._write_manifest(rewritten=index.files)
+        if INDEX_FILE not in index.files:  # exact search keeps no index file
+            (self.folder / INDEX_FILE).unlink(missing_ok=True)
+        return len(entries)
+
     def _rows_to_purge(self) -> list[int]:
         """Rows awaiting compaction that this process's snapshot knows as removed (a row
         another replica removed after the last sync waits for the next compaction)."""
@@ -664,9 +733,11 @@ class Datastore:
                 return result
 
     def values(self, entry_ids: np.ndarray) -> np.ndarray:
-        """Next token of each entry id (any shape); -1 where the id is -1."""
+        """Next token of each entry id (any shape), int64; -1 where the id is -1."""
         ids = np.asarray(entry_ids, dtype=np.int64)
-        return np.where(ids < 0, -1, np.asarray(self.kv.values)[np.maximum(ids, 0)])
+        out = np.asarray(self.kv.values).take(ids, mode="clip").astype(np.int64)
+        out[ids < 0] = -1
+        return out
 
     def bm25_search(self, query: str, k: int, filter: SearchFilter | None = None,
                     ) -> list[Any]:

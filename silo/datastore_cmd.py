@@ -1,4 +1,4 @@
-"""`silo datastore build|add|remove|compact|info`: the datastore from the command line.
+"""`silo datastore build|add|remove|compact|reindex|info`: the datastore from the command line.
 
 The commands load the LM (`--model`, the shipped default if omitted) and hand it to the
 datastore as its key encoder; `datastore` itself never imports `silo`. Library errors
@@ -73,7 +73,7 @@ def build(
     corpus: CorpusOpt,
     model: ModelOpt = None,
     backend: Annotated[str, typer.Option(
-        help="exact | faiss-flat | faiss-ivfpq | milvus")] = "faiss-flat",
+        help="exact | faiss-flat | faiss-ivfpq | faiss-ivfpq-fs | milvus")] = "faiss-flat",
     policy: PolicyOpt = None,
     nlist: Annotated[int, typer.Option(help="IVF lists (faiss-ivfpq).")] = 4096,
     m: Annotated[int, typer.Option(help="PQ sub-quantizers; must divide the key dim.")] = 64,
@@ -147,6 +147,35 @@ def compact(datastore: StoreOpt) -> None:
 
 
 @clean_errors
+def reindex(
+    datastore: StoreOpt,
+    backend: Annotated[str | None, typer.Option(
+        help="exact | faiss-flat | faiss-ivfpq | faiss-ivfpq-fs; default: unchanged.")] = None,
+    nlist: Annotated[int | None, typer.Option(help="IVF lists.")] = None,
+    m: Annotated[int | None, typer.Option(help="PQ sub-quantizers.")] = None,
+    nbits: Annotated[int | None, typer.Option(help="Bits per PQ code (4 for fast-scan).")
+                     ] = None,
+    nprobe: Annotated[int | None, typer.Option(help="IVF lists searched per query.")] = None,
+) -> None:
+    """Rebuild the kNN index with another backend or parameters from the stored keys
+    (no forward pass, no model needed); opted-out documents are left out."""
+    from dataclasses import replace
+
+    from datastore.store import Datastore
+
+    changes: dict[str, Any] = {k: v for k, v in dict(backend=backend, nlist=nlist, m=m,
+                                                     nbits=nbits, nprobe=nprobe).items()
+                               if v is not None}
+    with Datastore.open(datastore) as store:
+        try:
+            config = replace(store.config, **changes)
+        except ValueError as e:
+            raise SiloError(str(e)) from None
+        indexed = store.reindex(config, progress=True)
+        _print_json({"entries_indexed": indexed, **asdict(store.info())})
+
+
+@clean_errors
 def info(datastore: StoreOpt,
          receipts: Annotated[bool, typer.Option(help="List opt-out receipts too.")] = False,
          ) -> None:
@@ -161,5 +190,5 @@ def info(datastore: StoreOpt,
 
 
 app = typer.Typer(help="Build, change and inspect kNN/BM25 datastores.", no_args_is_help=True)
-for _command in (build, add, remove, compact, info):
+for _command in (build, add, remove, compact, reindex, info):
     app.command()(_command)

@@ -8,6 +8,7 @@ filter is an `EntryFilter` computed elsewhere; each backend applies it natively.
     exact        brute force in torch over the key file: the reference for tests
     faiss-flat   faiss IndexFlatL2 under an id map
     faiss-ivfpq  faiss IndexIVFPQ (nlist, M, nbits, nprobe)
+    faiss-ivfpq-fs  faiss IndexIVFPQFastScan: 4-bit codes scanned with SIMD (CPU only)
     milvus       a Milvus collection (milvus-lite in the folder, or a server)
     torch-exact  brute force in torch over keys held on the device, in bounded tiles
     torch-ivfpq  the faiss IVF-PQ index file, searched by torch on the device
@@ -64,6 +65,9 @@ class KnnIndex(Protocol):
 def pad_results(dist: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Normalise backend output: (q, <=k) -> (q, k) float32/int64, (inf, -1) padding."""
     q = dist.shape[0]
+    if dist.shape[1] == k and dist.dtype == np.float32 and ids.dtype == np.int64:
+        dist[ids < 0] = np.inf  # already (q, k): fix the padding in place
+        return dist, ids
     out_d = np.full((q, k), np.inf, dtype=np.float32)
     out_i = np.full((q, k), -1, dtype=np.int64)
     width = min(k, dist.shape[1])
@@ -113,13 +117,14 @@ def _ivfpq_on_torch(config: DatastoreConfig) -> tuple[bool, bool]:
 
 
 def create_index(config: DatastoreConfig, folder: Path, kv: KeyValueStore,
-                 trained: Path | None = None) -> KnnIndex:
+                 trained: Path | None = None, entries: np.ndarray | None = None) -> KnnIndex:
     """A new, empty (but trained, where training applies) index for `kv`'s keys.
 
     `trained` names an existing faiss index file whose trained quantizer is reused, so
-    two datastores share one codebook (the equivalence guarantee for IVF-PQ).
+    two datastores share one codebook (the equivalence guarantee for IVF-PQ). `entries`
+    limits IVF-PQ training to those key rows (the others are erased or opted out).
     """
-    return _index(config, folder, kv, create=True, trained=trained)
+    return _index(config, folder, kv, create=True, trained=trained, entries=entries)
 
 
 def open_index(config: DatastoreConfig, folder: Path, kv: KeyValueStore) -> KnnIndex:
@@ -128,7 +133,7 @@ def open_index(config: DatastoreConfig, folder: Path, kv: KeyValueStore) -> KnnI
 
 
 def _index(config: DatastoreConfig, folder: Path, kv: KeyValueStore, create: bool,
-           trained: Path | None = None) -> KnnIndex:
+           trained: Path | None = None, entries: np.ndarray | None = None) -> KnnIndex:
     exact = _torch_exact(config, kv)
     if exact is not None:
         return exact
@@ -140,7 +145,7 @@ def _index(config: DatastoreConfig, folder: Path, kv: KeyValueStore, create: boo
     from datastore.index.faiss_index import FaissIndex
 
     use_torch, faiss_gpu = _ivfpq_on_torch(config)
-    inner = (FaissIndex.create(folder, config, kv, trained) if create
+    inner = (FaissIndex.create(folder, config, kv, trained, entries) if create
              else FaissIndex.from_dir(folder, config))
     if use_torch:
         from datastore.index.torch_ivfpq import TorchIvfPqIndex

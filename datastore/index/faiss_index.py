@@ -1,4 +1,5 @@
-"""faiss backends: exact Flat (under an id map) and IVF-PQ, searched with IDSelectors.
+"""faiss backends: exact Flat (under an id map), IVF-PQ and IVF-PQ fast-scan (4-bit codes
+scanned with SIMD lookups), searched with IDSelectors.
 
 The filter is applied inside faiss through an `IDSelectorBitmap` over entry ids, so
 excluded entries are skipped during the scan rather than over-fetched and dropped: with
@@ -21,6 +22,7 @@ from datastore.index import pad_results
 from datastore.knn import KeyValueStore
 
 INDEX_FILE = "index.faiss"
+FASTSCAN_QUERIES_PER_LIST = 2
 
 
 def _new_index(config: DatastoreConfig, dim: int) -> Any:
@@ -28,24 +30,32 @@ def _new_index(config: DatastoreConfig, dim: int) -> Any:
         return faiss.IndexIDMap2(faiss.IndexFlatL2(dim))
     if dim % config.m:
         raise InvalidInputError(f"IVF-PQ: M={config.m} must divide the key dim {dim}")
+    if config.backend == "faiss-ivfpq-fs":
+        return faiss.IndexIVFPQFastScan(faiss.IndexFlatL2(dim), dim, config.nlist, config.m,
+                                        config.nbits)
     return faiss.IndexIVFPQ(faiss.IndexFlatL2(dim), dim, config.nlist, config.m, config.nbits)
 
 
-def _training_sample(kv: KeyValueStore, size: int, seed: int = 0) -> np.ndarray:
-    """(min(size, n), dim) float32 rows drawn evenly at random from the key file."""
-    n = len(kv)
-    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(size, n), replace=False))
+def _training_sample(kv: KeyValueStore, size: int, entries: np.ndarray | None = None,
+                     seed: int = 0) -> np.ndarray:
+    """(min(size, n), dim) float32 rows drawn evenly at random from the key file, or from
+    its rows `entries` where given."""
+    pool = np.arange(len(kv)) if entries is None else entries
+    rows = np.sort(np.random.default_rng(seed).choice(pool, size=min(size, len(pool)),
+                                                      replace=False))
     return np.asarray(kv.keys[rows], dtype=np.float32)
 
 
-def _train(index: Any, config: DatastoreConfig, kv: KeyValueStore) -> None:
+def _train(index: Any, config: DatastoreConfig, kv: KeyValueStore,
+           entries: np.ndarray | None) -> None:
     need = max(config.nlist, 2 ** config.nbits)
-    if len(kv) < need:
+    have = len(kv) if entries is None else len(entries)
+    if have < need:
         raise InvalidInputError(
             f"IVF-PQ with nlist={config.nlist}, nbits={config.nbits} needs at least {need} "
-            f"entries to train; the datastore has {len(kv)} (lower nlist/nbits or use "
+            f"entries to train; the datastore has {have} (lower nlist/nbits or use "
             "faiss-flat)")
-    index.train(_training_sample(kv, config.train_size))
+    index.train(_training_sample(kv, config.train_size, entries))
 
 
 class FaissIndex:
@@ -58,18 +68,24 @@ class FaissIndex:
         self.path = path
         self.nprobe = nprobe
         self._gpu: Any = None
+        if isinstance(index, faiss.IndexIVFFastScan):
+            # queries scanned together per list (faiss's default 11): 2 was 10% faster
+            # on the reproduction's store at k 3072-4096 with identical results
+            # (docs/BENCHMARKS.md); not stored in the index file
+            index.qbs2 = FASTSCAN_QUERIES_PER_LIST  # type: ignore[attr-defined]
 
     @classmethod
     def create(cls, folder: Path, config: DatastoreConfig, kv: KeyValueStore,
-               trained: Path | None = None) -> FaissIndex:
-        """An empty index; IVF-PQ is trained on a sample of `kv` or copied from `trained`."""
+               trained: Path | None = None, entries: np.ndarray | None = None) -> FaissIndex:
+        """An empty index; IVF-PQ is trained on a sample of `kv` (of its rows `entries`
+        where given) or copied from `trained`."""
         if trained is not None:
             index = cls._read(trained)
             index.reset()  # keep the trained quantizer and codebooks, drop the vectors
         else:
             index = _new_index(config, kv.dim)
             if not index.is_trained:
-                _train(index, config, kv)
+                _train(index, config, kv, entries)
         return cls(index, Path(folder) / INDEX_FILE, config.nprobe)
 
     @classmethod
@@ -118,6 +134,8 @@ class FaissIndex:
 
     def _gpu_index(self) -> Any:
         """The index cloned to the GPU where faiss-gpu sees one, else None."""
+        if isinstance(self.index, faiss.IndexIVFFastScan):
+            return None  # fast-scan has no GPU implementation
         if self._gpu is None and hasattr(faiss, "StandardGpuResources") \
                 and faiss.get_num_gpus() > 0:
             self._res = faiss.StandardGpuResources()

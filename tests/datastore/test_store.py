@@ -34,8 +34,9 @@ pytestmark = pytest.mark.usefixtures("table_backend")
 
 def _build(path: Path, docs: list[Document], backend: str = "exact", **kw: object,
            ) -> Datastore:
-    config = DatastoreConfig(backend=backend, nlist=8, m=8, nbits=8, nprobe=3,
-                             flush_entries=64, encode_batch=4, **kw)  # type: ignore[arg-type]
+    params: dict[str, object] = dict(nlist=8, m=8, nbits=4 if backend == "faiss-ivfpq-fs"
+                                     else 8, nprobe=3, flush_entries=64, encode_batch=4)
+    config = DatastoreConfig(backend=backend, **(params | kw))  # type: ignore[arg-type]
     return Datastore.build(path, docs, SyntheticEncoder(), config, progress=False)
 
 
@@ -80,14 +81,14 @@ def _allowed(doc: Document, request: SearchFilter, removed: set[str]) -> bool:
         request.scope.sources is None or doc.source in request.scope.sources)
 
 
-@pytest.mark.parametrize("backend", ["exact", "faiss-flat", "faiss-ivfpq"])
+@pytest.mark.parametrize("backend", ["exact", "faiss-flat", "faiss-ivfpq", "faiss-ivfpq-fs"])
 def test_filtered_store_equals_store_without_excluded_documents(tmp_path: Path,
                                                                 backend: str) -> None:
     docs = corpus(60, seed=1)
     full = _build(tmp_path / "full", docs, backend)
     removed = {"doc-3", "doc-17", "doc-40"}
     full.optout(doc_ids=sorted(removed))
-    trained = tmp_path / "full" / "index.faiss" if backend == "faiss-ivfpq" else None
+    trained = tmp_path / "full" / "index.faiss" if "ivfpq" in backend else None
     rng = np.random.default_rng(0)
     for trial in range(4):
         request = _random_filter(rng)
@@ -102,6 +103,65 @@ def test_filtered_store_equals_store_without_excluded_documents(tmp_path: Path,
         excluded = {d.doc_id for d in docs} - {d.doc_id for d in kept}
         assert not {h[0] for row in _located(full, got[1]) for h in row} & excluded
         reduced.close()
+
+
+def test_reindex_swaps_the_backend_and_leaves_opted_out_documents_out(tmp_path: Path) -> None:
+    store = _build(tmp_path / "ds", corpus(40, seed=4))
+    store.optout(doc_ids=["doc-3", "doc-9"])
+    queries = _queries(store, 10, seed=1)
+    want = store.knn_search(queries, 6)
+    live = store.info().live_entries
+    assert store.reindex(replace(store.config, backend="faiss-flat")) == live
+    assert len(store.index) == live  # type: ignore[arg-type]
+    got = store.knn_search(queries, 6)  # exact both: the same neighbours
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-5)
+    store.close()
+    reopened = Datastore.open(tmp_path / "ds")  # checksums of the new index verified
+    assert reopened.config.backend == "faiss-flat"
+    np.testing.assert_array_equal(reopened.knn_search(queries, 6)[1], got[1])
+    reopened.reindex(replace(reopened.config, backend="faiss-ivfpq-fs", nbits=4))
+    _, ids = reopened.knn_search(queries, 6)
+    assert not {e.doc_id for e in reopened.entry_info(ids[ids >= 0].tolist())} & \
+        {"doc-3", "doc-9"}
+    reopened.reindex(replace(reopened.config, backend="exact"))  # no index file
+    assert not (tmp_path / "ds" / "index.faiss").exists()
+    reopened.close()
+    assert Datastore.open(tmp_path / "ds").config.backend == "exact"
+
+
+def test_a_reindex_cut_short_is_finished_at_the_next_open(tmp_path: Path) -> None:
+    from datastore.manifest import read_manifest, write_manifest
+
+    store = _build(tmp_path / "ds", corpus(30, seed=5))
+    queries = _queries(store, 8, seed=2)
+    want = store.knn_search(queries, 5)
+    store.close()
+    # the intent written, then a crash before the index was saved
+    manifest = read_manifest(tmp_path / "ds")
+    config = replace(DatastoreConfig.from_json(manifest.config), backend="faiss-flat")
+    write_manifest(tmp_path / "ds", replace(manifest, status="reindexing",
+                                            config=config.to_json()))
+    reopened = Datastore.open(tmp_path / "ds")
+    assert reopened.manifest.status == "ready" and (tmp_path / "ds" / "index.faiss").exists()
+    np.testing.assert_allclose(reopened.knn_search(queries, 5)[0], want[0], rtol=1e-5,
+                               atol=1e-5)
+    reopened.close()
+    assert Datastore.open(tmp_path / "ds").manifest.status == "ready"
+
+
+def test_reindex_of_nprobe_alone_rebuilds_nothing_and_bad_changes_are_refused(
+        tmp_path: Path) -> None:
+    store = _build(tmp_path / "ds", corpus(60, seed=6), "faiss-ivfpq")
+    before = (tmp_path / "ds" / "index.faiss").stat().st_mtime_ns
+    store.reindex(replace(store.config, nprobe=7))
+    assert (tmp_path / "ds" / "index.faiss").stat().st_mtime_ns == before
+    assert store.index.nprobe == 7  # type: ignore[union-attr]
+    with pytest.raises(InvalidInputError, match="block_tokens"):
+        store.reindex(replace(store.config, block_tokens=64))
+    with pytest.raises(InvalidInputError, match="local index"):
+        store.reindex(replace(store.config, backend="milvus"))
+    store.close()
+    assert Datastore.open(tmp_path / "ds").config.nprobe == 7
 
 
 def test_optout_survives_kill_9_in_another_process(tmp_path: Path) -> None:

@@ -68,6 +68,10 @@ def test_build_remove_compact_add_info(setup: dict[str, Path]) -> None:
     data = json.loads(output)
     assert (data["documents"], data["live_documents"]) == (9, 7)
     assert data["receipts"][0]["purged_at"] is not None
+    code, output = _run("reindex", "--datastore", ds, "--backend", "faiss-flat")
+    data = json.loads(output[output.index("{"):])
+    assert code == 0 and data["backend"] == "faiss-flat"
+    assert data["entries_indexed"] == data["indexed_entries"] == data["live_entries"]
 
 
 def test_errors_are_one_line_with_exit_code_2(setup: dict[str, Path]) -> None:
@@ -84,6 +88,9 @@ def test_errors_are_one_line_with_exit_code_2(setup: dict[str, Path]) -> None:
         (("build", "--out", setup["root"] / "y", "--corpus", setup["corpus"], "--model",
           setup["model"], "--backend", "annoy"), "backend"),
         (("info", "--datastore", setup["root"] / "nothing"), "not a datastore"),
+        (("reindex", "--datastore", ds, "--backend", "faiss-ivfpq-fs", "--nbits", "8"),
+         "nbits must be 4"),
+        (("reindex", "--datastore", ds, "--backend", "milvus"), "local index"),
     ]
     for args, needle in cases:
         code, output = _run(*args)

@@ -127,7 +127,8 @@ def test_replug_matches_a_hand_built_ensemble(full: SiloLM) -> None:
 
 
 @pytest.mark.parametrize(("kind", "backend"), [("optout", "exact"), ("policy", "exact"),
-                                               ("scope", "exact"), ("optout", "faiss-ivfpq")])
+                                               ("scope", "exact"), ("optout", "faiss-ivfpq"),
+                                               ("optout", "faiss-ivfpq-fs")])
 def test_filtered_output_equals_a_datastore_without_the_documents(
         tmp_path: Path, tiny_lm: object, tiny_tokenizer: object, kind: str,
         backend: str) -> None:
@@ -135,7 +136,7 @@ def test_filtered_output_equals_a_datastore_without_the_documents(
     # IVF-PQ: the reduced store reuses the full one's trained quantizer (DESIGN)
     config = replace(CONFIG, backend=backend, nlist=4, m=8, nbits=4, nprobe=2)
     store = build_store(tmp_path / "full", tiny_lm, tiny_tokenizer, docs, config)
-    trained = tmp_path / "full" / "index.faiss" if backend == "faiss-ivfpq" else None
+    trained = tmp_path / "full" / "index.faiss" if "ivfpq" in backend else None
     scope = AccessScope()
     policy = None
     if kind == "optout":

@@ -57,6 +57,7 @@ def _queries(n: int = 20) -> np.ndarray:
 
 
 def _built(tmp_path: Path, backend: str, **kw: int):  # type: ignore[no-untyped-def]
+    tmp_path.mkdir(parents=True, exist_ok=True)
     kv = _store(tmp_path)
     config = DatastoreConfig(backend=backend, **kw)  # type: ignore[arg-type]
     index = create_index(config, tmp_path, kv)
@@ -80,17 +81,39 @@ def test_exact_backends_equal_brute_force(tmp_path: Path, backend: str,
         assert not f.excludes(ids).any()
 
 
-def test_ivfpq_recall_and_filter(tmp_path: Path) -> None:
-    kv, config, index = _built(tmp_path, "faiss-ivfpq", nlist=16, m=8, nbits=6, nprobe=4)
+@pytest.mark.parametrize(("backend", "m", "nbits"), [("faiss-ivfpq", 8, 6),
+                                                     ("faiss-ivfpq-fs", 16, 4)])
+def test_ivfpq_recall_and_filter(tmp_path: Path, backend: str, m: int, nbits: int) -> None:
+    kv, config, built = _built(tmp_path, backend, nlist=16, m=m, nbits=nbits, nprobe=4)
+    index = open_index(config, tmp_path, kv)  # the saved one
     f = _filter(len(kv), 13, 3)
     _, want = _brute(kv, _queries(), 10, f)
-    _, ids = index.search(_queries(), 10, f)
+    dist, ids = index.search(_queries(), 10, f)
     assert not f.excludes(ids).any()
-    assert _recall(ids, want) > 0.5  # PQ with 6-bit codes on 16-d keys: approximate
+    assert _recall(ids, want) > 0.5  # PQ with 6- or 4-bit codes on 16-d keys: approximate
+    assert (np.diff(dist, axis=1) >= 0).all()  # ascending, as every backend returns them
     index.remove(f.starts, f.ends)
     assert len(index) == len(kv) - f.n_excluded_entries
     _, after = index.search(_queries(), 10)  # removed physically: no filter needed
     assert not f.excludes(after).any()
+
+
+def test_fastscan_finds_what_plain_ivfpq_finds_at_the_same_code_size(tmp_path: Path) -> None:
+    """4-bit fast-scan codes with one dimension per sub-quantizer against 8-bit codes with
+    two: the same bytes per entry, and about the same neighbours."""
+    _, _, plain = _built(tmp_path / "plain", "faiss-ivfpq", nlist=16, m=8, nbits=8, nprobe=16)
+    kv, _, fast = _built(tmp_path / "fast", "faiss-ivfpq-fs", nlist=16, m=16, nbits=4,
+                         nprobe=16)
+    _, want = _brute(kv, _queries(), 10, None)
+    assert _recall(fast.search(_queries(), 10)[1], want) >= \
+        _recall(plain.search(_queries(), 10)[1], want) - 0.1
+
+
+def test_fastscan_config_is_checked() -> None:
+    with pytest.raises(ValueError, match="nbits must be 4"):
+        DatastoreConfig(backend="faiss-ivfpq-fs", nbits=8)
+    with pytest.raises(ValueError, match="CPU index"):
+        DatastoreConfig(backend="faiss-ivfpq-fs", nbits=4, device="cuda")
 
 
 def test_index_too_small_to_train_is_a_clear_error(tmp_path: Path) -> None:
