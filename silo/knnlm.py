@@ -20,6 +20,7 @@ import torch
 
 MAX_K = 4096  # the most neighbours a request may ask for (the API's silo.k)
 MAX_KNN_TEMPERATURE = 1e6  # the API's limit on silo.knn_temperature
+FLOAT32_TAU = 1e-30  # from this temperature up, neighbour weights are computed in float32
 
 
 @dataclass(frozen=True)
@@ -52,19 +53,19 @@ def neighbour_log_weights(distances: torch.Tensor, values: torch.Tensor,
     distances (n, k) squared L2, values (n, k) int64 with -1 for padding -> (n, k)
     float32 log weights, -inf at padding; a row with no valid neighbour is all -inf.
     """
-    # float64, so that tau keeps its value down to the smallest denormal (in float32 a
-    # tau below 1e-45 is 0 and d / tau is nan)
-    d = distances.double().masked_fill((values < 0) | torch.isnan(distances), math.inf)
+    # below FLOAT32_TAU, float64, so that tau keeps its value down to the smallest
+    # denormal (in float32 a tau below 1e-45 is 0 and d / tau is nan)
+    d = distances.to(torch.float32 if temperature >= FLOAT32_TAU else torch.float64,
+                     copy=True)
+    d.masked_fill_((values < 0) | torch.isnan(distances), math.inf)
     # measured from the nearest valid neighbour, whose logit is then exactly 0: however
     # small tau (or large d), the nearest keeps its weight instead of all of them
     # underflowing to -inf; tau -> 0 tends to a vote of the nearest neighbours alone
-    nearest = d.min(dim=1, keepdim=True).values
-    valid = torch.isfinite(d) & torch.isfinite(nearest)
-    shifted = torch.where(valid, d - nearest, torch.zeros_like(d))
-    logits = (-shifted / temperature).masked_fill(~valid, -math.inf)
-    norm = torch.logsumexp(logits, dim=1, keepdim=True)
-    # all-padding rows: logsumexp is -inf and -inf - -inf is nan; keep them -inf
-    out = torch.where(torch.isfinite(norm), logits - norm, torch.full_like(logits, -math.inf))
+    nearest = d.amin(dim=1, keepdim=True)
+    none = ~torch.isfinite(nearest)  # rows with no valid neighbour
+    # padding: inf - nearest = inf, a logit of -inf; rows of `none` are refilled below
+    logits = d.sub_(nearest.masked_fill(none, 0.0)).div_(-temperature)
+    out = torch.log_softmax(logits, dim=1).masked_fill_(none, -math.inf)
     return out.float()
 
 
@@ -99,6 +100,26 @@ def interpolate(lm_log_probs: torch.Tensor, knn_log_probs: torch.Tensor, lam: fl
     if has_neighbours is None:
         return mixed
     return torch.where(has_neighbours[:, None], mixed, lm_log_probs)
+
+
+def target_log_probs(lm_target: torch.Tensor, distances: torch.Tensor, values: torch.Tensor,
+                     targets: torch.Tensor, lam: float, temperature: float) -> torch.Tensor:
+    """log((1 - lam) p_LM(y) + lam p_kNN(y)) at each row's target y only: what
+    `interpolate(lm, knn_log_probs(...))` gives at the targets, without the (n, V) tensors.
+
+    lm_target (n,) log p_LM(y), distances (n, k), values (n, k), targets (n,) -> (n,).
+    """
+    if lam == 0.0:
+        return lm_target
+    weights = neighbour_log_weights(distances, values, temperature).exp()
+    mass = torch.where(values == targets[:, None], weights, torch.zeros_like(weights))
+    knn = mass.sum(dim=1).log()
+    if lam == 1.0:
+        mixed = knn
+    else:
+        mixed = torch.logaddexp(lm_target + math.log1p(-lam), knn + math.log(lam))
+    has_neighbours = (weights > 0).any(dim=1)
+    return torch.where(has_neighbours, mixed, lm_target)
 
 
 def target_neighbour_mass(distances: torch.Tensor, values: torch.Tensor,

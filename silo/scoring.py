@@ -38,7 +38,7 @@ from silo.attribution import (
     attribute,
 )
 from silo.encoder import window_starts
-from silo.knnlm import interpolate, knn_log_probs, target_neighbour_mass
+from silo.knnlm import interpolate, knn_log_probs, target_log_probs, target_neighbour_mass
 from silo.request import Plan, ScoreRequest, ScoreResult, SiloConfig, SiloOptions
 from silo.ric import (
     Passage,
@@ -319,7 +319,7 @@ class Scoring:
             values = self.datastore.values(ids)
         chunk.distances = torch.from_numpy(dist)
         chunk.entry_ids = ids
-        chunk.values = torch.from_numpy(values.astype(np.int64))
+        chunk.values = torch.from_numpy(values)
 
     def _search_along(self, chunk: _Chunk, queries: torch.Tensor, lengths: list[int],
                       targets: np.ndarray, plan: Plan) -> None:
@@ -348,6 +348,15 @@ class Scoring:
                             plan.knn.temperature)
         # a row whose neighbours all have unusable distances has no kNN distribution
         return interpolate(chunk.lm, knn, plan.knn.lam, torch.isfinite(knn).any(1))
+
+    def _target_mixed(self, chunk: _Chunk, targets: torch.Tensor, plan: Plan) -> torch.Tensor:
+        """(m,) log-probs of the plan's mixture at the chunk's targets (as `_mixed`
+        gathered there)."""
+        lm = chunk.lm.gather(1, targets[:, None])[:, 0]
+        if chunk.values is None or chunk.distances is None:
+            return lm
+        return target_log_probs(lm, chunk.distances, chunk.values, targets, plan.knn.lam,
+                                plan.knn.temperature)
 
     def _provenance(self, chunk: _Chunk, targets: torch.Tensor, plan: Plan,
                     ) -> list[TokenProvenance]:
@@ -401,10 +410,12 @@ class Scoring:
         tops: list[dict[int, float]] = [{} for _ in range(len(targets))]
         provs: list[TokenProvenance] = [TokenProvenance() for _ in range(len(targets))]
         for chunk in self._chunks(seqs, plan):
-            mixed = self._mixed(chunk, plan)
             tgt = targets[torch.from_numpy(chunk.index)]
-            logprob[chunk.index] = mixed.gather(1, tgt[:, None])[:, 0].double().numpy()
-            if top:
+            if not top:  # only the targets' probabilities: no (m, V) mixture
+                logprob[chunk.index] = self._target_mixed(chunk, tgt, plan).double().numpy()
+            else:
+                mixed = self._mixed(chunk, plan)
+                logprob[chunk.index] = mixed.gather(1, tgt[:, None])[:, 0].double().numpy()
                 values, ids = mixed.topk(min(top, mixed.shape[1]), dim=1)
                 for row, i in enumerate(chunk.index.tolist()):
                     tops[i] = dict(zip(ids[row].tolist(), values[row].tolist(), strict=True))

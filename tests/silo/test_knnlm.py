@@ -14,6 +14,7 @@ from silo.knnlm import (
     interpolate,
     knn_log_probs,
     neighbour_log_weights,
+    target_log_probs,
     target_neighbour_mass,
 )
 
@@ -104,6 +105,23 @@ def test_the_mixture_is_a_distribution_for_extreme_distances_and_temperatures(
     mixed = interpolate(lm, knn, lam, has)
     assert not torch.isnan(mixed).any()
     assert torch.allclose(mixed.logsumexp(1), torch.zeros(d.shape[0]), atol=1e-5)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(neighbours(),
+       st.one_of(st.sampled_from([5e-324, 1e-300, 1e-30, 1.0, 1e6]), st.floats(1e-300, 1e6)),
+       st.one_of(st.sampled_from([0.0, 1.0, 1e-300]), st.floats(0.0, 1.0)),
+       st.integers(0, 7))
+def test_the_mixture_at_the_target_equals_the_full_mixture_there(
+        nb: tuple[torch.Tensor, torch.Tensor], tau: float, lam: float, target: int) -> None:
+    """Scoring without top logprobs computes the mixture at the targets only."""
+    d, v = nb
+    lm = torch.log_softmax(torch.arange(8.0).repeat(d.shape[0], 1), dim=1)
+    targets = (torch.arange(d.shape[0]) + target) % 8
+    knn = knn_log_probs(d, v, 8, tau)
+    want = interpolate(lm, knn, lam, torch.isfinite(knn).any(1)).gather(1, targets[:, None])
+    got = target_log_probs(lm.gather(1, targets[:, None])[:, 0], d, v, targets, lam, tau)
+    torch.testing.assert_close(got, want[:, 0], atol=1e-6, rtol=1e-5)
 
 
 def test_a_vanishing_temperature_is_a_vote_of_the_nearest_neighbours() -> None:
