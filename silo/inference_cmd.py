@@ -54,6 +54,9 @@ def tune(
         help="Pointer thresholds to try (empty: always search).")] = "1,2,4,8,16,32",
     pointer_tolerance: Annotated[float, typer.Option(
         help="Largest perplexity increase a pointer threshold may cost.")] = 0.02,
+    k_tolerance: Annotated[float, typer.Option(
+        help="Take the smallest k within this perplexity increase of the best (a "
+             "smaller k searches faster); 0: the best.")] = 0.0,
 ) -> None:
     """Tune kNN-LM's k, lambda and temperature per domain; store the best with the
     datastore as its defaults."""
@@ -73,7 +76,9 @@ def tune(
         raise SiloError(f"no {split} documents in {[str(c) for c in corpus]}")
     points = {name: grid_search(lm.target_scores(s, SiloOptions("knnlm"), grid.k_max), grid)
               for name, s in sorted(seqs.items())}
-    best = best_overall(points)
+    if k_tolerance < 0:
+        raise SiloError(f"--k-tolerance must be >= 0, got {k_tolerance}")
+    best = best_overall(points, k_tolerance)
     for name, p in points.items():
         console.print(f"{name}: k={p[0].k} lambda={p[0].lam} tau={p[0].temperature:g} "
                       f"ppl {p[0].perplexity:.2f}")

@@ -159,15 +159,22 @@ def widen(grid: Grid, best: GridPoint) -> Grid:
     return Grid(tuple(sorted(ks)), tuple(sorted(lams)), tuple(sorted(temps)))
 
 
-def best_overall(per_domain: Mapping[str, Sequence[GridPoint]]) -> GridPoint:
+def best_overall(per_domain: Mapping[str, Sequence[GridPoint]], k_tolerance: float = 0.0,
+                 ) -> GridPoint:
     """The grid point with the lowest mean log-perplexity over the domains (each
-    domain's list covers the same grid)."""
+    domain's list covers the same grid). With `k_tolerance`, the point with the fewest
+    neighbours among those within that share of the lowest perplexity (a smaller k
+    searches faster: faiss's cost of collecting the k results grows with k)."""
     table: dict[tuple[int, float, float], list[float]] = {}
     for points in per_domain.values():
         for p in points:
             table.setdefault((p.k, p.lam, p.temperature), []).append(math.log(p.perplexity))
-    (k, lam, t), logs = min(table.items(), key=lambda kv: float(np.mean(kv[1])))
-    return GridPoint(k, lam, t, float(np.exp(np.mean(logs))))
+    mean = [GridPoint(k, lam, t, float(np.exp(np.mean(logs))))
+            for (k, lam, t), logs in table.items()]
+    best = min(mean, key=lambda p: p.perplexity)
+    bound = best.perplexity * (1 + k_tolerance)
+    return min((p for p in mean if p.perplexity <= bound),
+               key=lambda p: (p.k, p.perplexity))
 
 
 def write_defaults(folder: Path, default: GridPoint, per_domain: Mapping[str, GridPoint],

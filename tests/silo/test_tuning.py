@@ -72,6 +72,15 @@ def test_best_overall_minimises_the_mean_log_perplexity() -> None:
     assert (best.k, best.perplexity) == (1, pytest.approx(10.0))
 
 
+def test_a_k_tolerance_takes_the_fewest_neighbours_within_it() -> None:
+    points = {"a": [GridPoint(4096, 0.8, 80.0, 20.0), GridPoint(2048, 0.8, 40.0, 20.3),
+                    GridPoint(2048, 0.7, 80.0, 20.2), GridPoint(1024, 0.8, 80.0, 21.0)]}
+    assert best_overall(points).k == 4096
+    # 2048 is within 2% (the better of its two points); 1024 is 5% worse
+    assert best_overall(points, 0.02) == GridPoint(2048, 0.7, 80.0, pytest.approx(20.2))
+    assert best_overall(points, 0.1).k == 1024
+
+
 def test_defaults_round_trip_and_become_silolm_defaults(lm: SiloLM, tmp_path: Path) -> None:
     assert read_defaults(tmp_path) is None
     write_defaults(tmp_path, GridPoint(64, 0.7, 40.0, 12.0), {"x": GridPoint(16, 0.6, 20.0, 9.0)})
