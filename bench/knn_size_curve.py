@@ -11,6 +11,11 @@ it, and the inverted lists are filled with random codes, the same number per lis
 expectation (N / nlist; a real store's lists are less even, which costs more). Queries
 are drawn from the mixture.
 
+Beside it, the same lists as IVF-PQ fast-scan (`faiss-ivfpq-fs`): 4-bit codes with twice
+the sub-quantizers (M 128 at dim 128: the same 64 bytes per entry), random codes built
+as a plain 4-bit IVF-PQ and converted (faiss packs them in SIMD blocks), measured in the
+same run.
+
 The pointer path (datastore.pointers) replaces a search by: reading the values of the
 previous position's k neighbours (which voted for the observed token), and exact
 distances to the keys of the followed successors, then ordering them. Its cost is
@@ -18,7 +23,7 @@ measured on a key file (fp16, N x 128) and a value file of each size, with `--fo
 successors per token; the kNN cost per token with pointers is then
 share_searched x search + (1 - share_searched) x follow.
 
-    python bench/knn_size_curve.py build                    # not timed: writes runs/knn_size_curve
+    python bench/knn_size_curve.py build [--no-keys]        # not timed: writes runs/knn_size_curve
     OMP_NUM_THREADS=1 python bench/knn_size_curve.py measure
     python bench/knn_size_curve.py clean                    # the files are large (~20 GB)
 """
@@ -37,6 +42,7 @@ import faiss
 import numpy as np
 import torch
 
+from datastore.index.faiss_index import FASTSCAN_QUERIES_PER_LIST
 from datastore.pointers import exact_distances, nearest
 
 
@@ -57,14 +63,15 @@ def mixture(args: argparse.Namespace, n: int, seed: int) -> np.ndarray:
     return c + args.spread * rng.standard_normal((n, args.dim)).astype(np.float32)
 
 
-def build_size(args: argparse.Namespace, n: int) -> None:
-    """index.faiss (IVF-PQ, random codes), keys.f16 (n, dim), values.i32 (n,)."""
-    folder = args.work / str(n)
-    folder.mkdir(parents=True, exist_ok=True)
+def random_ivfpq(args: argparse.Namespace, n: int, m: int, nbits: int) -> Any:
+    """IVF-PQ over the mixture's centres with random codes, the same list sizes for
+    every index of size n (seeded by n)."""
     quantizer = faiss.IndexFlatL2(args.dim)
     quantizer.add(centres(args))
-    index = faiss.IndexIVFPQ(quantizer, args.dim, args.nlist, args.m, 8)
+    index = faiss.IndexIVFPQ(quantizer, args.dim, args.nlist, m, nbits)
     index.train(mixture(args, 65_536, seed=1))  # PQ only: the quantizer holds nlist centres
+    index.own_fields = True
+    quantizer.this.disown()
     rng = np.random.default_rng(n)
     sizes = rng.multinomial(n, np.full(args.nlist, 1 / args.nlist))
     invlists: Any = index.invlists
@@ -75,8 +82,23 @@ def build_size(args: argparse.Namespace, n: int) -> None:
         invlists.add_entries(lst, size, faiss.swig_ptr(ids), faiss.swig_ptr(codes))
         start += size
     index.ntotal = n
-    faiss.write_index(index, str(folder / "index.faiss"))
-    del index
+    return index
+
+
+def build_size(args: argparse.Namespace, n: int) -> None:
+    """index.faiss (IVF-PQ, random codes), index_fs.faiss (the fast-scan one), and unless
+    --no-keys keys.f16 (n, dim) and values.i32 (n,) for the pointer step."""
+    folder = args.work / str(n)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "index.faiss").exists():
+        faiss.write_index(random_ivfpq(args, n, args.m, 8), str(folder / "index.faiss"))
+    if not (folder / "index_fs.faiss").exists():
+        plain = random_ivfpq(args, n, 2 * args.m, 4)
+        faiss.write_index(faiss.IndexIVFPQFastScan(plain), str(folder / "index_fs.faiss"))
+        del plain
+    if args.no_keys or (folder / "values.npy").exists():
+        return
+    rng = np.random.default_rng(n + 1)
     keys = np.lib.format.open_memmap(folder / "keys.npy", "w+", np.float16, (n, args.dim))
     for at in range(0, n, 1 << 20):
         part = min(1 << 20, n - at)
@@ -86,7 +108,6 @@ def build_size(args: argparse.Namespace, n: int) -> None:
     keys.flush()
     del keys
     np.save(folder / "values.npy", rng.integers(0, 4096, n, dtype=np.int32))
-    print(f"built {n:,} entries in {folder}", flush=True)
 
 
 def per_call(fn: Callable[[], Any], repeat: int) -> float:
@@ -119,27 +140,38 @@ def follow_cost(keys: np.ndarray, values: np.ndarray, queries: np.ndarray, k: in
     return step
 
 
-def measure_size(args: argparse.Namespace, n: int, queries: np.ndarray) -> dict[str, Any]:
-    folder = args.work / str(n)
-    index: Any = faiss.read_index(str(folder / "index.faiss"))
+def search_cost(path: Path, args: argparse.Namespace, batches: list[np.ndarray],
+                ) -> tuple[float, np.ndarray]:
+    """Seconds per query of `path`'s index at --nprobe and --k, and its list sizes."""
+    index: Any = faiss.read_index(str(path))
     index.nprobe = args.nprobe
+    if isinstance(index, faiss.IndexIVFFastScan):
+        index.qbs2 = FASTSCAN_QUERIES_PER_LIST  # as the datastore's backend searches it
     sizes = np.array([index.invlists.list_size(i) for i in range(args.nlist)])
-    batches = [queries[i:i + args.batch] for i in range(0, len(queries), args.batch)]
 
     def search() -> None:
         for b in batches:
             index.search(b, args.k)
 
-    search_s = per_call(search, args.repeat) / len(queries)
-    keys = np.load(folder / "keys.npy", mmap_mode="r")
-    values = np.load(folder / "values.npy", mmap_mode="r")
-    steps = [follow_cost(keys, values, b, args.k, args.followed, seed=i)
-             for i, b in enumerate(batches)]
-    follow_s = per_call(lambda: [s() for s in steps], args.repeat) / len(queries)
+    return per_call(search, args.repeat) / sum(len(b) for b in batches), sizes
+
+
+def measure_size(args: argparse.Namespace, n: int, queries: np.ndarray) -> dict[str, Any]:
+    folder = args.work / str(n)
+    batches = [queries[i:i + args.batch] for i in range(0, len(queries), args.batch)]
+    search_s, sizes = search_cost(folder / "index.faiss", args, batches)
+    fastscan_s, _ = search_cost(folder / "index_fs.faiss", args, batches)
     row = {"entries": n, "mean_list": float(sizes.mean()), "max_list": int(sizes.max()),
            "codes_scanned_per_query": float(sizes.mean()) * args.nprobe,
-           "search_ms_per_token": 1000 * search_s, "follow_ms_per_token": 1000 * follow_s,
-           "precomputed_table": int(index.use_precomputed_table)}
+           "search_ms_per_token": 1000 * search_s,
+           "fastscan_ms_per_token": 1000 * fastscan_s, "follow_ms_per_token": None}
+    if (folder / "values.npy").exists():
+        keys = np.load(folder / "keys.npy", mmap_mode="r")
+        values = np.load(folder / "values.npy", mmap_mode="r")
+        steps = [follow_cost(keys, values, b, args.k, args.followed, seed=i)
+                 for i, b in enumerate(batches)]
+        row["follow_ms_per_token"] = 1000 * per_call(lambda: [s() for s in steps],
+                                                     args.repeat) / len(queries)
     print(json.dumps(row), flush=True)
     return row
 
@@ -170,6 +202,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--followed", type=int, default=64,
                     help="successors followed per token on the pointer path")
     ap.add_argument("--spread", type=float, default=0.5, help="noise around each centre")
+    ap.add_argument("--no-keys", action="store_true",
+                    help="build no key and value files (no pointer step measured)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--model", type=Path, default=Path("runs/mini/pdsw"))
     ap.add_argument("--work", type=Path, default=Path("runs/knn_size_curve"))
@@ -180,15 +214,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if args.phase == "build":
         for n in args.sizes:
-            if not (args.work / str(n) / "values.npy").exists():
-                build_size(args, n)
+            build_size(args, n)
+            print(f"built {n:,} entries in {args.work / str(n)}", flush=True)
         return
     forward = forward_ms_per_token(args.model, args.repeat)
     queries = mixture(args, args.queries, seed=2)
     rows = [measure_size(args, n, queries) for n in args.sizes]
     for r in rows:
-        r["search_x_forward"] = r["search_ms_per_token"] / forward["forward_ms_per_token"]
-        r["follow_x_forward"] = r["follow_ms_per_token"] / forward["forward_ms_per_token"]
+        for name in ("search", "fastscan", "follow"):
+            ms = r[f"{name}_ms_per_token"]
+            r[f"{name}_x_forward"] = None if ms is None else ms / forward["forward_ms_per_token"]
     out = {"forward": forward, "nlist": args.nlist, "m": args.m, "nprobe": args.nprobe,
            "k": args.k, "batch": args.batch, "followed": args.followed,
            "torch_threads": torch.get_num_threads(), "faiss_threads": faiss.omp_get_max_threads(),

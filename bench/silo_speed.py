@@ -10,9 +10,13 @@ reports the share of tokens that needed a search and the perplexity change again
 tuned full search on the same tokens. With --flat-tokens the script also builds an
 exact (faiss-flat) copy from the same stored keys, with no forward pass, and measures
 kNN-LM over it on fewer tokens (a rate is a rate; exact search at this size is slow).
+With --other the script also measures a copy of the datastore whose index was rebuilt
+another way (`silo datastore reindex`, e.g. IVF-PQ fast-scan) and tuned on its own
+(`silo tune`): its tuned full search, and cheaper searches over it, against the same
+parametric and full-search rows.
 
     OMP_NUM_THREADS=1 python bench/silo_speed.py --model models/silo-small \
-        --datastore runs/silo_table/full
+        --datastore runs/silo_table/full [--other runs/silo_table/full-fs]
 """
 
 from __future__ import annotations
@@ -129,6 +133,22 @@ def ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
+def other_cases(lm: SiloLM, seqs: list[tuple[int, ...]], ks: Sequence[int],
+                nprobes: Sequence[int], pointers: Sequence[int]) -> list[Case]:
+    """The tuned full search over the reindexed store (its own tuned k, lam and tau),
+    the same at other k, then cheaper searches: fewer probes, and pointers."""
+    assert lm.datastore is not None
+    name, probe = lm.datastore.config.backend, lm.datastore.config.nprobe
+    knn = SiloOptions("knnlm", pointers=0)
+    cases = [Case(f"knnlm, {name}, tuned search (k {lm.defaults.k})", lm, knn, seqs, probe)]
+    cases += [Case(f"knnlm, {name}, k {k}", lm, SiloOptions("knnlm", k=k, pointers=0), seqs,
+                   probe) for k in ks if k != lm.defaults.k]
+    cases += [Case(f"knnlm, {name}, nprobe {n}", lm, knn, seqs, n) for n in nprobes]
+    cases += [Case(f"knnlm, {name}, pointers {m}", lm, SiloOptions("knnlm", pointers=m), seqs,
+                   probe) for m in pointers]
+    return cases
+
+
 def cases_for(args: argparse.Namespace, lm: SiloLM, lm_big: SiloLM, lm_flat: SiloLM | None,
               seqs: list[tuple[int, ...]], few: list[tuple[int, ...]], tuned_probe: int,
               ) -> list[Case]:
@@ -167,7 +187,7 @@ def cases_for(args: argparse.Namespace, lm: SiloLM, lm_big: SiloLM, lm_flat: Sil
     return cases
 
 
-def measure(cases: list[Case], store: Datastore, rounds: int, gen_tokens: int,
+def measure(cases: list[Case], rounds: int, gen_tokens: int,
             prompt: tuple[int, ...]) -> list[dict[str, Any]]:
     """Rounds interleave the cases, and each figure is the median over rounds, so that
     load from other processes on the shared cores drifts onto every case alike."""
@@ -177,7 +197,8 @@ def measure(cases: list[Case], store: Datastore, rounds: int, gen_tokens: int,
     searched: dict[str, float] = {}
     for _ in range(rounds):
         for c in cases:
-            set_search(store, c.nprobe, c.precomputed)
+            assert c.model.datastore is not None
+            set_search(c.model.datastore, c.nprobe, c.precomputed)
             before = (c.model.searches.searched, c.model.searches.positions)
             sec, scored = timed(partial(c.model.score, [ScoreRequest(s, options=c.options)
                                                         for s in c.seqs]))
@@ -192,6 +213,7 @@ def measure(cases: list[Case], store: Datastore, rounds: int, gen_tokens: int,
     for c in cases:
         n_tokens = sum(len(s) - 1 for s in c.seqs)
         rows.append({"mode": c.name, "tokens": n_tokens, "nprobe": c.nprobe,
+                     "k": c.options.k or c.model.defaults.k,
                      "score_tokens_per_s": n_tokens / float(np.median(score_s[c.name])),
                      "score_s_rounds": score_s[c.name], "perplexity": ppl[c.name],
                      "searched": searched[c.name],
@@ -223,6 +245,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--big-batch", type=int, default=64,
                     help="sequences per pass for the batched pointer case")
     ap.add_argument("--ric", action="store_true", help="also measure RIC-LM modes")
+    ap.add_argument("--other", type=Path, default=None,
+                    help="a reindexed, retuned copy of --datastore to measure too")
+    ap.add_argument("--other-ks", type=ints, default=[4096, 2048],
+                    help="k values to measure on --other besides its tuned one")
+    ap.add_argument("--other-nprobes", type=ints, default=[16, 24],
+                    help="cheaper nprobe values to measure on --other")
+    ap.add_argument("--other-pointers", type=ints, default=[32, 64],
+                    help="pointer thresholds to measure on --other")
     ap.add_argument("--work", type=Path, default=Path("runs/silo_speed"))
     ap.add_argument("--json", type=Path, default=Path("runs/silo_speed/speed.json"))
     args = ap.parse_args(argv)
@@ -244,12 +274,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     tuned_probe = store.config.nprobe
     tables = precomputed_tables(store.index.index)  # type: ignore[union-attr]
     cases = cases_for(args, lm, lm_big, lm_flat, seqs, few, tuned_probe)
-    rows = measure(cases, store, args.rounds, args.gen_tokens, seqs[0][:16])
+    other = None
+    if args.other is not None:
+        other = Datastore.open(args.other, loaded.fingerprint, verify=False)
+        cases += other_cases(SiloLM(loaded.model, loaded.tokenizer, other,
+                                    SiloConfig(batch_size=16)),
+                             seqs, args.other_ks, args.other_nprobes, args.other_pointers)
+    rows = measure(cases, args.rounds, args.gen_tokens, seqs[0][:16])
     set_search(store, tuned_probe, True)
     out = {"entries": len(store.kv), "defaults": lm.defaults.__dict__, "domain": args.domain,
            "index": store.config.to_json(), "tables": tables,
            "torch_threads": torch.get_num_threads(), "faiss_threads": faiss.omp_get_max_threads(),
            "rows": rows}
+    if other is not None:
+        out["other"] = {"path": str(args.other), "index": other.config.to_json(),
+                        "entries_indexed": len(other.index),  # type: ignore[arg-type]
+                        "defaults": SiloLM(loaded.model, loaded.tokenizer, other
+                                           ).defaults.__dict__}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
