@@ -1,7 +1,7 @@
 """Server overhead and batching: the served API, in its own process, against SiloLM.
 
-    OMP_NUM_THREADS=1 python bench/server_overhead.py [--preset mini] [--requests 12]
-        [--threads 1]
+    OMP_NUM_THREADS=1 python bench/server_overhead.py [--preset mini | --model DIR]
+        [--requests 12] [--threads 1]
 
 The server runs as a separate process (bench/served.py: `uvicorn --factory
 server.app:create_app` on 127.0.0.1, a free port, `--limit-max-requests` so it stops by
@@ -25,8 +25,9 @@ this process. Measures, in one run on one machine:
     in cores (CPU seconds per second of the measurement), next to the CPU of one direct
     `SiloLM.score` call.
 
-Model: a randomly initialised preset (weights do not change the cost) with a small
-datastore built from the test corpus.
+Model: a randomly initialised preset (weights do not change the cost), or with --model a
+saved one (the shipped models/silo-small), with a small datastore built from the test
+corpus.
 """
 
 from __future__ import annotations
@@ -122,6 +123,8 @@ def _stepped(lm: SiloLM, request: GenerationRequest, k: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="mini")
+    ap.add_argument("--model", type=Path, default=None,
+                    help="a saved model to serve instead of a random --preset")
     ap.add_argument("--requests", type=int, default=12, help="samples per latency p50")
     ap.add_argument("--prompt-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1,
@@ -129,7 +132,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp())
-    model = build_model(work / "model", args.preset)
+    model = args.model or build_model(work / "model", args.preset)
     store = build_datastore(model, work / "store")
     lm = SiloLM.from_dirs(model, store, config=SiloConfig(batch_size=16))  # as served
     prompt = tuple(range(10, 10 + args.prompt_tokens))
@@ -176,7 +179,8 @@ def main() -> None:
             rates[mode], cpus[mode] = (one, many), usage.report(16 * per_many)
     finally:
         stop(proc)
-    print(f"threads {args.threads}, preset {args.preset}, prompt {len(prompt)} tokens")
+    print(f"threads {args.threads}, model {args.model or 'preset ' + args.preset}, prompt "
+          f"{len(prompt)} tokens")
     print(f"{TOKENS}-token completion p50: direct {direct_gen * 1e3:.1f} ms, served "
           f"{served_gen * 1e3:.1f} ms (x{served_gen / direct_gen:.3f})")
     print(f"scoring p50: direct {direct_score * 1e3:.2f} ms ({direct_score_cpu * 1e3:.2f} ms "
