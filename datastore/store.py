@@ -394,7 +394,7 @@ class Datastore:
         if manifest.status == "reindexing":  # the new config is recorded: build it again
             store = cls(folder, manifest, table, kv, None)
             with store._writer:
-                store._rebuild_index(progress=False)
+                store._rebuild_index()
             return store
         if len(kv) != manifest.indexed_upto and not cache:
             raise CorruptDatastoreError(
@@ -592,47 +592,59 @@ class Datastore:
         """Rebuild the kNN index with `config`'s backend and index parameters from the key
         files, with no forward pass; returns the entries indexed. Only the entries of
         documents still in the datastore are indexed (and train IVF-PQ), so the new index
-        is the one a build without the opted-out documents would make. The intent is
-        recorded first: a reindex cut short is finished at the next open. Changing only
-        nprobe rebuilds nothing."""
+        is the one a build without the opted-out documents would make. The index is built
+        before anything is written (parameters it cannot take change nothing); then the
+        intent is recorded, so a reindex cut short while saving is finished at the next
+        open. Changing only nprobe rebuilds nothing."""
         old = self.config
         _check_reindex(old, config)
         with self._writer:
             self.sync()
-            self.manifest = replace(self.manifest, config=config.to_json())
             if _index_fields(old) == _index_fields(config):
                 self.config = config
                 if hasattr(self.index, "nprobe"):
                     self.index.nprobe = config.nprobe  # type: ignore[union-attr]
+                self.manifest = replace(self.manifest, config=config.to_json())
                 write_manifest(self.folder, self.manifest)
                 return len(self._index())
-            self.manifest = replace(self.manifest, status="reindexing")
+            index, indexed = self._build_index(config, progress)
+            self.manifest = replace(self.manifest, status="reindexing", config=config.to_json())
             write_manifest(self.folder, self.manifest)  # intent: redone at open if cut
-            return self._rebuild_index(progress)
+            self._install_index(config, index)
+            return indexed
 
-    def _rebuild_index(self, progress: bool) -> int:
-        """Index every entry of the documents not removed, under the manifest's config,
-        and swap the new index in; the caller holds the writer lock."""
-        self.config = DatastoreConfig.from_json(self.manifest.config)
+    def _rebuild_index(self) -> None:
+        """Finish a reindex cut short: build the manifest's index again and install it;
+        the caller holds the writer lock."""
+        config = DatastoreConfig.from_json(self.manifest.config)
+        self._install_index(config, self._build_index(config, progress=False)[0])
+
+    def _build_index(self, config: DatastoreConfig, progress: bool) -> tuple[KnnIndex, int]:
+        """A new index under `config` holding every entry of the documents not removed
+        (in memory, not saved), and how many entries that is."""
         snap = self._snapshot
         kept = ~snap.removed
         starts, lengths = snap.entry_start[kept], snap.entry_end[kept] - snap.entry_start[kept]
         entries = (np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
                    + np.arange(int(lengths.sum()), dtype=np.int64))
-        index = create_index(self.config, self.folder, self.kv, entries=entries)
-        step = self.config.flush_entries
+        index = create_index(config, self.folder, self.kv, entries=entries)
+        step = config.flush_entries
         for at in tqdm(range(0, len(entries), step), disable=not progress, unit="chunk",
-                       desc=f"reindex ({self.config.backend})"):
+                       desc=f"reindex ({config.backend})"):
             ids = entries[at:at + step]
             index.add(np.asarray(self.kv.keys[ids], np.float32), ids)
+        return index, len(entries)
+
+    def _install_index(self, config: DatastoreConfig, index: KnnIndex) -> None:
+        """Save `index` (atomically), swap it in, and record it as ready."""
         index.save()
         with self._index_lock.write():
             self.index = index
+            self.config = config
         self.manifest = replace(self.manifest, status="ready", indexed_upto=len(self.kv))
         self._write_manifest(rewritten=index.files)
         if INDEX_FILE not in index.files:  # exact search keeps no index file
             (self.folder / INDEX_FILE).unlink(missing_ok=True)
-        return len(entries)
 
     def _rows_to_purge(self) -> list[int]:
         """Rows awaiting compaction that this process's snapshot knows as removed (a row

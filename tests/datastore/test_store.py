@@ -160,8 +160,16 @@ def test_reindex_of_nprobe_alone_rebuilds_nothing_and_bad_changes_are_refused(
         store.reindex(replace(store.config, block_tokens=64))
     with pytest.raises(InvalidInputError, match="local index"):
         store.reindex(replace(store.config, backend="milvus"))
+    # parameters the index cannot take are refused before anything is written
+    with pytest.raises(InvalidInputError, match="nlist=100000"):
+        store.reindex(replace(store.config, backend="faiss-ivfpq-fs", nlist=100_000,
+                              nbits=4))
+    assert store.config.backend == "faiss-ivfpq" and store.knn_search(
+        _queries(store, 3, seed=0), 4)[1].min() >= 0
     store.close()
-    assert Datastore.open(tmp_path / "ds").config.nprobe == 7
+    reopened = Datastore.open(tmp_path / "ds")
+    assert (reopened.config.backend, reopened.config.nprobe) == ("faiss-ivfpq", 7)
+    assert reopened.manifest.status == "ready"
 
 
 def test_optout_survives_kill_9_in_another_process(tmp_path: Path) -> None:
