@@ -23,16 +23,13 @@ from typing import Any
 
 import faiss
 import numpy as np
+from silo_speed import ints  # bench/ is on the path when run as a script
 
 from datastore.store import Datastore
 from silo.corpus import read_corpus, split_of
 from silo.evaluate import domain_sequences
 from silo.lm import ScoreRequest, SiloConfig, SiloLM, SiloOptions
 from silo.model import load_lm
-
-
-def ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
 
 
 def capture_queries(lm: SiloLM, seqs: Sequence[Sequence[int]]) -> np.ndarray:

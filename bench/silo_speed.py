@@ -278,23 +278,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     tuned_probe = store.config.nprobe
     tables = precomputed_tables(store.index.index)  # type: ignore[union-attr]
     cases = cases_for(args, lm, lm_big, lm_flat, seqs, few, tuned_probe)
-    other = None
+    lm_other = None
     if args.other is not None:
-        other = Datastore.open(args.other, loaded.fingerprint, verify=False)
-        cases += other_cases(SiloLM(loaded.model, loaded.tokenizer, other,
-                                    SiloConfig(batch_size=16)),
-                             seqs, args.other_ks, args.other_nprobes, args.other_pointers)
+        lm_other = SiloLM(loaded.model, loaded.tokenizer,
+                          Datastore.open(args.other, loaded.fingerprint, verify=False),
+                          SiloConfig(batch_size=16))
+        cases += other_cases(lm_other, seqs, args.other_ks, args.other_nprobes,
+                             args.other_pointers)
     rows = measure(cases, args.rounds, args.gen_tokens, seqs[0][:16])
     set_search(store, tuned_probe, True)
     out = {"entries": len(store.kv), "defaults": lm.defaults.__dict__, "domain": args.domain,
            "index": store.config.to_json(), "tables": tables,
            "torch_threads": torch.get_num_threads(), "faiss_threads": faiss.omp_get_max_threads(),
            "rows": rows}
-    if other is not None:
+    if lm_other is not None:
+        other = lm_other.datastore
+        assert other is not None
         out["other"] = {"path": str(args.other), "index": other.config.to_json(),
                         "entries_indexed": len(other.index),  # type: ignore[arg-type]
-                        "defaults": SiloLM(loaded.model, loaded.tokenizer, other
-                                           ).defaults.__dict__}
+                        "defaults": lm_other.defaults.__dict__}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))

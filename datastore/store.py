@@ -623,10 +623,9 @@ class Datastore:
         """A new index under `config` holding every entry of the documents not removed
         (in memory, not saved), and how many entries that is."""
         snap = self._snapshot
-        kept = ~snap.removed
-        starts, lengths = snap.entry_start[kept], snap.entry_end[kept] - snap.entry_start[kept]
-        entries = (np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
-                   + np.arange(int(lengths.sum()), dtype=np.int64))
+        # what the one filter allows with no request: every entry of a document not removed
+        allowed = self._filter_of(snap, None)
+        entries = np.flatnonzero(~allowed.excludes(np.arange(snap.n_entries)))
         index = create_index(config, self.folder, self.kv, entries=entries)
         step = config.flush_entries
         for at in tqdm(range(0, len(entries), step), disable=not progress, unit="chunk",

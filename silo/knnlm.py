@@ -110,16 +110,16 @@ def target_log_probs(lm_target: torch.Tensor, distances: torch.Tensor, values: t
     lm_target (n,) log p_LM(y), distances (n, k), values (n, k), targets (n,) -> (n,).
     """
     if lam == 0.0:
-        return lm_target
+        return lm_target  # as interpolate returns it, without computing the weights
     weights = neighbour_log_weights(distances, values, temperature).exp()
-    mass = torch.where(values == targets[:, None], weights, torch.zeros_like(weights))
-    knn = mass.sum(dim=1).log()
-    if lam == 1.0:
-        mixed = knn
-    else:
-        mixed = torch.logaddexp(lm_target + math.log1p(-lam), knn + math.log(lam))
-    has_neighbours = (weights > 0).any(dim=1)
-    return torch.where(has_neighbours, mixed, lm_target)
+    knn = _mass_on_targets(weights, values, targets).sum(dim=1).log()
+    return interpolate(lm_target[:, None], knn[:, None], lam, (weights > 0).any(dim=1))[:, 0]
+
+
+def _mass_on_targets(weights: torch.Tensor, values: torch.Tensor, targets: torch.Tensor,
+                     ) -> torch.Tensor:
+    """(n, k) neighbour weights where the neighbour's value is its row's target, else 0."""
+    return torch.where(values == targets[:, None], weights, torch.zeros_like(weights))
 
 
 def target_neighbour_mass(distances: torch.Tensor, values: torch.Tensor,
@@ -130,5 +130,5 @@ def target_neighbour_mass(distances: torch.Tensor, values: torch.Tensor,
     the neighbour's value is the target, 0 elsewhere. Rows sum to p_kNN(target); times lam
     this is each neighbour's contribution to the mixture (DESIGN: Attribution).
     """
-    weights = neighbour_log_weights(distances, values, temperature).exp()
-    return torch.where(values == targets[:, None], weights, torch.zeros_like(weights))
+    return _mass_on_targets(neighbour_log_weights(distances, values, temperature).exp(),
+                            values, targets)
