@@ -66,6 +66,8 @@ def tune(
     from silo.model import DEFAULT_MODEL
     from silo.tuning import Grid, best_overall, grid_search, tune_pointers, write_defaults
 
+    if k_tolerance < 0:  # checked before any work starts, as the lists below
+        raise SiloError(f"--k-tolerance must be >= 0, got {k_tolerance}")
     candidates = _counts(pointers, "pointers") if pointers.strip() else []
     grid = Grid(tuple(int(k) for k in _floats(ks, "ks")), _floats(lams, "lams"),
                 _floats(temperatures, "temperatures"))
@@ -76,8 +78,6 @@ def tune(
         raise SiloError(f"no {split} documents in {[str(c) for c in corpus]}")
     points = {name: grid_search(lm.target_scores(s, SiloOptions("knnlm"), grid.k_max), grid)
               for name, s in sorted(seqs.items())}
-    if k_tolerance < 0:
-        raise SiloError(f"--k-tolerance must be >= 0, got {k_tolerance}")
     best = best_overall(points, k_tolerance)
     for name, p in points.items():
         console.print(f"{name}: k={p[0].k} lambda={p[0].lam} tau={p[0].temperature:g} "

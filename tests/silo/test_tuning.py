@@ -175,3 +175,6 @@ def test_tune_command_stores_defaults_the_next_silolm_uses(
     for wrong in ("1.5", "-1"):
         bad = CliRunner().invoke(app, [*args, "--pointers", wrong])
         assert bad.exit_code == 2 and "--pointers" in bad.output
+    bad = CliRunner().invoke(app, [*args, "--k-tolerance", "-0.1"])
+    assert bad.exit_code == 2 and "--k-tolerance" in bad.output
+    assert read_defaults(tmp_path / "ds") == stored  # refused before any work
