@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from datastore.blocks import Block, split_blocks
-from datastore.bm25 import BM25Index, create_bm25
+from datastore.bm25.base import BM25Index
+from datastore.bm25.factory import create_bm25
 
 T = TypeVar("T")
 

@@ -26,7 +26,7 @@ import torch
 sys.path[:0] = [str(Path(__file__).resolve().parents[1])]
 from datastore.config import DatastoreConfig  # noqa: E402
 from datastore.document import Document, LicenseClass  # noqa: E402
-from datastore.store import Datastore  # noqa: E402
+from datastore.store.datastore import Datastore  # noqa: E402
 from silo.encoder import LMEncoder  # noqa: E402
 from silo.model import build_lm  # noqa: E402
 from silo.tokenizer import train_tokenizer  # noqa: E402

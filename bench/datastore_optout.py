@@ -30,7 +30,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 from datastore_synthetic import ClusterEncoder, documents  # noqa: E402
 
 from datastore.config import DatastoreConfig  # noqa: E402
-from datastore.store import Datastore  # noqa: E402
+from datastore.store.datastore import Datastore  # noqa: E402
 
 TOKENS_PER_DOC = 101  # 100 entries per document
 DIM = 32

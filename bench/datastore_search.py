@@ -29,7 +29,7 @@ from datastore_synthetic import ClusterEncoder, documents  # noqa: E402
 from datastore.config import DatastoreConfig  # noqa: E402
 from datastore.document import PERMISSIVE  # noqa: E402
 from datastore.filter import SearchFilter  # noqa: E402
-from datastore.store import Datastore  # noqa: E402
+from datastore.store.datastore import Datastore  # noqa: E402
 
 TOKENS_PER_DOC = 101
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datastore.store import Datastore
+from datastore.store.datastore import Datastore
 from silo.corpus import read_corpus, split_of
 from silo.evaluate import domain_sequences
 from silo.lm import ScoreRequest, SiloConfig, SiloLM, SiloOptions, perplexity

@@ -36,7 +36,7 @@ import torch
 
 from datastore.filter import EntryFilter, compute_filter
 from datastore.index.torch_exact import TorchExactIndex
-from datastore.table import snapshot_of
+from datastore.table.records import snapshot_of
 from silo.config import get_preset
 from silo.knnlm import KnnParams, interpolate, knn_log_probs
 from silo.model import build_lm

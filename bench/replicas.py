@@ -37,7 +37,7 @@ from served import median_seconds as _timed  # noqa: E402
 
 from datastore.config import DatastoreConfig  # noqa: E402
 from datastore.index.milvus_server import MilvusServerIndex  # noqa: E402
-from datastore.table_registry import DATABASE_ENV  # noqa: E402
+from datastore.table.factory import DATABASE_ENV  # noqa: E402
 from tests.milvus import milvus_server  # noqa: E402
 from tests.pg import cluster, find_bin_dir  # noqa: E402
 
@@ -250,7 +250,7 @@ def serve_part(args: argparse.Namespace) -> dict[str, Any]:
 def sync_part(args: argparse.Namespace) -> dict[str, Any]:
     """What the per-search sequence check costs: `change_seq()` on each table, against
     a whole filtered kNN search of a small faiss-flat datastore on that table."""
-    from datastore.store import Datastore
+    from datastore.store.datastore import Datastore
     from tests.datastore.synthetic import SyntheticEncoder, corpus
 
     bin_dir = find_bin_dir()

@@ -50,7 +50,7 @@ def build_model(folder: Path, preset: str) -> Path:
 
 
 def build_datastore(model: Path, folder: Path) -> Path:
-    from datastore.store import Datastore
+    from datastore.store.datastore import Datastore
     from silo.encoder import LMEncoder
     from silo.model import load_lm
 

@@ -37,7 +37,7 @@ from silo_table import load_domains  # bench/ is on the path when run as a scrip
 
 from datastore.config import DatastoreConfig
 from datastore.document import Document
-from datastore.store import Datastore
+from datastore.store.datastore import Datastore
 from silo.corpus import read_corpus, split_of
 from silo.evaluate import domain_sequences
 from silo.lm import (

@@ -41,7 +41,7 @@ import torch
 
 from datastore.config import DatastoreConfig
 from datastore.document import Document
-from datastore.store import Datastore
+from datastore.store.datastore import Datastore
 from silo.corpus import read_corpus, split_of
 from silo.encoder import LMEncoder
 from silo.evaluate import domain_sequences

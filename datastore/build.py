@@ -26,7 +26,8 @@ from datastore.document import Document
 from datastore.encoder import KeyEncoder
 from datastore.errors import ConflictError, InvalidInputError
 from datastore.knn import KeyValueStore
-from datastore.table import DocumentRecord, DocumentTable, TableSnapshot
+from datastore.table.base import DocumentTable
+from datastore.table.records import DocumentRecord, TableSnapshot
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,14 @@ BACKENDS = ("exact", "faiss-flat", "faiss-ivfpq", "faiss-ivfpq-fs", "milvus", "t
 # index backends whose files live in the datastore folder and can be rebuilt from its
 # key files (Datastore.reindex)
 LOCAL_BACKENDS = ("exact", "faiss-flat", "faiss-ivfpq", "faiss-ivfpq-fs")
+# a Milvus URI with one of these schemes names a server (shared by replicas); any other,
+# or none, is milvus-lite in the datastore folder
+SERVER_SCHEMES = ("http://", "https://", "tcp://", "grpc://")
+
+
+def is_server(uri: str) -> bool:
+    """Does a Milvus URI name a server (rather than a milvus-lite file)?"""
+    return uri.startswith(SERVER_SCHEMES)
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,11 @@ class DatastoreConfig:
             raise ValueError(
                 f"block_overlap must be in [0, block_tokens), got {self.block_overlap}"
             )
+
+    @property
+    def shares_index(self) -> bool:
+        """True when the kNN index lives on a server that replicas share."""
+        return self.backend == "milvus" and is_server(self.milvus_uri)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from datastore.document import LicenseClass
-from datastore.table import CLASS_CODES, TableSnapshot
+from datastore.table.records import CLASS_CODES, TableSnapshot
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ corrupted file is reported by name rather than as a crash inside faiss.
 The document table is not checksummed: it changes with every opt-out and its database
 checks its own pages (SQLite's `PRAGMA quick_check` at load). `database` says where the
 table is: None for SQLite in the folder, else the PostgreSQL host, port, dbname and schema
-(never credentials; see datastore.table_registry). `index_location` names a kNN index
+(never credentials; see datastore.table.factory). `index_location` names a kNN index
 kept on a server (a Milvus URI without credentials, its database and collection).
 """
 

@@ -21,7 +21,8 @@ import numpy as np
 
 from datastore.errors import InvalidSelectorError, NotFoundError
 from datastore.filter import merge_ranges
-from datastore.table import DocumentTable, TableSnapshot
+from datastore.table.base import DocumentTable
+from datastore.table.records import TableSnapshot
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ log = logging.getLogger("server.access")
 
 def load_service(settings: Settings, metrics: Metrics) -> SiloService:
     """Load the model, open the active datastore and wire the service (slow: seconds)."""
-    from datastore.store import Datastore
+    from datastore.store.datastore import Datastore
     from silo.encoder import LMEncoder
     from silo.lm import SiloConfig, SiloLM
     from silo.model import DEFAULT_MODEL, load_lm

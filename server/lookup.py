@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from datastore.filter import SearchFilter
-from datastore.table import CLASS_CODES
+from datastore.table.records import CLASS_CODES
 from silo.attribution import SNIPPET_CHARS, sentence_spans
 
 

@@ -92,7 +92,7 @@ def build(
 ) -> None:
     """Build a datastore from corpus files (re-run the same command to resume)."""
     from datastore.config import DatastoreConfig
-    from datastore.store import Datastore
+    from datastore.store.datastore import Datastore
 
     try:
         config = DatastoreConfig(backend=backend, nlist=nlist, m=m, nbits=nbits,
@@ -110,7 +110,7 @@ def build(
 def add(datastore: StoreOpt, corpus: CorpusOpt, model: ModelOpt = None,
         policy: PolicyOpt = None) -> None:
     """Add documents to a built datastore, without a rebuild (existing ids are refused)."""
-    from datastore.store import Datastore
+    from datastore.store.datastore import Datastore
 
     encoder = _encoder(model, 8)
     with Datastore.open(datastore, encoder_fingerprint=encoder.fingerprint) as store:
@@ -128,7 +128,7 @@ def remove(
     reason: Annotated[str | None, typer.Option(help="Recorded on the receipt.")] = None,
 ) -> None:
     """Opt documents out: effective at once, durable; prints the receipt."""
-    from datastore.store import Datastore
+    from datastore.store.datastore import Datastore
 
     with Datastore.open(datastore, verify=False) as store:
         receipt = store.optout(doc_ids=doc_id or (), source=source, url_prefix=url_prefix,
@@ -139,7 +139,7 @@ def remove(
 @clean_errors
 def compact(datastore: StoreOpt) -> None:
     """Physically erase opted-out documents (vectors, blocks, stored text)."""
-    from datastore.store import Datastore
+    from datastore.store.datastore import Datastore
 
     with Datastore.open(datastore) as store:
         purged = store.compact()
@@ -161,7 +161,7 @@ def reindex(
     (no forward pass, no model needed); opted-out documents are left out."""
     from dataclasses import replace
 
-    from datastore.store import Datastore
+    from datastore.store.datastore import Datastore
 
     changes: dict[str, Any] = {k: v for k, v in dict(backend=backend, nlist=nlist, m=m,
                                                      nbits=nbits, nprobe=nprobe).items()
@@ -180,7 +180,7 @@ def info(datastore: StoreOpt,
          receipts: Annotated[bool, typer.Option(help="List opt-out receipts too.")] = False,
          ) -> None:
     """Counts, backend, model fingerprint and size of a datastore."""
-    from datastore.store import Datastore
+    from datastore.store.datastore import Datastore
 
     with Datastore.open(datastore, verify=False) as store:
         data: dict[str, Any] = asdict(store.info())

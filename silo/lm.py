@@ -118,7 +118,7 @@ class SiloLM(Generation):
     def from_dirs(cls, model_dir: Path, datastore_dir: Path | None = None,
                   device: str = "cpu", config: SiloConfig | None = None) -> SiloLM:
         """Load the LM and open its datastore (whose keys must come from this LM)."""
-        from datastore.store import Datastore
+        from datastore.store.datastore import Datastore
         from silo.model import load_lm
 
         lm = load_lm(model_dir, device=device)

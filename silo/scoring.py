@@ -28,7 +28,7 @@ import torch
 
 from datastore.errors import SiloError, UnavailableError
 from datastore.filter import AccessScope
-from datastore.table import CLASS_CODES
+from datastore.table.records import CLASS_CODES
 from silo.attribution import (
     Attribution,
     DocumentInfo,

@@ -50,7 +50,7 @@ def default_datastore(model: Path) -> Path:
     """The default datastore for `model`, built on first use (keys belong to one model,
     so the folder is named after the model's fingerprint)."""
     from datastore.config import DatastoreConfig
-    from datastore.store import Datastore
+    from datastore.store.datastore import Datastore
     from silo.corpus import read_corpus
     from silo.encoder import LMEncoder
     from silo.model import load_lm

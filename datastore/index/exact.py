@@ -15,13 +15,13 @@ import numpy as np
 import torch
 
 from datastore.filter import EntryFilter
-from datastore.index import pad_results
+from datastore.index.base import KnnIndex, pad_results
 from datastore.knn import KeyValueStore
 
 CHUNK_ROWS = 65_536  # keys scored per step: 65536 x dim fp32 on the device
 
 
-class ExactIndex:
+class ExactIndex(KnnIndex):
     """Brute force over every row of the key/value store (no files of its own)."""
 
     files: tuple[str, ...] = ()

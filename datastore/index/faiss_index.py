@@ -18,7 +18,7 @@ import numpy as np
 from datastore.config import DatastoreConfig
 from datastore.errors import CorruptDatastoreError, InvalidInputError
 from datastore.filter import EntryFilter, range_bitmap
-from datastore.index import pad_results
+from datastore.index.base import KnnIndex, pad_results
 from datastore.knn import KeyValueStore
 
 INDEX_FILE = "index.faiss"
@@ -58,7 +58,7 @@ def _train(index: Any, config: DatastoreConfig, kv: KeyValueStore,
     index.train(_training_sample(kv, config.train_size, entries))
 
 
-class FaissIndex:
+class FaissIndex(KnnIndex):
     """A faiss index file in the datastore folder, ids = entry ids."""
 
     files: tuple[str, ...] = (INDEX_FILE,)
@@ -104,6 +104,9 @@ class FaissIndex:
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
+
+    def set_nprobe(self, nprobe: int) -> None:
+        self.nprobe = nprobe
 
     def add(self, keys: np.ndarray, ids: np.ndarray) -> None:
         self.index.add_with_ids(np.ascontiguousarray(keys, dtype=np.float32),

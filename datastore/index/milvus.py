@@ -5,7 +5,7 @@ entry filter becomes a Milvus boolean expression over id ranges (one clause per 
 excluded documents). Removal is `delete` by the same kind of expression. The same code
 runs against a Milvus cluster when `milvus_uri` names one.
 
-A server URI (http://, tcp://) opens the shared server index instead
+A server URI (http://, tcp://) is the shared server index instead
 (datastore.index.milvus_server): scalar fields, ANN index types, deletes on opt-out.
 """
 
@@ -19,8 +19,7 @@ import numpy as np
 from datastore.config import DatastoreConfig
 from datastore.errors import CorruptDatastoreError, InvalidInputError
 from datastore.filter import EntryFilter
-from datastore.index import pad_results
-from datastore.index.milvus_server import MilvusServerIndex, is_server
+from datastore.index.base import KnnIndex, pad_results
 
 LITE_FILE = "milvus.db"
 COLLECTION = "entries"
@@ -36,19 +35,18 @@ def _client(folder: Path, config: DatastoreConfig) -> Any:
     return MilvusClient(uri=config.milvus_uri or str(Path(folder) / LITE_FILE))
 
 
-class MilvusIndex:
+class MilvusIndex(KnnIndex):
     """The `entries` collection of one datastore."""
+
+    files: tuple[str, ...] = ()  # milvus-lite keeps a folder of its own, which it checks
 
     def __init__(self, client: Any, dim: int, local: bool) -> None:
         self.client = client
         self.dim = dim
-        self.files: tuple[str, ...] = ()  # milvus-lite keeps a folder; Milvus checks it
         self._local = local
 
     @classmethod
-    def create(cls, folder: Path, config: DatastoreConfig, dim: int) -> Any:
-        if is_server(config.milvus_uri):
-            return MilvusServerIndex.create(folder, config, dim)
+    def create(cls, folder: Path, config: DatastoreConfig, dim: int) -> MilvusIndex:
         from pymilvus import DataType
 
         client = _client(folder, config)
@@ -63,9 +61,7 @@ class MilvusIndex:
         return cls(client, dim, not config.milvus_uri)
 
     @classmethod
-    def from_dir(cls, folder: Path, config: DatastoreConfig, dim: int) -> Any:
-        if is_server(config.milvus_uri):
-            return MilvusServerIndex.from_dir(folder, config, dim)
+    def from_dir(cls, folder: Path, config: DatastoreConfig, dim: int) -> MilvusIndex:
         client = _client(folder, config)
         if not client.has_collection(COLLECTION):
             raise CorruptDatastoreError(f"{folder}: Milvus collection {COLLECTION!r} missing")

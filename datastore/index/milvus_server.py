@@ -43,10 +43,9 @@ import numpy as np
 from datastore.config import DatastoreConfig
 from datastore.errors import CorruptDatastoreError, InvalidInputError, UnavailableError
 from datastore.filter import EntryFilter
-from datastore.index import pad_results
+from datastore.index.base import SharedKnnIndex, pad_results
 
 LOCATION_FILE = "milvus.json"
-SERVER_SCHEMES = ("http://", "https://", "tcp://", "grpc://")
 INDEX_TYPES = ("FLAT", "IVF_FLAT", "IVF_PQ", "HNSW", "GPU_IVF_PQ", "GPU_CAGRA")
 TOKEN_ENV = "SILO_MILVUS_TOKEN"  # credentials come from here, never from the manifest
 SENTINEL = -1  # primary key of the fence row; searches keep to id >= 0
@@ -56,10 +55,6 @@ SEARCH_BATCH = 1024  # queries per search request
 DELETE_ROWS = 1000  # document rows per delete expression
 CALL_TIMEOUT_S = 10
 _T = TypeVar("_T")
-
-
-def is_server(uri: str) -> bool:
-    return uri.startswith(SERVER_SCHEMES)
 
 
 def public_uri(uri: str) -> str:
@@ -93,10 +88,9 @@ def _search_params(kind: str, k: int, nprobe: int) -> dict[str, Any]:
     return {}
 
 
-class MilvusServerIndex:
+class MilvusServerIndex(SharedKnnIndex):
     """The collection of one datastore on a Milvus server."""
 
-    shared = True  # replicas share it: the datastore syncs through the document table
     files: tuple[str, ...] = (LOCATION_FILE,)
 
     def __init__(self, location: dict[str, Any], config: DatastoreConfig, dim: int) -> None:
@@ -105,7 +99,7 @@ class MilvusServerIndex:
         except ImportError:
             raise InvalidInputError(
                 "the milvus backend needs pymilvus: pip install 'silo-lm[milvus]'") from None
-        self.location = location
+        self._location = location
         self.collection = str(location["collection"])
         self.config = config
         self.dim = dim
@@ -161,6 +155,10 @@ class MilvusServerIndex:
         index._call(lambda: index.client.load_collection(index.collection))
         return index
 
+    @property
+    def location(self) -> dict[str, Any]:
+        return self._location
+
     def close(self) -> None:
         self.client.close()
 
@@ -199,10 +197,6 @@ class MilvusServerIndex:
             self.collection, filter="id >= 0", output_fields=["count(*)"],
             consistency_level="Strong"))
         return int(rows[0]["count(*)"])
-
-    def add(self, keys: np.ndarray, ids: np.ndarray) -> None:
-        raise InvalidInputError("a shared Milvus index takes entries with their fields "
-                                "(add_entries)")
 
     def add_entries(self, keys: np.ndarray, ids: np.ndarray, fields: dict[str, Any]) -> None:
         """Insert entries (r, dim) under ids (r,) with their scalar fields: value,

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from datastore.filter import EntryFilter
+from datastore.index.base import KnnIndex
 from datastore.index.torch_search import DeviceFilter, RunningTopK, to_numpy
 from datastore.knn import KeyValueStore
 
@@ -33,7 +34,7 @@ def _key_dtype(device: torch.device) -> torch.dtype:
     return torch.float16 if device.type == "cuda" else torch.float32
 
 
-class TorchExactIndex:
+class TorchExactIndex(KnnIndex):
     """Brute force over device-resident keys, in bounded tiles.
 
     keys: (n, dim) on the device (fp16 on CUDA, fp32 on CPU); row = entry id. With `kv`,

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from datastore.filter import EntryFilter
+from datastore.index.base import KnnIndex
 from datastore.index.torch_search import DeviceFilter, RunningTopK, to_numpy
 
 if TYPE_CHECKING:
@@ -249,7 +250,7 @@ def _pad(x: torch.Tensor, width: int, fill: float) -> torch.Tensor:
     return torch.cat([x, pad], 1)
 
 
-class TorchIvfPqIndex:
+class TorchIvfPqIndex(KnnIndex):
     """The datastore backend: a FaissIndex (IVF-PQ) searched with torch on `device`.
 
     faiss trains, adds, removes and saves the index file; the tensors are read out of it
@@ -273,9 +274,8 @@ class TorchIvfPqIndex:
     def nprobe(self) -> int:
         return self.inner.nprobe
 
-    @nprobe.setter
-    def nprobe(self, value: int) -> None:  # a search-time setting, as on FaissIndex
-        self.inner.nprobe = value
+    def set_nprobe(self, nprobe: int) -> None:
+        self.inner.set_nprobe(nprobe)
 
     def __len__(self) -> int:
         return len(self.inner)

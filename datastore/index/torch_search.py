@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from datastore.filter import EntryFilter
-from datastore.index import pad_results
+from datastore.index.base import pad_results
 
 
 class DeviceFilter:

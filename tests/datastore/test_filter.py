@@ -13,7 +13,7 @@ from datastore.filter import (
     merge_ranges,
     range_bitmap,
 )
-from datastore.table import snapshot_of
+from datastore.table.records import snapshot_of
 
 
 def _snapshot(n_docs: int, seed: int = 0):  # type: ignore[no-untyped-def]

@@ -15,8 +15,8 @@ from datastore.config import DatastoreConfig
 from datastore.document import Document, LicenseClass
 from datastore.filter import SearchFilter
 from datastore.index.milvus_server import _expression, public_uri
-from datastore.store import Datastore
-from datastore.table_registry import DATABASE_ENV
+from datastore.store.datastore import Datastore
+from datastore.table.factory import DATABASE_ENV
 from tests.datastore.synthetic import SyntheticEncoder, corpus
 
 
@@ -70,8 +70,8 @@ def test_the_filter_expression_does_not_grow_with_optouts(tmp_path: Path,
         before = _expression(store.entry_filter(policy), ())
         for i in range(0, 20, 2):
             store.optout(doc_ids=[f"doc-{i}"])
-        after = _expression(store.entry_filter(policy), store._view.pending)
-        assert store._view.pending == ()  # every delete is behind the fence
+        after = _expression(store.entry_filter(policy), store.view.pending)
+        assert store.view.pending == ()  # every delete is behind the fence
         assert after is not None and before is not None
         assert len(after) <= len(before) + 8 and "doc_row" not in after
 

@@ -7,7 +7,7 @@ import pytest
 
 from datastore.errors import InvalidSelectorError, NotFoundError
 from datastore.optout import OptOutSelector, Receipt, record_optout
-from datastore.table import DocumentRecord
+from datastore.table.records import DocumentRecord
 from tests.datastore.conftest import OpenTable
 from tests.datastore.synthetic import corpus
 

@@ -10,7 +10,7 @@ import pytest
 from datastore.config import DatastoreConfig
 from datastore.filter import SearchFilter
 from datastore.pointers import exact_distances, nearest, successors
-from datastore.store import Datastore
+from datastore.store.datastore import Datastore
 from tests.datastore.synthetic import SyntheticEncoder, corpus
 
 CONFIG = DatastoreConfig(backend="exact", ngram=False, bm25=False)

@@ -24,7 +24,7 @@ import pytest
 
 from datastore.config import DatastoreConfig
 from datastore.document import Document
-from datastore.table_registry import DATABASE_ENV
+from datastore.table.factory import DATABASE_ENV
 from tests.conftest import make_documents
 from tests.milvus import MilvusServer
 from tests.pg import PgCluster
@@ -63,7 +63,7 @@ def _env(name: str, value: str | None) -> Iterator[None]:
 
 
 def _build(model_dir: Path, folder: Path, docs: list[Document], uri: str) -> Path:
-    from datastore.store import Datastore
+    from datastore.store.datastore import Datastore
     from silo.encoder import LMEncoder
     from silo.model import load_lm
 

@@ -24,7 +24,8 @@ from datastore.errors import (
     NotFoundError,
 )
 from datastore.filter import AccessScope, SearchFilter
-from datastore.store import Datastore
+from datastore.store.datastore import Datastore
+from datastore.store.state import StoreState
 from tests.datastore.synthetic import CLASSES, SyntheticEncoder, corpus
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -177,7 +178,7 @@ def test_optout_survives_kill_9_in_another_process(tmp_path: Path) -> None:
     store.close()
     script = (
         "import os, signal, sys\n"
-        "from datastore.store import Datastore\n"
+        "from datastore.store.datastore import Datastore\n"
         f"s = Datastore.open({str(tmp_path / 'ds')!r})\n"
         "r = s.optout(doc_ids=['doc-4', 'doc-5'], reason='owner request')\n"
         "print(r.optout_id, flush=True)\n"
@@ -188,7 +189,7 @@ def test_optout_survives_kill_9_in_another_process(tmp_path: Path) -> None:
     assert done.returncode == -9, done.stderr
     optout_id = done.stdout.strip()
     reopened = Datastore.open(tmp_path / "ds")
-    receipt = reopened.receipt(optout_id)
+    (receipt,) = reopened.receipts(optout_id)
     assert receipt.doc_ids == ("doc-4", "doc-5") and receipt.reason == "owner request"
     assert reopened.snapshot.removed[[4, 5]].all()
     _, ids = reopened.knn_search(np.asarray(reopened.kv.keys[:200], np.float32), 5)
@@ -433,11 +434,11 @@ def test_add_cut_after_the_index_was_saved_adds_nothing_twice(
     docs = corpus(30, seed=8)
     store = _build(tmp_path / "ds", docs[:20], "faiss-flat")
 
-    def cut(self: Datastore, rewritten: object = ()) -> None:
-        raise KeyboardInterrupt
+    def cut(self: StoreState, rewritten: object = (), **changes: object) -> None:
+        raise KeyboardInterrupt  # the add's last step: its manifest
 
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
-        patch.setattr(Datastore, "_write_manifest", cut)
+        patch.setattr(StoreState, "save_manifest", cut)
         store.add_documents(docs[20:], SyntheticEncoder())
     store.close()
     reopened = Datastore.open(tmp_path / "ds")
@@ -457,7 +458,7 @@ def test_compaction_cut_midway_is_finished_at_open(tmp_path: Path,
         raise KeyboardInterrupt  # after vectors and blocks went, before the text
 
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
-        patch.setattr("datastore.table.DocumentTable.purge", cut)
+        patch.setattr("datastore.table.base.DocumentTable.purge", cut)
         store.compact()
     store.close()
     reopened = Datastore.open(tmp_path / "ds")

@@ -13,8 +13,8 @@ import pytest
 
 from datastore.config import DatastoreConfig
 from datastore.errors import UnavailableError
-from datastore.store import Datastore
-from datastore.table_registry import DATABASE_ENV
+from datastore.store.datastore import Datastore
+from datastore.table.factory import DATABASE_ENV
 from tests.datastore.synthetic import SyntheticEncoder, corpus
 from tests.pg import SUPERUSER, PgCluster
 
@@ -57,7 +57,7 @@ def test_compaction_leaves_the_text_in_no_table_file(
 
     with psycopg.connect(pg_database, autocommit=True) as conn:
         conn.execute("CHECKPOINT")  # table pages to disk; dropped files unlinked
-    # the WAL keeps the text until its segments are recycled (see datastore.table_pg)
+    # the WAL keeps the text until its segments are recycled (see datastore.table.postgres)
     for path in pg_cluster.data.rglob("*"):
         if path.is_file() and "pg_wal" not in path.parts:
             assert secret.encode() not in path.read_bytes(), path

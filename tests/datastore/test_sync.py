@@ -14,8 +14,8 @@ import pytest
 
 from datastore.config import DatastoreConfig
 from datastore.errors import UnavailableError
-from datastore.store import Datastore
-from datastore.table_registry import DATABASE_ENV
+from datastore.store.datastore import Datastore
+from datastore.table.factory import DATABASE_ENV
 from tests.datastore.synthetic import SyntheticEncoder, corpus
 from tests.pg import PgCluster
 
@@ -60,12 +60,12 @@ def test_a_search_without_a_change_reads_only_the_sequence(
     a, b = replicas
     queries = np.asarray(b.kv.keys[:4], np.float32)
     b.knn_search(queries, 4)
-    view = b._view
+    view = b.view
     b.knn_search(queries, 4)
-    assert b._view is view  # nothing written: the snapshot was kept
+    assert b.view is view  # nothing written: the snapshot was kept
     a.optout(doc_ids=["doc-3"])
     b.knn_search(queries, 4)
-    assert b._view is not view and b._view.snapshot.removed[3]
+    assert b.view is not view and b.view.snapshot.removed[3]
 
 
 def test_concurrent_optouts_never_list_one_document_twice(
@@ -85,7 +85,7 @@ def test_concurrent_optouts_never_list_one_document_twice(
         t.join()
     listed = [d for r in receipts for d in r.doc_ids]
     assert len(listed) == len(set(listed))
-    snap = b._view.snapshot
+    snap = b.view.snapshot
     b.sync()
     expected = {d for d, c in zip(snap.doc_ids, snap.source_code, strict=True)
                 if snap.sources[c] == sources[0]}

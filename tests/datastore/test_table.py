@@ -15,8 +15,9 @@ from datastore.errors import (
     NotFoundError,
     UnavailableError,
 )
-from datastore.table import DocumentRecord, DocumentTable
-from datastore.table_sqlite import SqliteTable
+from datastore.table.base import DocumentTable
+from datastore.table.records import DocumentRecord
+from datastore.table.sqlite import SqliteTable
 from tests.datastore.conftest import OpenTable
 from tests.datastore.synthetic import corpus
 from tests.pg import PgCluster
@@ -130,7 +131,7 @@ def test_table_uses_wal_with_full_sync(tmp_path: Path) -> None:
 
 
 def test_postgres_schema_that_is_not_there_is_reported(pg_database: str) -> None:
-    from datastore.table_pg import PostgresTable
+    from datastore.table.postgres import PostgresTable
 
     with pytest.raises(CorruptDatastoreError, match="silo_gone_1234abcd.*missing documents"):
         PostgresTable(pg_database, "silo_gone_1234abcd")
@@ -138,7 +139,7 @@ def test_postgres_schema_that_is_not_there_is_reported(pg_database: str) -> None
 
 def test_unreachable_postgres_fails_closed_and_recovers(pg_cluster: PgCluster,
                                                         pg_database: str) -> None:
-    from datastore.table_pg import PostgresTable, database_location
+    from datastore.table.postgres import PostgresTable, database_location
 
     table = PostgresTable(pg_database, database_location(pg_database, "t")["schema"],
                           create=True)

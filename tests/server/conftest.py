@@ -44,7 +44,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_lm, tiny_tokenizer)
 
 
 def build_store(model_dir: Path, folder: Path, docs: list[Document]) -> Path:
-    from datastore.store import Datastore
+    from datastore.store.datastore import Datastore
     from silo.encoder import LMEncoder
     from silo.model import load_lm
 

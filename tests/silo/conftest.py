@@ -8,7 +8,7 @@ import pytest
 
 from datastore.config import DatastoreConfig
 from datastore.document import Document
-from datastore.store import Datastore
+from datastore.store.datastore import Datastore
 from silo.encoder import LMEncoder
 from silo.lm import SiloConfig, SiloLM, SiloOptions
 from silo.ric import RicParams

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from datastore.config import DatastoreConfig
-from datastore.store import Datastore
+from datastore.store.datastore import Datastore
 from silo.encoder import LMEncoder
 from silo.lm import ScoreRequest, SiloConfig, SiloLM, SiloOptions
 from silo.tuning import (

@@ -9,9 +9,9 @@ import pytest
 
 from datastore.config import DatastoreConfig
 from datastore.filter import EntryFilter
-from datastore.index import create_index, open_index
+from datastore.index.factory import create_index, open_index
 from datastore.knn import KeyValueStore
-from datastore.table import snapshot_of
+from datastore.table.records import snapshot_of
 
 DIM = 16
 

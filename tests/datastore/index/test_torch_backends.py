@@ -15,12 +15,13 @@ import torch
 
 from datastore.config import DatastoreConfig
 from datastore.errors import UnavailableError
-from datastore.index import create_index, torch_ivfpq
+from datastore.index import torch_ivfpq
+from datastore.index.factory import create_index
 from datastore.index.faiss_index import FaissIndex
 from datastore.index.torch_exact import TorchExactIndex
 from datastore.index.torch_ivfpq import IvfPq, TorchIvfPqIndex, _unpack_codes
 from datastore.knn import KeyValueStore
-from datastore.store import Datastore
+from datastore.store.datastore import Datastore
 from tests.datastore import test_store as store_tests
 from tests.datastore.index.test_backends import _filter, _queries, _store
 from tests.datastore.synthetic import SyntheticEncoder, corpus
@@ -111,14 +112,14 @@ def test_torch_ivfpq_equals_faiss_ivfpq(tmp_path: Path, device: str, nbits: int,
     f = _filter(len(kv), 13, removed_every) if removed_every else None
     index = TorchIvfPqIndex(inner, device)
     for nprobe in (1, 4, 16):
-        index.nprobe = nprobe
+        index.set_nprobe(nprobe)
         got = index.search(_queries(), 10, f)
         want = inner.search(_queries(), 10, f)
         _assert_same(got, want, max(_tol(device), 1e-5))
         if f is not None:
             assert not f.excludes(got[1]).any()
     index.tensors().max_candidates = 300  # many small query groups: same answer
-    index.nprobe = 4
+    index.set_nprobe(4)
     _assert_same(index.search(_queries(), 10, f), inner.search(_queries(), 10, f), 1e-5)
 
 

@@ -30,7 +30,8 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from datastore.errors import CorruptDatastoreError, InvalidInputError, UnavailableError
-from datastore.table import SCHEMA, DocumentTable, Run
+from datastore.table.base import DocumentTable
+from datastore.table.schema import SCHEMA, Run
 
 CONNECT_TIMEOUT_S = 5
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")

@@ -37,7 +37,7 @@ from types import SimpleNamespace
 from typing import Any, Self
 
 from datastore.blocks import Block
-from datastore.bm25_base import (
+from datastore.bm25.base import (
     Allow,
     BM25Config,
     BM25Index,

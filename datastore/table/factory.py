@@ -6,8 +6,7 @@ None for SQLite), so a datastore is always reopened where it was built. On reope
 `SILO_DATABASE_URL` (when set) is the connection string, credentials included, else the
 manifest's location with libpq's environment variables.
 
-Imports run one way: this module -> datastore.table_sqlite, datastore.table_pg ->
-datastore.table. psycopg is imported only for a PostgreSQL table.
+psycopg is imported only for a PostgreSQL table.
 """
 
 from __future__ import annotations
@@ -17,15 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from datastore.errors import UnavailableError
-from datastore.table import DocumentTable
-from datastore.table_sqlite import SqliteTable
+from datastore.table.base import DocumentTable
+from datastore.table.sqlite import SqliteTable
 
 DATABASE_ENV = "SILO_DATABASE_URL"
 
 
 def _pg() -> Any:
     try:
-        import datastore.table_pg as table_pg
+        import datastore.table.postgres as table_pg
     except ImportError as e:
         raise UnavailableError(
             f"the document table is in PostgreSQL but psycopg cannot be imported ({e}); "

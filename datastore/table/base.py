@@ -1,4 +1,5 @@
-"""The document table: the single source of truth for what a datastore holds.
+"""`DocumentTable`: the one interface to the document table, the single source of truth
+for what a datastore holds.
 
 Each row is one document: its licence class, source, url, state (`live` or `removed`),
 its kNN entry id range `[entry_start, entry_end)`, its RIC block id range
@@ -14,195 +15,34 @@ recorded index write, at which a search sees every one of them) and `pending_del
 documents another replica added: the RIC block spans of rows [0, text_published)
 (spans need the tokenizer, which a serving replica's datastore does not hold).
 
-`DocumentTable` is the one interface; the SQL it runs is written here once, in the
-dialect SQLite and PostgreSQL share (`?` placeholders). Two implementations supply the
-connection, the transaction and the storage clean-up after a purge:
-
-    SqliteTable    (datastore.table_sqlite) a WAL-mode file in the datastore folder; the
-                   embedded default
-    PostgresTable  (datastore.table_pg) a schema in a PostgreSQL database, shared by
-                   every replica (`SILO_DATABASE_URL`; the `postgres` extra)
-
-datastore.table_registry picks one. A write returns only once its transaction is
-committed and durable, so an acknowledged opt-out survives `kill -9`.
-
-`TableSnapshot` is the columnar in-memory copy of the table that the entry filter is
-computed from; it is rebuilt from the table at load.
+Every query is written here once, over the schema of datastore.table.schema; an
+implementation (datastore.table.sqlite, datastore.table.postgres) supplies the
+connection, the transaction and the storage clean-up after a purge. A write returns only
+once its transaction is committed and durable, so an acknowledged opt-out survives
+`kill -9`.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from datastore.document import Document, LicenseClass
+from datastore.document import LicenseClass
 from datastore.errors import ConflictError, CorruptDatastoreError, NotFoundError
-
-CLASS_CODES: tuple[LicenseClass, ...] = tuple(LicenseClass)  # class -> int8 code by position
-
-# The schema in both dialects: {pk} is the row key, {int} an id or count (entry ids pass
-# 2**31 in a large datastore), {real} unix seconds, {url_ops} what lets LIKE 'prefix%'
-# use the url index.
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS documents (
-    doc_row {pk},
-    doc_id TEXT NOT NULL UNIQUE,
-    license TEXT NOT NULL,
-    license_class TEXT NOT NULL,
-    source TEXT NOT NULL,
-    url TEXT,
-    added_at {real} NOT NULL,
-    state TEXT NOT NULL DEFAULT 'live',
-    entry_start {int} NOT NULL,
-    entry_end {int} NOT NULL,
-    block_start {int} NOT NULL,
-    block_end {int} NOT NULL,
-    text TEXT,
-    optout_id TEXT,
-    removed_at {real}
-);
-CREATE INDEX IF NOT EXISTS documents_source ON documents(source);
-CREATE INDEX IF NOT EXISTS documents_url ON documents(url{url_ops});
-CREATE TABLE IF NOT EXISTS optouts (
-    optout_id TEXT PRIMARY KEY,
-    selector TEXT NOT NULL,
-    reason TEXT,
-    doc_ids TEXT NOT NULL,
-    entries_removed {int} NOT NULL,
-    blocks_removed {int} NOT NULL,
-    effective_at {real} NOT NULL,
-    purged_at {real}
-);
-CREATE TABLE IF NOT EXISTS changes (
-    id INTEGER PRIMARY KEY CHECK (id = 0),
-    seq {int} NOT NULL
-);
-INSERT INTO changes (id, seq) VALUES (0, 0) ON CONFLICT DO NOTHING;
-CREATE TABLE IF NOT EXISTS index_state (
-    id INTEGER PRIMARY KEY CHECK (id = 0),
-    published {int} NOT NULL,
-    fence {int} NOT NULL,
-    text_published {int} NOT NULL
-);
-INSERT INTO index_state (id, published, fence, text_published) VALUES (0, 0, 0, 0)
-    ON CONFLICT DO NOTHING;
-CREATE TABLE IF NOT EXISTS pending_deletes (
-    doc_row {int} PRIMARY KEY
-);
-CREATE TABLE IF NOT EXISTS block_spans (
-    block_id {pk},
-    doc_id TEXT NOT NULL,
-    char_start {int} NOT NULL,
-    char_end {int} NOT NULL
-);
-"""
-_BUMP = "UPDATE changes SET seq = seq + 1 WHERE id = 0 RETURNING seq"
-
-# (doc_ids, source, url_prefix) of an opt-out, exactly one given
-Selection = tuple[Sequence[str], str | None, str | None]
-# (optout_id, selector json, reason, effective_at) of a receipt
-ReceiptFields = tuple[str, str, str | None, float]
-# (doc_row, doc_id, entry_start, entry_end, block_start, block_end) of a removed document
-RemovedRow = tuple[int, str, int, int, int, int]
-
-# Runs one statement in a write transaction: (sql, args, many) -> rows it returned.
-# With many=True, args is a sequence of argument tuples and nothing is returned.
-Run = Callable[..., list[tuple[Any, ...]]]
-
-_DOC_COLUMNS = ("doc_row, doc_id, license, license_class, source, url, added_at, state, "
-                "entry_start, entry_end, block_start, block_end")
-
-
-@dataclass(frozen=True)
-class DocumentRecord:
-    """One row of the document table (without its text)."""
-
-    doc_row: int
-    doc_id: str
-    license: str
-    license_class: LicenseClass
-    source: str
-    url: str | None
-    added_at: float
-    state: str
-    entry_start: int
-    entry_end: int
-    block_start: int
-    block_end: int
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.entry_start <= self.entry_end:
-            raise ValueError(f"entry range of {self.doc_id!r} is not a range")
-        if not 0 <= self.block_start <= self.block_end:
-            raise ValueError(f"block range of {self.doc_id!r} is not a range")
-        if self.state not in ("live", "removed"):
-            raise ValueError(f"state of {self.doc_id!r} must be live or removed")
-
-    @classmethod
-    def new(cls, doc: Document, doc_row: int, entries: tuple[int, int],
-            blocks: tuple[int, int]) -> DocumentRecord:
-        return cls(doc_row, doc.doc_id, doc.license, doc.license_class, doc.source, doc.url,
-                   time.time(), "live", entries[0], entries[1], blocks[0], blocks[1])
-
-
-@dataclass(frozen=True)
-class TableSnapshot:
-    """Columnar copy of the table, one element per document row (rows are 0..n-1).
-
-    entry_start, entry_end, block_start, block_end: (n,) int64; class_code: (n,) int8
-    (index into CLASS_CODES); source_code: (n,) int32 (index into `sources`);
-    removed: (n,) bool. Entry ranges ascend with the row, so the ranges of any subset of
-    rows are already sorted.
-    """
-
-    doc_ids: tuple[str, ...]
-    entry_start: np.ndarray
-    entry_end: np.ndarray
-    block_start: np.ndarray
-    block_end: np.ndarray
-    class_code: np.ndarray
-    source_code: np.ndarray
-    sources: tuple[str, ...]
-    removed: np.ndarray
-    row_of: dict[str, int]  # doc_id -> row; shared, never mutated, by derived snapshots
-
-    @property
-    def n_entries(self) -> int:
-        return int(self.entry_end[-1]) if len(self.doc_ids) else 0
-
-    @property
-    def n_blocks(self) -> int:
-        return int(self.block_end[-1]) if len(self.doc_ids) else 0
-
-    def with_removed(self, rows: np.ndarray) -> TableSnapshot:
-        """A copy with `rows` marked removed (copy-on-write: readers keep the old one)."""
-        removed = self.removed.copy()
-        removed[rows] = True
-        return replace(self, removed=removed)
-
-    def prefix(self, entries: int) -> TableSnapshot:
-        """The documents whose entries all lie below `entries` (rows are in entry order),
-        for a replica whose kNN entries stop there; self when all of them do."""
-        n = int(np.searchsorted(self.entry_end, entries, side="right"))
-        if n == len(self.doc_ids):
-            return self
-        return snapshot_of(self.doc_ids[:n], [CLASS_CODES[c].value for c in self.class_code[:n]],
-                           [self.sources[c] for c in self.source_code[:n]],
-                           self.removed[:n].copy(),
-                           np.stack([self.entry_start[:n], self.entry_end[:n],
-                                     self.block_start[:n], self.block_end[:n]], axis=1))
-
-    def rows_of_entries(self, entry_ids: np.ndarray) -> np.ndarray:
-        """Document row of each entry id (any shape, int64); -1 where the id is -1."""
-        rows = np.searchsorted(self.entry_end, entry_ids, side="right")
-        return np.where(entry_ids < 0, -1, rows)
+from datastore.table.records import DocumentRecord, TableSnapshot, snapshot_of
+from datastore.table.schema import (
+    BUMP,
+    DOC_COLUMNS,
+    ReceiptFields,
+    RemovedRow,
+    Run,
+    Selection,
+)
 
 
 class DocumentTable(ABC):
@@ -253,9 +93,9 @@ class DocumentTable(ABC):
                  t) for r, t in zip(records, texts, strict=True)]
         try:
             with self._transaction() as run:
-                run(f"INSERT INTO documents ({_DOC_COLUMNS}, text) VALUES "
+                run(f"INSERT INTO documents ({DOC_COLUMNS}, text) VALUES "
                     "(?,?,?,?,?,?,?,?,?,?,?,?,?)", rows, True)
-                run(_BUMP)
+                run(BUMP)
         except self._duplicate:
             taken = self.existing([r.doc_id for r in records])
             if not taken:  # the row numbers, not the ids: another writer added first
@@ -275,7 +115,7 @@ class DocumentTable(ABC):
         return found
 
     def get(self, doc_id: str) -> DocumentRecord:
-        rows = self._read(f"SELECT {_DOC_COLUMNS} FROM documents WHERE doc_id=?", (doc_id,))
+        rows = self._read(f"SELECT {DOC_COLUMNS} FROM documents WHERE doc_id=?", (doc_id,))
         if not rows:
             raise NotFoundError(f"no document {doc_id!r} in the datastore")
         return _record(rows[0])
@@ -283,7 +123,7 @@ class DocumentTable(ABC):
     def records(self, rows: Sequence[int]) -> list[DocumentRecord]:
         """Records of the given doc rows, in the given order."""
         out = {r[0]: _record(r) for i in range(0, len(rows), 500) for r in self._read(
-            f"SELECT {_DOC_COLUMNS} FROM documents WHERE doc_row IN "
+            f"SELECT {DOC_COLUMNS} FROM documents WHERE doc_row IN "
             f"({','.join('?' * len(rows[i:i + 500]))})", list(rows[i:i + 500]))}
         return [out[r] for r in rows]
 
@@ -362,7 +202,7 @@ class DocumentTable(ABC):
             if track_pending and found:
                 run("INSERT INTO pending_deletes (doc_row) VALUES (?)",
                     [(r[0],) for r in found], True)
-            seq = int(run(_BUMP)[0][0])
+            seq = int(run(BUMP)[0][0])
         return [tuple(r) for r in found], seq  # type: ignore[misc]
 
     def index_state(self) -> tuple[int, int, list[int]]:
@@ -381,7 +221,7 @@ class DocumentTable(ABC):
                     "VALUES (?,?,?,?) ON CONFLICT DO NOTHING", list(spans), True)
             run("UPDATE index_state SET text_published = ? WHERE id = 0 AND "
                 "text_published < ?", (upto_row, upto_row))
-            return int(run(_BUMP)[0][0])
+            return int(run(BUMP)[0][0])
 
     def text_published(self) -> int:
         return int(self._read("SELECT text_published FROM index_state WHERE id = 0")[0][0])
@@ -404,7 +244,7 @@ class DocumentTable(ABC):
             if deleted:
                 run("DELETE FROM pending_deletes WHERE doc_row = ?",
                     [(r,) for r in deleted], True)
-            return int(run(_BUMP)[0][0])
+            return int(run(BUMP)[0][0])
 
     def optout_rows(self, optout_id: str | None = None) -> list[tuple[Any, ...]]:
         sql = ("SELECT optout_id, selector, reason, doc_ids, entries_removed, "
@@ -431,7 +271,7 @@ class DocumentTable(ABC):
             run("UPDATE optouts SET purged_at=? WHERE purged_at IS NULL AND NOT EXISTS "
                 "(SELECT 1 FROM documents d WHERE d.optout_id = optouts.optout_id AND "
                 "d.text IS NOT NULL)", (now,))
-            run(_BUMP)
+            run(BUMP)
         self._compact_storage()
         return sorted(purged)
 
@@ -459,21 +299,3 @@ def _selection(doc_ids: Sequence[str] = (), source: str | None = None,
 
 def _record(row: tuple[Any, ...]) -> DocumentRecord:
     return DocumentRecord(row[0], row[1], row[2], LicenseClass(row[3]), *row[4:])
-
-
-def snapshot_of(doc_ids: Sequence[str], classes: Sequence[str], sources: Sequence[str],
-                removed: np.ndarray, ranges: np.ndarray) -> TableSnapshot:
-    """Columns from parallel lists; `ranges` is (n, 4) int64 [entry_start, entry_end,
-    block_start, block_end]."""
-    code = {c.value: i for i, c in enumerate(CLASS_CODES)}
-    names = tuple(sorted(set(sources)))
-    source_index = {s: i for i, s in enumerate(names)}
-    return TableSnapshot(
-        doc_ids=tuple(doc_ids),
-        entry_start=ranges[:, 0].copy(), entry_end=ranges[:, 1].copy(),
-        block_start=ranges[:, 2].copy(), block_end=ranges[:, 3].copy(),
-        class_code=np.array([code[c] for c in classes], dtype=np.int8),
-        source_code=np.array([source_index[s] for s in sources], dtype=np.int32),
-        sources=names, removed=removed, row_of={d: i for i, d in enumerate(doc_ids)},
-    )
-

@@ -46,7 +46,7 @@ import numpy as np
 import Stemmer
 
 from datastore.blocks import Block
-from datastore.bm25_base import (
+from datastore.bm25.base import (
     Allow,
     BM25Config,
     BM25Index,

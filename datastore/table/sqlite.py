@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from datastore.errors import CorruptDatastoreError
-from datastore.table import SCHEMA, DocumentTable, Run
+from datastore.table.base import DocumentTable
+from datastore.table.schema import SCHEMA, Run
 
 TABLE_FILE = "documents.sqlite"
 

@@ -1,20 +1,12 @@
-"""BM25 passage search for RIC-LM: the factory that opens a backend by name.
-
-The backend face (`BM25Index`, `BM25Hit`, `BM25Config`) lives in datastore.bm25_base and
-is re-exported here, so callers import everything BM25 from this module. Imports run one
-way: this module -> the backends (datastore.bm25_bm25s, datastore.bm25_lucene) ->
-datastore.bm25_base.
-"""
+"""Which BM25 backend a datastore uses, by name, created or opened (datastore.bm25.base has
+the face they all show)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from datastore.bm25_base import Allow, BM25Config, BM25Hit, BM25Index, Ranked
+from datastore.bm25.base import BM25Config, BM25Index
 from datastore.errors import InvalidInputError
-
-__all__ = ["BACKENDS", "Allow", "BM25Config", "BM25Hit", "BM25Index", "Ranked",
-           "create_bm25", "open_bm25"]
 
 BACKENDS = ("bm25s", "lucene")
 
@@ -22,11 +14,11 @@ BACKENDS = ("bm25s", "lucene")
 def _backend_class(backend: str) -> type[BM25Index]:
     # Imported on demand: the Lucene backend starts a JVM, bm25s pulls scipy.
     if backend == "bm25s":
-        from datastore.bm25_bm25s import BM25sIndex
+        from datastore.bm25.bm25s import BM25sIndex
 
         return BM25sIndex
     if backend == "lucene":
-        from datastore.bm25_lucene import LuceneIndex
+        from datastore.bm25.lucene import LuceneIndex
 
         return LuceneIndex
     raise InvalidInputError(f"unknown BM25 backend {backend!r}; expected one of {BACKENDS}")

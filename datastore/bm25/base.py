@@ -1,14 +1,14 @@
 """BM25 passage search for RIC-LM: the backend face and the filtered search.
 
-The backends (datastore.bm25_bm25s, datastore.bm25_lucene) subclass `BM25Index`; the
-factory that picks one by name, and the public face callers import, is datastore.bm25.
+The backends (datastore.bm25.bm25s, datastore.bm25.lucene) subclass `BM25Index`; the
+factory that picks one by name is datastore.bm25.factory.
 
 Every backend indexes RIC blocks (datastore.blocks) in its own folder and has the same
 face: `create(path)`, `from_dir(path)`, `add`, `search`, `batch_search`, `doc`, `delete`,
 `save`, `len()`. Two backends, chosen by name:
 
-- `bm25s` (default, datastore.bm25_bm25s): sparse score matrix in numpy/scipy.
-- `lucene` (datastore.bm25_lucene): Lucene through the Anserini jar that pyserini
+- `bm25s` (default, datastore.bm25.bm25s): sparse score matrix in numpy/scipy.
+- `lucene` (datastore.bm25.lucene): Lucene through the Anserini jar that pyserini
   ships, the field's standard; needs the `lucene` extra.
 
 Both analyse text the same way so that their rankings are comparable: Lucene's
