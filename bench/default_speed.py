@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from datastore.store.datastore import Datastore
-from silo.corpus import read_corpus, split_of
+from silo.cli.serve_cmd import CORPUS, DEFAULT_DOCUMENTS
+from silo.corpus.jsonl import read_corpus, split_of
 from silo.evaluate import domain_sequences
 from silo.lm import ScoreRequest, SiloConfig, SiloLM, SiloOptions, perplexity
 from silo.model import load_lm
-from silo.serve_cmd import CORPUS, DEFAULT_DOCUMENTS
 
 
 def main() -> None:

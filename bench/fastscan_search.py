@@ -26,7 +26,7 @@ import numpy as np
 from silo_speed import ints  # bench/ is on the path when run as a script
 
 from datastore.store.datastore import Datastore
-from silo.corpus import read_corpus, split_of
+from silo.corpus.jsonl import read_corpus, split_of
 from silo.evaluate import domain_sequences
 from silo.lm import ScoreRequest, SiloConfig, SiloLM, SiloOptions
 from silo.model import load_lm

@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from silo.cli.serve_cmd import default_datastore
 from silo.lm import GenerationRequest, SiloLM, SiloOptions
 from silo.model import DEFAULT_MODEL
-from silo.serve_cmd import default_datastore
 
 PROMPTS = (
     "A kernel is",

@@ -38,7 +38,7 @@ from silo_table import load_domains  # bench/ is on the path when run as a scrip
 from datastore.config import DatastoreConfig
 from datastore.document import Document
 from datastore.store.datastore import Datastore
-from silo.corpus import read_corpus, split_of
+from silo.corpus.jsonl import read_corpus, split_of
 from silo.evaluate import domain_sequences
 from silo.lm import (
     GenerationRequest,

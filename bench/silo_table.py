@@ -10,7 +10,7 @@ third of the parametric LM's. Then: perplexity against datastore size (1/8 .. 1)
 SILO's Table 6 opt-out demonstration.
 
 Protocol. Datastore = a deterministic subsample of the domains' train split (doc-id
-split, `silo.corpus.split_of`). kNN-LM (k, lam, tau) and kNN-LM+RIC lam/tau are tuned
+split, `silo.corpus.jsonl.split_of`). kNN-LM (k, lam, tau) and kNN-LM+RIC lam/tau are tuned
 per domain on the valid split (the silo.tuning grid, widened past any edge a domain's
 best value sits on until none does), results are on the test split, each capped at a
 token budget per domain. Search: faiss IVF-PQ as in SILO's code (sub-quantizers of 8 bits
@@ -42,7 +42,7 @@ import torch
 from datastore.config import DatastoreConfig
 from datastore.document import Document
 from datastore.store.datastore import Datastore
-from silo.corpus import read_corpus, split_of
+from silo.corpus.jsonl import read_corpus, split_of
 from silo.encoder import LMEncoder
 from silo.evaluate import domain_sequences
 from silo.knnlm import MAX_K, MAX_KNN_TEMPERATURE

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from datastore.errors import InvalidInputError
+
 BACKENDS = ("exact", "faiss-flat", "faiss-ivfpq", "faiss-ivfpq-fs", "milvus", "torch-exact",
             "torch-ivfpq")
 # index backends whose files live in the datastore folder and can be rebuilt from its
@@ -55,23 +57,24 @@ class DatastoreConfig:
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+            raise InvalidInputError(f"backend must be one of {', '.join(BACKENDS)}, "
+                                    f"got {self.backend!r}")
         for name in ("nlist", "m", "nprobe", "train_size", "encode_batch", "flush_entries",
                      "block_tokens"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise InvalidInputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.device != "cpu" and not self.device.startswith("cuda"):
-            raise ValueError(f"device must be cpu or cuda[:n], got {self.device!r}")
+            raise InvalidInputError(f"device must be cpu or cuda[:n], got {self.device!r}")
         if not 1 <= self.nbits <= 16:
-            raise ValueError(f"nbits must be in [1, 16], got {self.nbits}")
+            raise InvalidInputError(f"nbits must be in [1, 16], got {self.nbits}")
         if self.backend == "faiss-ivfpq-fs":
             if self.nbits != 4:
-                raise ValueError(f"faiss-ivfpq-fs (fast-scan) codes are 4 bits: nbits must "
+                raise InvalidInputError(f"faiss-ivfpq-fs (fast-scan) codes are 4 bits: nbits must "
                                  f"be 4, got {self.nbits}")
             if self.device != "cpu":
-                raise ValueError("faiss-ivfpq-fs is a CPU index; on CUDA use faiss-ivfpq")
+                raise InvalidInputError("faiss-ivfpq-fs is a CPU index; on CUDA use faiss-ivfpq")
         if not 0 <= self.block_overlap < self.block_tokens:
-            raise ValueError(
+            raise InvalidInputError(
                 f"block_overlap must be in [0, block_tokens), got {self.block_overlap}"
             )
 

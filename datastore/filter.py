@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from datastore.document import LicenseClass
+from datastore.errors import InvalidInputError
 from datastore.table.records import CLASS_CODES, TableSnapshot
 
 
@@ -33,10 +34,10 @@ class AccessScope:
 
     def __post_init__(self) -> None:
         if self.sources is not None and not all(isinstance(s, str) for s in self.sources):
-            raise ValueError("sources must be strings")
+            raise InvalidInputError("sources must be strings")
         if self.license_classes is not None and not all(
                 isinstance(c, LicenseClass) for c in self.license_classes):
-            raise ValueError("license_classes must be LicenseClass values")
+            raise InvalidInputError("license_classes must be LicenseClass values")
 
 
 @dataclass(frozen=True)

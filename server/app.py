@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from server.audit import AuditLog
 from server.auth import KeyRing
 from server.errors import install_error_handlers
-from server.metrics import Metrics, TimedDatastore
+from server.metrics import Metrics
 from server.registry import DatastoreRegistry
 from server.routes import router
 from server.routes_admin import router as admin_router
@@ -45,9 +45,9 @@ def load_service(settings: Settings, metrics: Metrics) -> SiloService:
     config = SiloConfig(batch_size=settings.max_batch_size)
 
     def open_lm(path: Path) -> SiloLM:
-        store = Datastore.open(path, encoder_fingerprint=loaded.fingerprint)
-        return SiloLM(loaded.model, loaded.tokenizer,
-                      TimedDatastore(store, metrics.knn_seconds), config)
+        store = Datastore.open(path, encoder_fingerprint=loaded.fingerprint,
+                               on_knn_search=metrics.knn_seconds.observe)
+        return SiloLM(loaded.model, loaded.tokenizer, store, config)
 
     paths = settings.named_datastores()
     active = None

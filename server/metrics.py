@@ -7,7 +7,6 @@ Datastore sizes are read at scrape time from the datastores themselves.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -73,21 +72,3 @@ class Metrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-
-class TimedDatastore:
-    """A datastore whose kNN searches are timed into `silo_knn_search_seconds`; every
-    other attribute is the datastore's own."""
-
-    def __init__(self, store: Any, histogram: Histogram) -> None:
-        self._store = store
-        self._histogram = histogram
-
-    def knn_search(self, *args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return self._store.knn_search(*args, **kwargs)
-        finally:
-            self._histogram.observe(time.perf_counter() - started)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from datastore.document import LicenseClass
 from silo.knnlm import MAX_K, MAX_KNN_TEMPERATURE
+from silo.mode import Mode
 
 Prompt = str | list[str] | list[int] | list[list[int]]
 
@@ -67,7 +68,7 @@ class SiloRequestOptions(Request):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    mode: Literal["parametric", "knnlm", "ric", "knnlm+ric"] | None = None
+    mode: Mode | None = None
     k: int | None = Field(default=None, ge=1, le=MAX_K, description="Neighbours per token.")
     lambda_: float | None = Field(default=None, alias="lambda", ge=0.0, le=1.0,
                                   description="Weight of the kNN distribution.")
@@ -138,7 +139,7 @@ class SentenceAttribution(BaseModel):
 class SiloResponseInfo(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
-    mode: str
+    mode: Mode
     datastore: str | None
     k: int | None = None
     lambda_: float | None = Field(default=None, alias="lambda")
@@ -156,6 +157,19 @@ class CompletionResponse(BaseModel):
     silo: SiloResponseInfo | None = None
 
 
+class CompletionChunk(BaseModel):
+    """One server-sent event of a streamed completion: a token's choice delta, or the
+    last one with no choice, the usage and the `silo` block."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+    silo: SiloResponseInfo | None = None
+
+
 class AttributionRequest(Request):
     model_config = ConfigDict(extra="forbid")
 
@@ -167,6 +181,22 @@ class AttributionRequest(Request):
 
 class AttributionResponse(BaseModel):
     sentences: list[SentenceAttribution]
+
+
+class TokenizerInfo(BaseModel):
+    """GET /tokenizer_info, as vLLM answers it."""
+
+    tokenizer_class: str
+    model_max_length: int
+    max_model_len: int
+    vocab_size: int
+    eos_token: str | None
+    bos_token: str | None
+    pad_token: str | None
+    unk_token: str | None
+    eos_token_id: int | None
+    bos_token_id: int | None
+    chat_template: str | None = None
 
 
 class TokenizeRequest(Request):

@@ -11,9 +11,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from datastore.errors import NotFoundError
+from datastore.store.datastore import Datastore
 from silo.lm import SiloLM
 
 
@@ -64,7 +64,7 @@ class DatastoreRegistry:
     def loaded(self) -> dict[str, SiloLM]:
         return dict(self._loaded)
 
-    def datastore(self, name: str | None = None) -> Any:
+    def datastore(self, name: str | None = None) -> Datastore:
         """The datastore object of `name` (active if None); a NotFoundError if none."""
         store = self.lm(name).datastore
         if store is None:

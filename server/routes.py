@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
@@ -29,21 +28,12 @@ from server.protocol import (
     ModelList,
     TokenizeRequest,
     TokenizeResponse,
+    TokenizerInfo,
 )
+from server.responses import ModelJSON
 
 PAGE = Path(__file__).resolve().parent / "page" / "index.html"
 router = APIRouter()
-
-
-class ModelJSON(Response):
-    """A body the service built in its response model's exact shape (field names, order,
-    aliases), sent as JSON without validating it against the model again; non-finite
-    floats become null, as pydantic writes them."""
-
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
 
 
 @router.get("/", include_in_schema=False)
@@ -65,35 +55,34 @@ def metrics(request: Request, service: ServiceDep) -> Response:
 @router.get("/v1/models", response_model=ModelList)
 async def models(service: ServiceDep, user: UserDep) -> ModelList:
     return ModelList(data=[ModelCard(id=service.model_name, created=int(time.time()),
-                                     max_model_len=service.max_length)])
+                                     max_model_len=service.tokens.max_length)])
 
 
 @router.post("/v1/completions", response_model=CompletionResponse,
              response_model_exclude_none=False)
 async def completions(body: CompletionRequest, service: ServiceDep, user: UserDep) -> Any:
     if body.stream:
-        events = await service.stream(body, user)
+        events = await service.completions.stream(body, user)
         return StreamingResponse(events, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
-    return ModelJSON(await service.complete(body, user))
+    return ModelJSON(await service.completions.complete(body, user))
 
 
 @router.post("/v1/attribution", response_model=AttributionResponse)
 async def attribution(body: AttributionRequest, service: ServiceDep, user: UserDep) -> Any:
-    return await service.attribution(body.text, body.k, body.license_classes,
-                                     body.datastore, user)
+    return await service.attribution.lookup(body, user)
 
 
-@router.get("/tokenizer_info")
-async def tokenizer_info(service: ServiceDep, user: UserDep) -> dict[str, Any]:
-    return service.tokenizer_info()
+@router.get("/tokenizer_info", response_model=TokenizerInfo)
+async def tokenizer_info(service: ServiceDep, user: UserDep) -> TokenizerInfo:
+    return service.tokens.info()
 
 
 @router.post("/tokenize", response_model=TokenizeResponse)
 def tokenize(body: TokenizeRequest, service: ServiceDep, user: UserDep) -> Any:
-    return service.tokenize(body.prompt, body.add_special_tokens)
+    return service.tokens.tokenize(body.prompt, body.add_special_tokens)
 
 
 @router.post("/detokenize", response_model=DetokenizeResponse)
 def detokenize(body: DetokenizeRequest, service: ServiceDep, user: UserDep) -> Any:
-    return service.detokenize(body.tokens)
+    return service.tokens.detokenize(body.tokens)

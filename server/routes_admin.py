@@ -44,7 +44,7 @@ async def add_documents(body: AddDocumentsRequest, service: ServiceDep, admin: A
                         audit: AuditDep, datastore: str | None = DatastoreQuery) -> Any:
     ids = [d.get("id") for d in body.documents]
     return await _audited(audit, admin, "add_documents",
-                          service.add_documents(body.documents, datastore),
+                          service.admin.add_documents(body.documents, datastore),
                           doc_ids=ids[:100], count=len(ids), datastore=datastore)
 
 
@@ -52,22 +52,22 @@ async def add_documents(body: AddDocumentsRequest, service: ServiceDep, admin: A
 async def optout(body: OptOutRequest, service: ServiceDep, admin: AdminDep, audit: AuditDep,
                  datastore: str | None = DatastoreQuery) -> Any:
     return await _audited(audit, admin, "optout",
-                          service.optout(body.model_dump(), datastore),
+                          service.admin.optout(body.model_dump(), datastore),
                           selector=body.model_dump(exclude_none=True), datastore=datastore)
 
 
 @router.get("/optouts", response_model=ReceiptList)
 async def optouts(service: ServiceDep, admin: AdminDep,
                   datastore: str | None = DatastoreQuery) -> Any:
-    return await service.receipts(datastore)
+    return await service.admin.receipts(datastore)
 
 
 @router.get("/datastores", response_model=DatastoreList)
 def datastores(service: ServiceDep, admin: AdminDep) -> DatastoreList:
-    return service.datastores()
+    return service.admin.datastores()
 
 
 @router.post("/datastores/{name}/activate", response_model=DatastoreList)
 async def activate(name: str, service: ServiceDep, admin: AdminDep, audit: AuditDep) -> Any:
-    return await _audited(audit, admin, "activate_datastore", service.activate(name),
+    return await _audited(audit, admin, "activate_datastore", service.admin.activate(name),
                           datastore=name)

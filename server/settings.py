@@ -8,13 +8,11 @@ comma-separated strings (`SILO_API_KEYS=a,b`), parsed by the properties below.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-Mode = Literal["parametric", "knnlm", "ric", "knnlm+ric"]
-MODES: tuple[str, ...] = ("parametric", "knnlm", "ric", "knnlm+ric")
+from silo.mode import Mode
 
 
 class Settings(BaseSettings):
@@ -27,7 +25,7 @@ class Settings(BaseSettings):
     model_name: str | None = Field(default=None, description="Name in /v1/models.")
     datastore: Path | None = Field(default=None, description="The datastore active at start.")
     datastores: str = Field(default="", description="More datastores to swap to: name=path,...")
-    default_mode: Mode = "knnlm"
+    default_mode: Mode = Mode.KNNLM
     device: str = "cpu"
 
     admin_key: SecretStr | None = None

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from datastore.errors import InvalidInputError
+
 
 @dataclass(frozen=True)
 class ModelPreset:
@@ -27,9 +29,9 @@ class ModelPreset:
         for f in fields(self):
             value = getattr(self, f.name)
             if value is not None and value <= 0:
-                raise ValueError(f"{f.name} must be positive, got {value}")
+                raise InvalidInputError(f"{f.name} must be positive, got {value}")
         if self.hidden_size % self.num_heads:
-            raise ValueError(
+            raise InvalidInputError(
                 f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
             )
 
@@ -65,7 +67,8 @@ PRESETS: dict[str, ModelPreset] = {
 
 def get_preset(name: str) -> ModelPreset:
     if name not in PRESETS:
-        raise ValueError(f"model.preset: unknown preset {name!r}; choose from {sorted(PRESETS)}")
+        raise InvalidInputError(f"model.preset: unknown preset {name!r}; choose from "
+                                f"{sorted(PRESETS)}")
     return PRESETS[name]
 
 
@@ -108,18 +111,18 @@ class TrainConfig:
             "eval_tokens",
         ):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                raise InvalidInputError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0 < self.min_lr <= self.lr:
-            raise ValueError(f"min_lr must be in (0, lr], got {self.min_lr}")
+            raise InvalidInputError(f"min_lr must be in (0, lr], got {self.min_lr}")
         if self.seq_len > get_preset(self.preset).max_length:
-            raise ValueError(
+            raise InvalidInputError(
                 f"seq_len {self.seq_len} exceeds the {self.preset} preset's "
                 f"max_length {get_preset(self.preset).max_length}"
             )
         if self.dtype not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"dtype must be auto, fp32 or bf16, got {self.dtype!r}")
+            raise InvalidInputError(f"dtype must be auto, fp32 or bf16, got {self.dtype!r}")
         if not self.corpus:
-            raise ValueError("corpus must name at least one file or folder")
+            raise InvalidInputError("corpus must name at least one file or folder")
 
     @property
     def tokens_per_step(self) -> int:
@@ -143,7 +146,7 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(flat) - known)
         if unknown:
-            raise ValueError(f"{path}: unknown config keys {unknown}")
+            raise InvalidInputError(f"{path}: unknown config keys {unknown}")
         flat.update({k: v for k, v in overrides.items() if v is not None})
         if "corpus" in flat:
             flat["corpus"] = tuple(
@@ -168,8 +171,8 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         if self.window <= 0:
-            raise ValueError(f"window must be positive, got {self.window}")
+            raise InvalidInputError(f"window must be positive, got {self.window}")
         if not 0 < self.stride <= self.window:
-            raise ValueError(f"stride must be in (0, window], got {self.stride}")
+            raise InvalidInputError(f"stride must be in (0, window], got {self.stride}")
         if self.batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+            raise InvalidInputError(f"batch_size must be positive, got {self.batch_size}")

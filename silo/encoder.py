@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from datastore.errors import InvalidInputError
+
 
 def window_starts(length: int, window: int, stride: int) -> list[tuple[int, int, int]]:
     """Windows covering `length` tokens: (start, end, keep_from) with the positions
@@ -41,14 +43,14 @@ class LMEncoder:
     def __init__(self, model: Any, tokenizer: Any, fingerprint: str, max_length: int,
                  batch_size: int = 8, stride: int | None = None) -> None:
         if max_length < 2:
-            raise ValueError(f"max_length must be >= 2, got {max_length}")
+            raise InvalidInputError(f"max_length must be >= 2, got {max_length}")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self._fingerprint = fingerprint
         self.max_length = max_length
         self.stride = stride or max(1, max_length // 2)
         if not 1 <= self.stride <= max_length:
-            raise ValueError(f"stride must be in [1, max_length], got {self.stride}")
+            raise InvalidInputError(f"stride must be in [1, max_length], got {self.stride}")
         self.batch_size = batch_size
         self.pad_id = 0 if tokenizer.pad_token_id is None else int(tokenizer.pad_token_id)
         self._base = self._base_model_gives_head_input()

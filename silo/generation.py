@@ -1,7 +1,7 @@
 """Batched generation: many requests stepped together, one token per step (continuous
 batching), each request failing alone.
 
-    start(requests) -> states      plans resolved, samplers seeded, echo prompts scored
+    start(requests) -> states      samplers seeded, echo prompts scored
     step(states)    -> events      one token for every live choice of every state
     finish(state)   -> result      the events collected and attributed
 
@@ -18,20 +18,24 @@ and the others get exactly the tokens they would have got without it.
 Decoding is incremental (`SiloConfig.kv_cache`, on by default) in the modes without RIC:
 a state's first step reads its rows whole (the new states of a step in one right-padded
 pass) and keeps their keys/values; later steps feed one token per row, the rows of all
-states of a plan in one pass over their left-padded, masked caches. RIC modes (whose
-passages change the context) and rows longer than the context (whose window slides)
-re-read the context at every step.
+states of a plan in one pass over their left-padded, masked caches (silo.runner). RIC
+modes (whose passages change the context) and rows longer than the context (whose window
+slides) re-read the context at every step.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from silo.attribution import TokenProvenance
+from silo.batch import Chunk, plain
+from silo.codec import Codec
+from silo.contexts import Contexts
+from silo.mixer import Mixer
 from silo.request import (
     Completion,
     GenerationRequest,
@@ -39,11 +43,14 @@ from silo.request import (
     Plan,
     ScoreRequest,
     ScoreResult,
+    SiloConfig,
     TokenEvent,
 )
+from silo.retrieval import Retriever
 from silo.ric import Passage
+from silo.runner import Cache, ModelRunner
 from silo.sampling import sample
-from silo.scoring import Scoring, _Chunk, _Group, _right_padded
+from silo.scoring import Scorer
 
 
 @dataclass(eq=False)
@@ -64,10 +71,9 @@ class GenerationState:
     events: list[list[TokenEvent]]
     prompt: ScoreResult | None = None  # with echo
     steps: int = 0
-    # keys/values of every token but the last of the rows `cache_rows` (in that order):
-    # per layer (rows, kv_heads, length, head_dim) each; None before the first step, in
-    # RIC modes and once the rows outgrow the context
-    cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    # keys/values of every token but the last of the rows `cache_rows` (in that order);
+    # None before the first step, in RIC modes and once the rows outgrow the context
+    cache: Cache | None = None
     cache_rows: list[int] = field(default_factory=list)
     # per choice, the entry ids of its last position's neighbours (pointers follow them)
     neighbours: list[np.ndarray | None] = field(default_factory=list)
@@ -83,6 +89,9 @@ class GenerationState:
         self.live = []
         self.cache = None
 
+    def live_rows(self) -> list[list[int]]:
+        return [self.rows[r] for r in self.live]
+
 
 @dataclass(frozen=True)
 class _Saved:
@@ -90,7 +99,7 @@ class _Saved:
     sampling and events come after every shared pass, so they are never half done)."""
 
     passages: list[tuple[Passage, ...]]
-    cache: list[tuple[torch.Tensor, torch.Tensor]] | None
+    cache: Cache | None
     cache_rows: list[int]
 
     @classmethod
@@ -101,35 +110,26 @@ class _Saved:
         s.passages, s.cache, s.cache_rows = list(self.passages), self.cache, list(self.cache_rows)
 
 
-class Generation(Scoring):
-    """The generation half of `SiloLM` (see the module docstring)."""
+class Generator:
+    """Generates with the parts SiloLM shares with scoring (see the module docstring)."""
 
-    def generate(self, request: GenerationRequest) -> GenerationResult:
-        """Generate all choices (see `generate_stream`) and collect them."""
-        (state,) = self.start([request])
-        while not state.finished:
-            self.step([state])
-        if state.error is not None:
-            raise state.error
-        return self.finish(state)
+    def __init__(self, runner: ModelRunner, retriever: Retriever, mixer: Mixer,
+                 contexts: Contexts, scorer: Scorer, codec: Codec, config: SiloConfig,
+                 ) -> None:
+        self.runner = runner
+        self.retriever = retriever
+        self.mixer = mixer
+        self.contexts = contexts
+        self.scorer = scorer
+        self.codec = codec
+        self.config = config
 
-    def generate_stream(self, request: GenerationRequest) -> Iterator[TokenEvent]:
-        """Generate `n` continuations together, one batched step per token; yields each
-        token as soon as it is chosen."""
-        (state,) = self.start([replace(request, echo=False)])
-        while not state.finished:
-            yield from self.step([state])[0]
-        if state.error is not None:
-            raise state.error
-
-    def start(self, requests: Sequence[GenerationRequest]) -> list[GenerationState]:
-        """A running state per request: its plan resolved (InvalidInputError when the
-        datastore cannot serve it), its sampler seeded and, with `echo`, its prompt
-        scored (echo prompts of equal options in one `score` call). A server starts its
-        requests one at a time, so that one that cannot start fails alone."""
+    def start(self, requests: Sequence[GenerationRequest], plans: Sequence[Plan],
+              ) -> list[GenerationState]:
+        """A running state per request under its plan: its sampler seeded and, with
+        `echo`, its prompt scored (echo prompts of equal plans in one scoring call)."""
         states = []
-        for req in requests:
-            plan = self.plan(req.options, req.scope)
+        for req, plan in zip(requests, plans, strict=True):
             seed = req.seed if req.seed is not None else int(torch.randint(2**31, ()).item())
             n = req.n
             states.append(GenerationState(
@@ -138,8 +138,9 @@ class Generation(Scoring):
                 [() for _ in range(n)], list(range(n)) if req.max_tokens else [],
                 [[] for _ in range(n)], neighbours=[None] * n))
         echo = [s for s in states if s.request.echo]
-        scored = self.score([ScoreRequest(s.request.prompt_ids, s.request.logprobs,
-                                          s.request.options, s.request.scope) for s in echo])
+        scored = self.scorer.score([ScoreRequest(s.request.prompt_ids, s.request.logprobs,
+                                                 s.request.options, s.request.scope)
+                                    for s in echo], [s.plan for s in echo])
         for s, res in zip(echo, scored, strict=True):
             s.prompt = res
         return states
@@ -164,6 +165,8 @@ class Generation(Scoring):
         choices = [self._completion(i, evs, state.request)
                    for i, evs in enumerate(state.events)]
         return GenerationResult(tuple(choices), state.prompt)
+
+    # ---- one step --------------------------------------------------------------------
 
     def _advance_isolated(self, states: list[GenerationState], plan: Plan,
                           ) -> dict[int, tuple[TokenEvent, ...]]:
@@ -195,18 +198,14 @@ class Generation(Scoring):
             try:
                 if plan.uses_ric and s.steps % plan.ric.stride == 0:
                     for r in s.live:
-                        s.passages[r] = self._retrieve(s.rows[r], plan)
+                        s.passages[r] = self.retriever.passages(s.rows[r], plan)
                 ready.append(s)
             except Exception as exc:
                 s.fail(exc)
         if not ready:
             return {}
-        rows = [s.rows[r] for s in ready for r in s.live]
-        passages = [s.passages[r] for s in ready for r in s.live]
-        previous = [s.neighbours[r] for s in ready for r in s.live]
-        chunk = self._step(rows, list(range(len(rows))), passages, plan,
-                           None if plan.uses_ric else ready, previous)
-        mixed = self._mixed(chunk, plan)
+        chunk = self._next_distributions(ready, plan)
+        mixed = self.mixer.mixed(chunk, plan)
         out, at = {}, 0
         for s in ready:
             n = len(s.live)
@@ -217,12 +216,86 @@ class Generation(Scoring):
             at += n
         return out
 
-    def _commit(self, s: GenerationState, chunk: _Chunk, mixed: torch.Tensor, plan: Plan,
+    def _next_distributions(self, states: list[GenerationState], plan: Plan) -> Chunk:
+        """Next-token distributions (and neighbours) of the live rows of `states`, in
+        order: incrementally through their caches where the mode allows, following
+        pointers from each row's last neighbours where the plan asks for them."""
+        rows = [r for s in states for r in s.live_rows()]
+        passages = [s.passages[r] for s in states for r in s.live]
+        plain_groups = [plain(r[-self.runner.max_length:], 1) for r in rows]
+        if plan.uses_ric:
+            groups = [self.contexts.ric_group(r, 1, p, plan)
+                      for r, p in zip(rows, passages, strict=True)]
+            lp, hidden = self.runner.run_groups(groups, self.config.batch_size)
+        elif self.config.kv_cache:
+            lp, hidden = self._incremental(states)
+        else:
+            lp, hidden = self.runner.run_groups(plain_groups, self.config.batch_size)
+        chunk = Chunk(np.arange(len(rows)), lp,
+                      passages=passages if plan.uses_ric else [() for _ in rows])
+        if plan.uses_knn:
+            queries = self.runner.run_groups(plain_groups, self.config.batch_size)[1] \
+                if plan.uses_ric else hidden
+            last = None
+            if plan.knn.pointers:
+                last = np.full((len(rows), plan.knn.k), -1, np.int64)
+                previous = [s.neighbours[r] for s in states for r in s.live]
+                for i, prev in enumerate(previous):
+                    if prev is not None:
+                        last[i, :len(prev)] = prev
+            tokens = np.array([r[-1] for r in rows], dtype=np.int64)
+            self.retriever.search(chunk, queries, plan, last, tokens)
+        return chunk
+
+    def _incremental(self, states: list[GenerationState]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probs (m, V) and LM-head inputs (m, dim) of the next token of every live
+        row of `states`, in order. A state's first step reads its rows whole (all new
+        states in one pass) and keeps their keys/values; later steps feed only each
+        row's last token, the rows of all cached states in one pass. Rows longer than
+        the context slide their window, which a cache cannot follow: those are read
+        whole at every step."""
+        out: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        cached, fresh = [], []
+        for s in states:
+            length = len(s.rows[s.live[0]])  # the live rows of a state advance together
+            if s.cache is not None and length <= self.runner.max_length:
+                cached.append(s)
+            elif length > self.runner.max_length:
+                s.cache = None
+                rows = [r[-self.runner.max_length:] for r in s.live_rows()]
+                row_lp, row_h = self.runner.forward(rows, [1] * len(rows))
+                out[id(s)] = torch.cat(row_lp), torch.cat(row_h)
+            else:
+                fresh.append(s)
+        for part in _batches(fresh, self.config.batch_size):
+            self._spread(part, *self.runner.prefill([s.live_rows() for s in part]), out)
+        for part in _batches(cached, self.config.batch_size):
+            caches = [_live_cache(s) for s in part]
+            self._spread(part, *self.runner.decode([s.live_rows() for s in part], caches), out)
+        return (torch.cat([out[id(s)][0] for s in states]),
+                torch.cat([out[id(s)][1] for s in states]))
+
+    @staticmethod
+    def _spread(states: list[GenerationState], lp: torch.Tensor, hidden: torch.Tensor,
+                caches: list[Cache], out: dict[int, tuple[torch.Tensor, torch.Tensor]],
+                ) -> None:
+        """One pass's results back to its states: their rows' distributions into `out`
+        and each state's new cache."""
+        at = 0
+        for s, cache in zip(states, caches, strict=True):
+            n = len(s.live)
+            out[id(s)] = lp[at:at + n], hidden[at:at + n]
+            s.cache, s.cache_rows = cache, list(s.live)
+            at += n
+
+    # ---- a state's own work ----------------------------------------------------------
+
+    def _commit(self, s: GenerationState, chunk: Chunk, mixed: torch.Tensor, plan: Plan,
                 ) -> tuple[TokenEvent, ...]:
         """Sample a state's rows from their (n, V) mixture, then append the tokens and
         events; everything that can fail happens before the state is touched."""
         tokens = sample(mixed, s.request.temperature, s.request.top_p, s.generator)
-        provs = self._provenance(chunk, tokens, plan) if plan.attribution else None
+        provs = self.retriever.provenance(chunk, tokens, plan) if plan.attribution else None
         texts = list(s.texts)
         events = []
         for i, r in enumerate(s.live):
@@ -240,156 +313,18 @@ class Generation(Scoring):
         s.steps += 1
         return tuple(events)
 
-    def _completion(self, index: int, events: list[TokenEvent],
-                    request: GenerationRequest) -> Completion:
-        ids = [e.token_id for e in events]
-        text = "".join(e.text for e in events)
-        provs = tuple(e.provenance for e in events if e.provenance is not None)
-        attribution = None
-        if request.options.attribution and ids:
-            attribution = self._attribute(ids, provs)
-        return Completion(
-            index, tuple(ids), text, tuple(e.logprob for e in events),
-            tuple(e.top_logprobs or {} for e in events) if request.logprobs else None,
-            events[-1].finish_reason or "length" if events else "length",
-            provs if request.options.attribution else None, attribution)
-
-    def _step(self, rows: list[list[int]], live: list[int],
-              passages: list[tuple[Passage, ...]], plan: Plan,
-              states: list[GenerationState] | None = None,
-              previous: list[np.ndarray | None] | None = None) -> _Chunk:
-        """Next-token distributions (and neighbours) of the live rows; with `states`
-        (whose live rows are `rows`, in order) incrementally, through their caches; with
-        `previous` (each row's last neighbours, or None) following pointers."""
-        plain = [_Group([rows[r][-self.max_length:]], 1, torch.zeros(1)) for r in live]
-        groups = [self._ric_group(rows[r], 1, passages[r], plan) for r in live] \
-            if plan.uses_ric else plain
-        if states is not None and self.config.kv_cache:
-            lp, hidden = self._next_token(states)
-        else:
-            lp, hidden = self._run_groups(groups)
-        chunk = _Chunk(np.arange(len(live)), lp, passages=[passages[r] for r in live]
-                       if plan.uses_ric else [() for _ in live])
-        if plan.uses_knn:
-            queries = self._run_groups(plain)[1] if plan.uses_ric else hidden
-            last = None
-            if plan.knn.pointers and previous is not None:
-                last = np.full((len(live), plan.knn.k), -1, np.int64)
-                for i, r in enumerate(live):
-                    prev = previous[r]
-                    if prev is not None:
-                        last[i, :len(prev)] = prev
-            tokens = np.array([rows[r][-1] for r in live], dtype=np.int64)
-            self._search(chunk, queries, plan, last, tokens)
-        return chunk
-
-    def _next_token(self, states: list[GenerationState]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-probs (m, V) and LM-head inputs (m, dim) of the next token of every live
-        row of `states`, in order. A state's first step reads its rows whole (all new
-        states in one pass) and keeps their keys/values; later steps feed only each
-        row's last token, the rows of all cached states in one pass (caches left-padded
-        to a common length, masked). Rows longer than the context slide their window,
-        which a cache cannot follow: those are read whole at every step."""
-        lps: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        cached, fresh = [], []
-        for s in states:
-            length = len(s.rows[s.live[0]])  # the live rows of a state advance together
-            if s.cache is not None and length <= self.max_length:
-                cached.append(s)
-                continue
-            rows = [s.rows[r][-self.max_length:] for r in s.live]
-            if length > self.max_length:
-                s.cache = None
-                row_lp, row_h = self._forward(rows, [1] * len(rows))
-                lps[id(s)] = torch.cat(row_lp), torch.cat(row_h)
-            else:
-                fresh.append(s)
-        for group, step in ((fresh, self._prefill), (cached, self._decode)):
-            for part in _batches(group, self.config.batch_size):
-                lp, h = step(part)
-                at = 0
-                for s in part:
-                    lps[id(s)] = lp[at:at + len(s.live)], h[at:at + len(s.live)]
-                    at += len(s.live)
-        return (torch.cat([lps[id(s)][0] for s in states]),
-                torch.cat([lps[id(s)][1] for s in states]))
-
-    @torch.inference_mode()
-    def _prefill(self, states: list[GenerationState]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Read the live rows of `states` whole in one right-padded pass and keep each
-        state's cache (a causal model's first L positions ignore the padding after
-        them); the last real position's log-probs (m, V) and LM-head inputs (m, dim)."""
-        device = next(self.model.parameters()).device
-        rows = [s.rows[r] for s in states for r in s.live]
-        self._check_rows(rows)
-        ids, mask = _right_padded(rows, self.pad_id)
-        hidden, logits, cache = self._head_input_and_logits(ids.to(device), mask.to(device),
-                                                            use_cache=True)
-        last = torch.tensor([len(r) - 1 for r in rows], device=device)
-        picked = torch.arange(len(rows), device=device)
-        at = 0
-        for s in states:
-            n, length = len(s.live), len(s.rows[s.live[0]])
-            s.cache = [(layer.keys[at:at + n, :, :length], layer.values[at:at + n, :, :length])
-                       for layer in cache.layers]
-            s.cache_rows = list(s.live)
-            at += n
-        return (torch.log_softmax(logits[picked, last].float(), dim=-1).cpu(),
-                hidden[picked, last].float().cpu())
-
-    @torch.inference_mode()
-    def _decode(self, states: list[GenerationState]) -> tuple[torch.Tensor, torch.Tensor]:
-        """One token per live row of the cached `states` in one pass: (m, V), (m, dim)."""
-        from transformers import DynamicCache
-
-        self._check_rows([s.rows[r] for s in states for r in s.live])
-        device = next(self.model.parameters()).device
-        lengths, tokens, layers = [], [], []
-        for s in states:
-            assert s.cache is not None
-            keep = [s.cache_rows.index(r) for r in s.live]  # finished choices drop out
-            if keep != list(range(len(s.cache_rows))):
-                index = torch.tensor(keep, device=device)
-                s.cache = [(k.index_select(0, index), v.index_select(0, index))
-                           for k, v in s.cache]
-            lengths += [s.cache[0][0].shape[2]] * len(s.live)
-            tokens += [s.rows[r][-1] for r in s.live]
-            layers.append(s.cache)
-        width = max(lengths)
-        past = [tuple(torch.cat([torch.nn.functional.pad(c[i][j], (0, 0, width - c[i][j]
-                                                                   .shape[2], 0))
-                                 for c in layers]) for j in (0, 1))
-                for i in range(len(layers[0]))]
-        mask = torch.zeros((len(tokens), width + 1), dtype=torch.long)
-        for i, n in enumerate(lengths):
-            mask[i, width - n:] = 1
-        hidden, logits, cache = self._head_input_and_logits(
-            torch.tensor(tokens, device=device)[:, None], mask.to(device),
-            position_ids=torch.tensor(lengths, device=device)[:, None],
-            cache=DynamicCache(past), use_cache=True)
-        at = 0
-        for s in states:
-            n, length = len(s.live), lengths[at]
-            s.cache = [(layer.keys[at:at + n, :, width - length:],
-                        layer.values[at:at + n, :, width - length:])
-                       for layer in cache.layers]
-            s.cache_rows = list(s.live)
-            at += n
-        return (torch.log_softmax(logits[:, -1].float(), dim=-1).cpu(),
-                hidden[:, -1].float().cpu())
-
     def _event(self, choice: int, token: int, dist: torch.Tensor, new: list[int],
                texts: list[str], request: GenerationRequest, step: int,
                provenance: TokenProvenance | None) -> TokenEvent:
         """The event for a chosen token, cutting the text at a stop sequence."""
-        full = self.decode(new)
+        full = self.codec.decode(new)
         finish = None
         if full.endswith("\ufffd"):  # an incomplete multi-byte character: wait for more
             full = texts[choice]
         cut = min((full.find(s) for s in request.stop if s in full), default=-1)
         if cut >= 0:
             full, finish = full[:cut], "stop"
-        elif token == self.eos_id and not request.ignore_eos:
+        elif token == self.codec.eos_id and not request.ignore_eos:
             finish = "stop"
         elif step == request.max_tokens - 1:
             finish = "length"
@@ -401,6 +336,29 @@ class Generation(Scoring):
             top = dict(zip(ids.tolist(), values.tolist(), strict=True))
         return TokenEvent(choice, token, delta, float(dist[token]), top, provenance, finish)
 
+    def _completion(self, index: int, events: list[TokenEvent],
+                    request: GenerationRequest) -> Completion:
+        ids = [e.token_id for e in events]
+        text = "".join(e.text for e in events)
+        provs = tuple(e.provenance for e in events if e.provenance is not None)
+        attribution = None
+        if request.options.attribution and ids:
+            attribution = self.retriever.attribution(ids, provs)
+        return Completion(
+            index, tuple(ids), text, tuple(e.logprob for e in events),
+            tuple(e.top_logprobs or {} for e in events) if request.logprobs else None,
+            events[-1].finish_reason or "length" if events else "length",
+            provs if request.options.attribution else None, attribution)
+
+
+def _live_cache(s: GenerationState) -> Cache:
+    """A state's cache without the rows of choices that finished."""
+    assert s.cache is not None
+    keep = [s.cache_rows.index(r) for r in s.live]
+    if keep != list(range(len(s.cache_rows))):
+        index = torch.tensor(keep, device=s.cache[0][0].device)
+        s.cache = [(k.index_select(0, index), v.index_select(0, index)) for k, v in s.cache]
+    return s.cache
 
 
 def _batches(states: list[GenerationState], rows: int) -> Iterator[list[GenerationState]]:
@@ -413,4 +371,3 @@ def _batches(states: list[GenerationState], rows: int) -> Iterator[list[Generati
         part.append(s)
     if part:
         yield part
-

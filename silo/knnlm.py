@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from datastore.errors import InvalidInputError
+
 MAX_K = 4096  # the most neighbours a request may ask for (the API's silo.k)
 MAX_KNN_TEMPERATURE = 1e6  # the API's limit on silo.knn_temperature
 FLOAT32_TAU = 1e-30  # from this temperature up, neighbour weights are computed in float32
@@ -37,13 +39,13 @@ class KnnParams:
 
     def __post_init__(self) -> None:
         if self.k < 1:
-            raise ValueError(f"k must be >= 1, got {self.k}")
+            raise InvalidInputError(f"k must be >= 1, got {self.k}")
         if not 0.0 <= self.lam <= 1.0:
-            raise ValueError(f"lam must be in [0, 1], got {self.lam}")
+            raise InvalidInputError(f"lam must be in [0, 1], got {self.lam}")
         if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+            raise InvalidInputError(f"temperature must be > 0, got {self.temperature}")
         if self.pointers < 0:
-            raise ValueError(f"pointers must be >= 0, got {self.pointers}")
+            raise InvalidInputError(f"pointers must be >= 0, got {self.pointers}")
 
 
 def neighbour_log_weights(distances: torch.Tensor, values: torch.Tensor,

@@ -1,6 +1,6 @@
 """SiloLM: the parametric LM combined with its datastore, for scoring and generation.
 
-One object, four modes (`SiloOptions.mode`):
+One object, four modes (`SiloOptions.mode`, silo.request.Mode):
 
     parametric   the LM alone
     knnlm        p = (1 - lam) p_LM + lam p_kNN; queries are the LM head's inputs
@@ -41,12 +41,17 @@ batching); `generate` is `start`, `step` until finished, `finish` of one request
 A failure while stepping one state ends that state alone (`state.error`), and the other
 states of the step go on with exactly the tokens they would have got without it.
 
-The concepts live one per module; this one is the facade that joins them:
+SiloLM is made of parts, one concept per module, that scoring and generation share:
 
-    silo.request     the request and result types (re-exported here)
-    silo.scoring     the forward pass, retrieval, mixed distributions, `score`
-    silo.generation  batched generation with per-request isolation
-    silo.sampling    the sampling rules (total over every temperature and top_p)
+    runner     silo.runner      the model: forward passes, LM-head inputs, KV cache
+    retriever  silo.retrieval   the datastore: passages, neighbours, provenance
+    mixer      silo.mixer       the next-token mixture under a plan (silo.knnlm's math)
+    contexts   silo.contexts    the inputs: sliding windows, RIC passages prepended
+    scorer     silo.scoring     `score` and what tuning needs
+    generator  silo.generation  batched generation with per-request isolation
+
+and the request and result types of silo.request (re-exported here). A request's plan is
+resolved once (`plan`): a request that carries one (`plan=`) is served under it.
 
 Per-request settings live in `SiloOptions` (mode, k, lam, knn_temperature,
 license_classes, attribution, RIC parameters; unset k/lam/tau take the datastore's
@@ -58,20 +63,25 @@ With `attribution` off no provenance is looked up at all.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from datastore.errors import InvalidInputError
 from datastore.filter import AccessScope, SearchFilter
-from silo.generation import Generation, GenerationState
+from datastore.store.datastore import Datastore
+from silo.codec import Codec
+from silo.contexts import Contexts
+from silo.generation import GenerationState, Generator
 from silo.knnlm import KnnParams
+from silo.mixer import Mixer
 from silo.request import (
     MODES,
     Completion,
     GenerationRequest,
     GenerationResult,
+    Mode,
     Plan,
     ScoreRequest,
     ScoreResult,
@@ -79,46 +89,45 @@ from silo.request import (
     SiloOptions,
     TokenEvent,
 )
-from silo.scoring import RowsHook, SearchCounts, perplexity
-from silo.tuning import read_defaults
+from silo.retrieval import Retriever, SearchCounts
+from silo.runner import ModelRunner, RowsHook
+from silo.scoring import Scorer, perplexity
+from silo.tuning import TargetScores, read_defaults
 
 __all__ = [
     "MODES", "Completion", "GenerationRequest", "GenerationResult", "GenerationState",
-    "Plan", "ScoreRequest", "ScoreResult", "SiloConfig", "SiloLM", "SiloOptions",
+    "Mode", "Plan", "ScoreRequest", "ScoreResult", "SiloConfig", "SiloLM", "SiloOptions",
     "TokenEvent", "perplexity",
 ]
 
 
-class SiloLM(Generation):
+class SiloLM:
     """A causal LM plus (optionally) its datastore; see the module docstring."""
 
-    def __init__(self, model: Any, tokenizer: Any, datastore: Any | None = None,
+    def __init__(self, model: Any, tokenizer: Any, datastore: Datastore | None = None,
                  config: SiloConfig | None = None, defaults: KnnParams | None = None) -> None:
-        from silo.model import context_length
-
-        self.model = model.eval()
+        self.model = model
         self.tokenizer = tokenizer
         self.datastore = datastore
         self.config = config or SiloConfig()
-        self.max_length = context_length(model, tokenizer)
-        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         stored = read_defaults(datastore.folder) if datastore is not None else None
         self.defaults = defaults or stored or KnnParams()
-        self.eos_id = int(tokenizer.eos_token_id)
-        self.pad_id = 0 if tokenizer.pad_token_id is None else int(tokenizer.pad_token_id)
-        self._special = frozenset(int(i) for i in tokenizer.all_special_ids)
-        self._passage_ids: dict[int, tuple[int, ...]] = {}  # block id -> tokens, bounded
-        self._hook_lock = threading.Lock()
-        self.rows_hook: RowsHook | None = None  # a test seam (silo.scoring.RowsHook)
-        self.searches = SearchCounts()
-        self._base_gives_head_input = False
-        self._base_gives_head_input = self._probe_base_model()
+        self.codec = Codec(tokenizer)
+        self.eos_id, self.pad_id = self.codec.eos_id, self.codec.pad_id
+        self.runner = ModelRunner(model, tokenizer, self.codec.pad_id)
+        self.retriever = Retriever(datastore, self.codec)
+        self.mixer = Mixer(self.runner.vocab_size)
+        self.contexts = Contexts(self.runner, self.eos_id, self.config,
+                                 self.retriever)
+        self.scorer = Scorer(self.runner, self.retriever, self.mixer, self.contexts,
+                             self.config)
+        self.generator = Generator(self.runner, self.retriever, self.mixer, self.contexts,
+                                   self.scorer, self.codec, self.config)
 
     @classmethod
     def from_dirs(cls, model_dir: Path, datastore_dir: Path | None = None,
                   device: str = "cpu", config: SiloConfig | None = None) -> SiloLM:
         """Load the LM and open its datastore (whose keys must come from this LM)."""
-        from datastore.store.datastore import Datastore
         from silo.model import load_lm
 
         lm = load_lm(model_dir, device=device)
@@ -126,28 +135,99 @@ class SiloLM(Generation):
             datastore_dir, encoder_fingerprint=lm.fingerprint)
         return cls(lm.model, lm.tokenizer, store, config)
 
-    # ---- tokenizer -------------------------------------------------------------------
+    @property
+    def max_length(self) -> int:
+        return self.runner.max_length
+
+    @property
+    def vocab_size(self) -> int:
+        return self.runner.vocab_size
+
+    @property
+    def searches(self) -> SearchCounts:
+        return self.retriever.searches
+
+    @property
+    def rows_hook(self) -> RowsHook | None:
+        """A test seam (silo.runner): sees the rows of every forward pass first."""
+        return self.runner.rows_hook
+
+    @rows_hook.setter
+    def rows_hook(self, hook: RowsHook | None) -> None:
+        self.runner.rows_hook = hook
 
     def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return self.codec.encode(text)
 
     def decode(self, ids: Sequence[int]) -> str:
-        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
+        return self.codec.decode(ids)
 
     # ---- planning --------------------------------------------------------------------
 
     def plan(self, options: SiloOptions, scope: AccessScope | None = None) -> Plan:
         """Resolve options against the datastore's defaults; a mode that needs the
         datastore without one is an InvalidInputError."""
-        if options.mode != "parametric" and self.datastore is None:
-            raise InvalidInputError(f"mode {options.mode!r} needs a datastore; none is open")
-        if options.uses_ric and self.datastore is not None and self.datastore.bm25 is None:
-            raise InvalidInputError(f"mode {options.mode!r} needs the datastore's BM25 index")
+        if options.mode is not Mode.PARAMETRIC and self.datastore is None:
+            raise InvalidInputError(f"mode {options.mode.value!r} needs a datastore; none is "
+                                    "open")
+        if options.mode.uses_ric and self.datastore is not None and self.datastore.bm25 is None:
+            raise InvalidInputError(f"mode {options.mode.value!r} needs the datastore's BM25 "
+                                    "index")
         d = self.defaults
         knn = KnnParams(options.k or d.k, d.lam if options.lam is None else options.lam,
                         options.knn_temperature or d.temperature,
                         d.pointers if options.pointers is None else options.pointers)
         return Plan(options.mode, knn, options.ric,
-                     SearchFilter(options.license_classes, scope or AccessScope()),
-                     options.attribution)
+                    SearchFilter(options.license_classes, scope or AccessScope()),
+                    options.attribution)
 
+    def _plan_of(self, request: ScoreRequest | GenerationRequest) -> Plan:
+        return request.plan or self.plan(request.options, request.scope)
+
+    # ---- scoring ---------------------------------------------------------------------
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        """Score each request's prompt; requests of equal plans share batches."""
+        return self.scorer.score(requests, [self._plan_of(r) for r in requests])
+
+    def target_scores(self, seqs: Sequence[Sequence[int]], options: SiloOptions,
+                      k: int, scope: AccessScope | None = None) -> TargetScores:
+        """For hyperparameter search (silo.tuning): per predicted token of `seqs`, the LM
+        side's log-prob of the target and its k nearest neighbours (queries as in
+        `options.mode`; k = 0: no search)."""
+        plan = self.plan(replace(options, lam=1.0 if k else 0.0, k=k or None), scope)
+        return self.scorer.target_scores(seqs, plan, k)
+
+    # ---- generation ------------------------------------------------------------------
+
+    def start(self, requests: Sequence[GenerationRequest]) -> list[GenerationState]:
+        """A running state per request (silo.generation): its plan resolved
+        (InvalidInputError when the datastore cannot serve it). A server starts its
+        requests one at a time, so that one that cannot start fails alone."""
+        return self.generator.start(requests, [self._plan_of(r) for r in requests])
+
+    def step(self, states: Sequence[GenerationState]) -> list[tuple[TokenEvent, ...]]:
+        """One token for every live choice of `states` (Generator.step)."""
+        return self.generator.step(states)
+
+    def finish(self, state: GenerationState) -> GenerationResult:
+        """The result of a finished state: per choice its events collected."""
+        return self.generator.finish(state)
+
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        """Generate all choices (see `generate_stream`) and collect them."""
+        (state,) = self.start([request])
+        while not state.finished:
+            self.step([state])
+        if state.error is not None:
+            raise state.error
+        return self.finish(state)
+
+    def generate_stream(self, request: GenerationRequest) -> Iterator[TokenEvent]:
+        """Generate `n` continuations together, one batched step per token; yields each
+        token as soon as it is chosen."""
+        (state,) = self.start([replace(request, echo=False)])
+        while not state.finished:
+            yield from self.step([state])[0]
+        if state.error is not None:
+            raise state.error

@@ -1,13 +1,14 @@
 """The request and result types of `SiloLM`: frozen dataclasses in, frozen dataclasses out.
 
+    Mode               the four ways of combining the LM and its datastore (the one list)
     SiloOptions        per-request SILO settings (mode, k, lam, tau, licence classes, ...)
+    Plan               a request's options resolved against its datastore
     ScoreRequest       score a prompt          -> ScoreResult
     GenerationRequest  continue a prompt       -> TokenEvent per token, GenerationResult
     SiloConfig         batching and scoring windows of one SiloLM
-    Plan               a request's options resolved against its datastore
 
-Every constructor checks its values and raises ValueError naming the field, so the server
-maps any bad value to a 400 before it reaches the model thread.
+Every constructor checks its values and raises InvalidInputError naming the field, so the
+server maps any bad value to a 400 before it reaches the model thread.
 """
 
 from __future__ import annotations
@@ -17,19 +18,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from datastore.document import LicenseClass
+from datastore.errors import InvalidInputError
 from datastore.filter import AccessScope, SearchFilter
 from silo.attribution import Attribution, TokenProvenance
 from silo.knnlm import KnnParams
+from silo.mode import MODES, Mode
 from silo.ric import RicParams
-
-MODES = ("parametric", "knnlm", "ric", "knnlm+ric")
 
 
 @dataclass(frozen=True)
 class SiloOptions:
-    """Per-request SILO settings; None takes the datastore's tuned default."""
+    """Per-request SILO settings; None takes the datastore's tuned default. `mode` may be
+    given as its string."""
 
-    mode: str = "knnlm"
+    mode: Mode = Mode.KNNLM
     k: int | None = None
     lam: float | None = None
     knn_temperature: float | None = None
@@ -40,23 +42,35 @@ class SiloOptions:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+            raise InvalidInputError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        object.__setattr__(self, "mode", Mode(self.mode))
         # KnnParams validates the values that are set
         KnnParams(self.k or 1, 0.0 if self.lam is None else self.lam,
                   self.knn_temperature or 1.0, self.pointers or 0)
 
+
+@dataclass(frozen=True)
+class Plan:
+    """A request's options resolved against the datastore: what to compute."""
+
+    mode: Mode
+    knn: KnnParams
+    ric: RicParams
+    filter: SearchFilter
+    attribution: bool
+
     @property
     def uses_knn(self) -> bool:
-        return self.mode in ("knnlm", "knnlm+ric")
+        return self.mode.uses_knn and self.knn.lam > 0
 
     @property
     def uses_ric(self) -> bool:
-        return self.mode in ("ric", "knnlm+ric")
+        return self.mode.uses_ric
 
 
 def _check_ids(ids: Sequence[int], name: str) -> None:
     if not all(isinstance(t, int) and t >= 0 for t in ids):
-        raise ValueError(f"{name} must be non-negative token ids")
+        raise InvalidInputError(f"{name} must be non-negative token ids")
 
 
 @dataclass(frozen=True)
@@ -67,11 +81,12 @@ class ScoreRequest:
     top_logprobs: int = 0  # N most likely tokens per position (0: none)
     options: SiloOptions = field(default_factory=SiloOptions)
     scope: AccessScope = field(default_factory=AccessScope)
+    plan: Plan | None = None  # options and scope resolved (SiloLM.plan); None: at the call
 
     def __post_init__(self) -> None:
         _check_ids(self.prompt_ids, "prompt_ids")
         if self.top_logprobs < 0:
-            raise ValueError(f"top_logprobs must be >= 0, got {self.top_logprobs}")
+            raise InvalidInputError(f"top_logprobs must be >= 0, got {self.top_logprobs}")
 
 
 @dataclass(frozen=True)
@@ -103,23 +118,25 @@ class GenerationRequest:
     options: SiloOptions = field(default_factory=SiloOptions)
     scope: AccessScope = field(default_factory=AccessScope)
     ignore_eos: bool = False  # vLLM's: the end-of-text token does not end a choice
+    plan: Plan | None = None  # options and scope resolved (SiloLM.plan); None: at start
 
     def __post_init__(self) -> None:
         _check_ids(self.prompt_ids, "prompt_ids")
         if not self.prompt_ids:
-            raise ValueError("prompt_ids must hold at least one token")
+            raise InvalidInputError("prompt_ids must hold at least one token")
         if self.max_tokens < 0:
-            raise ValueError(f"max_tokens must be >= 0, got {self.max_tokens}")
+            raise InvalidInputError(f"max_tokens must be >= 0, got {self.max_tokens}")
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
-            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
+            raise InvalidInputError(f"temperature must be a finite number >= 0, got "
+                                    f"{self.temperature}")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise InvalidInputError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.n < 1:
-            raise ValueError(f"n must be >= 1, got {self.n}")
+            raise InvalidInputError(f"n must be >= 1, got {self.n}")
         if self.logprobs < 0:
-            raise ValueError(f"logprobs must be >= 0, got {self.logprobs}")
+            raise InvalidInputError(f"logprobs must be >= 0, got {self.logprobs}")
         if any(not s for s in self.stop):
-            raise ValueError("stop sequences must be non-empty strings")
+            raise InvalidInputError("stop sequences must be non-empty strings")
 
 
 @dataclass(frozen=True)
@@ -164,28 +181,8 @@ class SiloConfig:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise InvalidInputError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.window is not None and self.window < 2:
-            raise ValueError(f"window must be >= 2, got {self.window}")
+            raise InvalidInputError(f"window must be >= 2, got {self.window}")
         if self.stride is not None and self.stride < 1:
-            raise ValueError(f"stride must be >= 1, got {self.stride}")
-
-
-@dataclass(frozen=True)
-class Plan:
-    """A request's options resolved against the datastore: what to compute."""
-
-    mode: str
-    knn: KnnParams
-    ric: RicParams
-    filter: SearchFilter
-    attribution: bool
-
-    @property
-    def uses_knn(self) -> bool:
-        return self.mode in ("knnlm", "knnlm+ric") and self.knn.lam > 0
-
-    @property
-    def uses_ric(self) -> bool:
-        return self.mode in ("ric", "knnlm+ric")
-
+            raise InvalidInputError(f"stride must be >= 1, got {self.stride}")

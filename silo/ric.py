@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from datastore.errors import InvalidInputError
+
 
 @dataclass(frozen=True)
 class RicParams:
@@ -30,9 +32,10 @@ class RicParams:
     def __post_init__(self) -> None:
         for name in ("query_tokens", "k", "stride"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise InvalidInputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.weight_temperature > 0:
-            raise ValueError(f"weight_temperature must be > 0, got {self.weight_temperature}")
+            raise InvalidInputError(f"weight_temperature must be > 0, got "
+                                    f"{self.weight_temperature}")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
+from datastore.errors import InvalidInputError
+
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 SPECIAL_TOKENS = [BOS, EOS, PAD]
 
@@ -21,7 +23,7 @@ def train_tokenizer(
 ) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE of `vocab_size` tokens (specials included) on `texts`."""
     if vocab_size < 256 + len(SPECIAL_TOKENS):
-        raise ValueError(
+        raise InvalidInputError(
             f"vocab_size must be at least {256 + len(SPECIAL_TOKENS)}, got {vocab_size}"
         )
     tok = Tokenizer(models.BPE())

@@ -23,8 +23,9 @@ from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from datastore.document import parse_policy
+from datastore.errors import InvalidInputError
 from silo.config import TrainConfig
-from silo.corpus import ReadReport, corpus_files, dedup, read_corpus, split_of
+from silo.corpus.jsonl import ReadReport, corpus_files, dedup, read_corpus, split_of
 from silo.evaluate import Window, score_windows
 from silo.model import build_lm
 from silo.tokenizer import train_tokenizer
@@ -51,7 +52,7 @@ def sample_batch(
 ) -> torch.Tensor:
     """(batch_size, seq_len + 1) int64 windows at offsets drawn from `seed`."""
     if len(stream) <= seq_len + 1:
-        raise ValueError(
+        raise InvalidInputError(
             f"training stream has {len(stream)} tokens, fewer than seq_len + 2 = {seq_len + 2}"
         )
     rng = np.random.default_rng(list(seed))
@@ -92,7 +93,8 @@ def prepare_data(
     report = ReadReport()
     docs = list(dedup(read_corpus([Path(p) for p in cfg.corpus], policy, report=report)))
     if not docs:
-        raise ValueError(f"no documents with licence classes {cfg.policy} in {list(cfg.corpus)}")
+        raise InvalidInputError(f"no documents with licence classes {cfg.policy} in "
+                                f"{list(cfg.corpus)}")
     parts = {
         s: [d for d in docs if split_of(d.doc_id, cfg.valid_frac, cfg.test_frac) == s]
         for s in ("train", "valid")

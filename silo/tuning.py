@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from datastore.errors import InvalidInputError
 from silo.knnlm import (
     MAX_K,
     MAX_KNN_TEMPERATURE,
@@ -48,7 +49,7 @@ class Grid:
     def __post_init__(self) -> None:
         for name in ("ks", "lams", "temperatures"):
             if not getattr(self, name):
-                raise ValueError(f"{name} must not be empty")
+                raise InvalidInputError(f"{name} must not be empty")
         for k in self.ks:
             KnnParams(k=k)
         for lam in self.lams:
@@ -75,9 +76,9 @@ class TargetScores:
     def __post_init__(self) -> None:
         n = len(self.lm_logprob)
         if self.distances.shape[0] != n or self.values.shape != self.distances.shape:
-            raise ValueError("distances and values must be (n, k) with n = len(lm_logprob)")
+            raise InvalidInputError("distances and values must be (n, k) with n = len(lm_logprob)")
         if self.targets.shape != (n,):
-            raise ValueError(f"targets must be ({n},), got {self.targets.shape}")
+            raise InvalidInputError(f"targets must be ({n},), got {self.targets.shape}")
 
 
 @dataclass(frozen=True)
@@ -219,12 +220,12 @@ def tune_pointers(lm: Any, seqs: Mapping[str, Sequence[Sequence[int]]], best: Gr
                   tolerance: float = 0.02) -> tuple[GridPoint, list[GridPoint]]:
     """`choose_pointers` for a SiloLM over per-domain token sequences, perplexity
     aggregated over domains as `best_overall` does (mean log-perplexity)."""
-    from silo.request import SiloOptions
+    from silo.request import Mode, SiloOptions
 
     def score(m: int) -> tuple[float, float]:
         searched, positions = lm.searches.searched, lm.searches.positions
         logs = [math.log(perplexity(mixed_logprob(
-            lm.target_scores(s, SiloOptions("knnlm", pointers=m), best.k),
+            lm.target_scores(s, SiloOptions(Mode.KNNLM, pointers=m), best.k),
             replace(best, pointers=m).params))) for s in seqs.values()]
         share = (lm.searches.searched - searched) / max(lm.searches.positions - positions, 1)
         return float(np.exp(np.mean(logs))), share

@@ -63,9 +63,9 @@ class BM25Config:
 
     def __post_init__(self) -> None:
         if not self.k1 > 0:
-            raise ValueError(f"k1 must be > 0, got {self.k1}")
+            raise InvalidInputError(f"k1 must be > 0, got {self.k1}")
         if not 0 <= self.b <= 1:
-            raise ValueError(f"b must be in [0, 1], got {self.b}")
+            raise InvalidInputError(f"b must be in [0, 1], got {self.b}")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from datastore.errors import ConflictError, InvalidInputError, NotFoundError
-from datastore.ngram import NgramIndex, SpanMatch, suffix_array, tokenize
+from datastore.ngram import NgramIndex, SpanMatch
+from datastore.suffix import suffix_array, tokenize
 
 
 def longest_common_span(q: list[int], d: list[int]) -> tuple[int, int, int]:

@@ -25,7 +25,7 @@ LIMITS = {"max_tokens_limit": 16, "max_n": 2, "max_prompts": 4, "max_logprobs": 
           "request_timeout_s": 60, "batch_wait_ms": 1.0}
 LICENSES = ["Public Domain", "CC0-1.0", "MIT", "PSF-2.0", "Apache-2.0", "CC-BY-4.0",
             "GPL-2.0-or-later", "All rights reserved"]
-# Corpus lines (silo.corpus.parse_line) for the stateful run to generate: the served
+# Corpus lines (silo.corpus.jsonl.parse_line) for the stateful run to generate: the served
 # schema types a document as any object, so generated ones would almost never be added.
 DOCUMENT_SCHEMA: dict[str, Any] = {
     "type": "object", "required": ["id", "text", "license"],

@@ -28,7 +28,7 @@ def test_default_model_was_trained_on_low_risk_text_only() -> None:
 
 def test_default_model_is_better_than_uniform_on_held_out_text() -> None:
     from silo.config import EvalConfig
-    from silo.corpus import read_corpus, split_of
+    from silo.corpus.jsonl import read_corpus, split_of
     from silo.evaluate import evaluate_domains
 
     lm = load_lm(DEFAULT_MODEL)

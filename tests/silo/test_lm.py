@@ -48,13 +48,13 @@ def test_parametric_scores_equal_the_model_with_echo_semantics(full: SiloLM) -> 
 
 def test_hook_path_gives_the_same_scores(full: SiloLM) -> None:
     ids = prompt_ids(full)
-    assert full._base_gives_head_input
+    assert full.runner.base_gives_head_input
     want = _lp(full, ALL[1], ids)
-    full._base_gives_head_input = False
+    full.runner.base_gives_head_input = False
     try:
         got = _lp(full, ALL[1], ids)
     finally:
-        full._base_gives_head_input = True
+        full.runner.base_gives_head_input = True
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
@@ -206,7 +206,7 @@ def test_attribution_off_does_no_provenance_work(full: SiloLM,
         raise AssertionError("provenance looked up")
 
     monkeypatch.setattr(full.datastore, "entry_info", boom)
-    monkeypatch.setattr(full, "_provenance", boom)
+    monkeypatch.setattr(full.retriever, "provenance", boom)
     res = full.score([ScoreRequest(prompt_ids(full), options=ALL[3])])[0]
     assert res.provenance is None and res.attribution is None
     gen = full.generate(GenerationRequest(prompt_ids(full)[:5], max_tokens=3, options=ALL[3]))
@@ -312,8 +312,8 @@ def test_incremental_decoding_equals_rereading_the_context(full: SiloLM,
     def lm(kv_cache: bool, hook: bool = False) -> SiloLM:
         out = SiloLM(full.model, full.tokenizer, full.datastore,
                      replace(full.config, kv_cache=kv_cache))
-        out.max_length = 12  # the first request outgrows the context mid-generation
-        out._base_gives_head_input = not hook
+        out.runner.max_length = 12  # the first request outgrows the context mid-generation
+        out.runner.base_gives_head_input = not hook
         return out
 
     ids = prompt_ids(full)

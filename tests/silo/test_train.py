@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from silo.config import TrainConfig
-from silo.corpus import write_jsonl
+from silo.corpus.jsonl import write_jsonl
 from silo.train import lr_at, train
 
 

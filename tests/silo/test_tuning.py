@@ -145,7 +145,7 @@ def test_tune_command_stores_defaults_the_next_silolm_uses(
         tmp_path: Path, corpus_file: Path, tiny_lm: object, tiny_tokenizer: object) -> None:
     from typer.testing import CliRunner
 
-    from silo.cli import app
+    from silo.cli.main import app
     from silo.model import fingerprint
 
     model_dir = tmp_path / "model"

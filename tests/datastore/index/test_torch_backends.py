@@ -22,8 +22,8 @@ from datastore.index.torch_exact import TorchExactIndex
 from datastore.index.torch_ivfpq import IvfPq, TorchIvfPqIndex, _unpack_codes
 from datastore.knn import KeyValueStore
 from datastore.store.datastore import Datastore
-from tests.datastore import test_store as store_tests
 from tests.datastore.index.test_backends import _filter, _queries, _store
+from tests.datastore.store import test_datastore as store_tests
 from tests.datastore.synthetic import SyntheticEncoder, corpus
 
 NEEDS_CUDA = [pytest.mark.cuda,

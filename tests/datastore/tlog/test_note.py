@@ -10,18 +10,20 @@ from pathlib import Path
 import pytest
 
 from datastore.errors import ConflictError, InvalidInputError, NotFoundError
-from datastore.tlog.note import (
-    Checkpoint,
+from datastore.tlog.keys import (
     Signer,
-    UnverifiedNoteError,
     Verifier,
     generate_key,
     key_id,
+    read_key_file,
+    write_key_file,
+)
+from datastore.tlog.note import (
+    Checkpoint,
+    UnverifiedNoteError,
     open_checkpoint,
     open_note,
-    read_key_file,
     sign_note,
-    write_key_file,
 )
 
 SEED = bytes(range(32))

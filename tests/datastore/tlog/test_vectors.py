@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from datastore.tlog.keys import Signer, Verifier
 from datastore.tlog.merkle import (
     MemoryHashes,
     consistency_proof,
@@ -18,7 +19,7 @@ from datastore.tlog.merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from datastore.tlog.note import Signer, Verifier, open_checkpoint, open_note, sign_note
+from datastore.tlog.note import open_checkpoint, open_note, sign_note
 
 VECTORS = Path(__file__).parent / "vectors"
 

@@ -12,20 +12,12 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from datastore.errors import InvalidInputError
+from datastore.tlog.history import LIVE, NEVER_ADDED, OPTED_OUT, PURGED, replay
+from datastore.tlog.keys import Signer
 from datastore.tlog.leaf import Leaf, sha256_hex
 from datastore.tlog.merkle import MemoryHashes, consistency_proof, inclusion_proof
-from datastore.tlog.note import Checkpoint, Signer
-from datastore.tlog.verify import (
-    LIVE,
-    NEVER_ADDED,
-    OPTED_OUT,
-    PURGED,
-    Finding,
-    all_ok,
-    document_history,
-    replay,
-    verify_receipt,
-)
+from datastore.tlog.note import Checkpoint
+from datastore.tlog.verify import Finding, all_ok, document_history, verify_receipt
 
 KEY = Signer.from_seed("silo.example/log", bytes(range(32)))
 ROGUE = Signer.from_seed("silo.example/log", bytes(range(1, 33)))

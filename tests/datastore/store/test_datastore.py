@@ -28,7 +28,7 @@ from datastore.store.datastore import Datastore
 from datastore.store.state import StoreState
 from tests.datastore.synthetic import CLASSES, SyntheticEncoder, corpus
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 # every test runs on both document tables: SQLite in the folder, and PostgreSQL
 pytestmark = pytest.mark.usefixtures("table_backend")
 

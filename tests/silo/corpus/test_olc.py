@@ -5,7 +5,7 @@ import pytest
 
 from datastore.document import LicenseClass
 from datastore.errors import InvalidInputError
-from silo.olc import OLC_CONFIGS, config_license, olc_documents
+from silo.corpus.olc import OLC_CONFIGS, config_license, olc_documents
 
 
 def test_every_config_maps_to_a_low_risk_class() -> None:

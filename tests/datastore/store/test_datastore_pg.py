@@ -1,6 +1,6 @@
 """A datastore whose document table is in PostgreSQL: what the manifest records, where
 erased text goes, and failing closed when the database cannot be reached. (Every test
-of test_store.py also runs on PostgreSQL.)"""
+of test_datastore.py also runs on PostgreSQL.)"""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from datastore.document import Document, LicenseClass
-from silo.datastore_cmd import app
+from silo.cli.datastore_cmd import app
 
 runner = CliRunner()
 

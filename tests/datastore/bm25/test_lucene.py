@@ -1,4 +1,4 @@
-"""Tests for datastore.bm25.lucene beyond the shared face (see test_bm25.py)."""
+"""Tests for datastore.bm25.lucene beyond the shared face (see test_base.py)."""
 
 from __future__ import annotations
 

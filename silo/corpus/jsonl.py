@@ -24,7 +24,7 @@ from datastore.document import (
     classify_license,
     parse_license_class,
 )
-from datastore.errors import CorpusFormatError
+from datastore.errors import CorpusFormatError, InvalidInputError
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def split_of(doc_id: str, valid_frac: float = 0.01, test_frac: float = 0.01) -> 
     """The split of a document, a pure function of its id: stable across runs, machines and
     corpus order, and a document lives in exactly one split."""
     if valid_frac < 0 or test_frac < 0 or valid_frac + test_frac >= 1:
-        raise ValueError("valid_frac and test_frac must be >= 0 and sum to < 1")
+        raise InvalidInputError("valid_frac and test_frac must be >= 0 and sum to < 1")
     h = int.from_bytes(hashlib.sha256(doc_id.encode()).digest()[:8], "big") / 2**64
     if h < test_frac:
         return "test"

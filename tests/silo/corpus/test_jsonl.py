@@ -6,7 +6,7 @@ import pytest
 
 from datastore.document import LicenseClass, parse_policy
 from datastore.errors import CorpusFormatError
-from silo.corpus import ReadReport, dedup, read_corpus, read_jsonl, split_of, write_jsonl
+from silo.corpus.jsonl import ReadReport, dedup, read_corpus, read_jsonl, split_of, write_jsonl
 
 
 def write_lines(path: Path, records: list[object]) -> Path:

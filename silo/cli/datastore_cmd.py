@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from datastore.errors import SiloError
-from silo.console import clean_errors, out
+from silo.cli.console import clean_errors, out
 
 ModelOpt = Annotated[Path | None, typer.Option(
     help="LM folder (save_pretrained layout); default: the shipped models/silo-small.")]
@@ -40,7 +40,7 @@ def _documents(corpus: list[Path], policy: str | None, allow_empty: bool = False
     """The corpus's usable documents; none at all is an error unless `allow_empty` (a
     corpus whose every line is bad would otherwise make an empty datastore and exit 0)."""
     from datastore.document import parse_policy
-    from silo.corpus import read_corpus
+    from silo.corpus.jsonl import read_corpus
 
     if not corpus:
         raise SiloError("name at least one corpus file with --corpus")

@@ -31,7 +31,7 @@ from tests.pg import PgCluster
 
 pytestmark = pytest.mark.slow
 ADMIN = {"Authorization": "Bearer replica-admin"}
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 TEXT = "And God said, Let there be light: and there was light."
 SCORE = {"max_tokens": 0, "echo": True, "logprobs": 1,
          "silo": {"mode": "knnlm", "k": 8, "attribution": True}}

@@ -51,7 +51,7 @@ def default_datastore(model: Path) -> Path:
     so the folder is named after the model's fingerprint)."""
     from datastore.config import DatastoreConfig
     from datastore.store.datastore import Datastore
-    from silo.corpus import read_corpus
+    from silo.corpus.jsonl import read_corpus
     from silo.encoder import LMEncoder
     from silo.model import load_lm
     from silo.tuning import DEFAULTS_FILE
@@ -79,9 +79,9 @@ def default_datastore(model: Path) -> Path:
 def tune_default(folder: Path, model: Path) -> None:
     """Tune k, lambda and tau on FOLDOC validation documents that are not in the store,
     and store them with it, so clients that know nothing of SILO get tuned kNN-LM."""
-    from silo.corpus import read_corpus, split_of
+    from silo.corpus.jsonl import read_corpus, split_of
     from silo.evaluate import domain_sequences
-    from silo.lm import SiloLM, SiloOptions
+    from silo.lm import Mode, SiloLM, SiloOptions
     from silo.tuning import Grid, best_overall, grid_search, write_defaults
 
     lm = SiloLM.from_dirs(model, folder)
@@ -90,7 +90,7 @@ def tune_default(folder: Path, model: Path) -> None:
     seqs = domain_sequences(docs, lm.encode, lm.eos_id, TUNE_TOKENS).get("foldoc", [])
     used = sum(len(s) - 1 for s in seqs)
     grid = Grid()
-    points = grid_search(lm.target_scores(seqs, SiloOptions("knnlm"), grid.k_max), grid)
+    points = grid_search(lm.target_scores(seqs, SiloOptions(Mode.KNNLM), grid.k_max), grid)
     write_defaults(folder, best_overall({"foldoc": points}), {"foldoc": points[0]},
                    note=f"tuned on {used} held-out FOLDOC validation tokens at first start")
 

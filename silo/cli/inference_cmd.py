@@ -3,7 +3,7 @@
 `tune` searches (k, lam, tau) per domain on a split of the corpus and stores the best
 values with the datastore, where SiloLM reads its defaults. `complete` continues a
 prompt in any mode and prints the per-sentence attribution. Library errors print as
-one line with exit code 2 (the wrapper in silo/console.py).
+one line with exit code 2 (the wrapper in silo/cli/console.py).
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from typing import Annotated
 
 import typer
 
-from datastore.errors import SiloError
-from silo.console import console, out
+from datastore.errors import InvalidInputError, SiloError
+from silo.cli.console import console, out
+from silo.mode import Mode
 
 ModelOpt = Annotated[Path | None, typer.Option(
     help="LM folder (save_pretrained layout); default: the shipped models/silo-small.")]
@@ -26,7 +27,7 @@ def _floats(text: str, name: str) -> tuple[float, ...]:
     try:
         return tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise ValueError(f"--{name} must be comma-separated numbers, got {text!r}") from None
+        raise InvalidInputError(f"--{name} must be comma-separated numbers, got {text!r}") from None
 
 
 def _counts(text: str, name: str) -> list[int]:
@@ -60,7 +61,7 @@ def tune(
 ) -> None:
     """Tune kNN-LM's k, lambda and temperature per domain; store the best with the
     datastore as its defaults."""
-    from silo.corpus import read_corpus, split_of
+    from silo.corpus.jsonl import read_corpus, split_of
     from silo.evaluate import domain_sequences
     from silo.lm import SiloLM, SiloOptions
     from silo.model import DEFAULT_MODEL
@@ -76,7 +77,7 @@ def tune(
     seqs = domain_sequences(docs, lm.encode, lm.eos_id, max_tokens)
     if not seqs:
         raise SiloError(f"no {split} documents in {[str(c) for c in corpus]}")
-    points = {name: grid_search(lm.target_scores(s, SiloOptions("knnlm"), grid.k_max), grid)
+    points = {name: grid_search(lm.target_scores(s, SiloOptions(Mode.KNNLM), grid.k_max), grid)
               for name, s in sorted(seqs.items())}
     best = best_overall(points, k_tolerance)
     for name, p in points.items():
@@ -97,7 +98,7 @@ def complete(
     prompt: Annotated[str, typer.Argument(help="Text to continue.")],
     datastore: Annotated[Path | None, typer.Option(help="Datastore folder.")] = None,
     model: ModelOpt = None,
-    mode: Annotated[str, typer.Option(help="parametric | knnlm | ric | knnlm+ric")] = "knnlm",
+    mode: Annotated[Mode, typer.Option(help="How the LM uses the datastore.")] = Mode.KNNLM,
     max_tokens: int = 48,
     temperature: float = 0.0,
     top_p: float = 1.0,

@@ -2,7 +2,9 @@
 
 Every command is wrapped in `clean_errors`, so a mistake the user can fix (a bad
 corpus line, a missing file, an unknown name) prints as one line naming the culprit
-and exits with code 2, never as a traceback.
+and exits with code 2, never as a traceback. Both consoles print text as it is, not as
+rich markup: a path like `stores/[x]` or a hint like `pip install 'silo-lm[postgres]'`
+must reach the user whole.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from datastore.errors import SiloError
 
-console = Console(stderr=True, soft_wrap=True)  # progress, messages, errors
-out = Console(soft_wrap=True)  # results (tables, JSON) on stdout
+console = Console(stderr=True, soft_wrap=True, markup=False)  # progress, messages, errors
+out = Console(soft_wrap=True, markup=False)  # results (tables, JSON) on stdout
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -30,7 +33,7 @@ def clean_errors(command: _F) -> _F:
         try:
             return command(*args, **kwargs)
         except (SiloError, ValueError, OSError) as exc:
-            console.print(f"[red]error:[/red] {exc}", highlight=False)
+            console.print(Text.assemble(("error:", "red"), f" {exc}"), highlight=False)
             raise typer.Exit(2) from None
 
     return run  # type: ignore[return-value]

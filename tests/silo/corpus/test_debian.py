@@ -3,7 +3,7 @@ import stat
 from pathlib import Path
 
 from datastore.document import LicenseClass
-from silo.debian import SOURCES, dictd_number, read_dictd, source_documents
+from silo.corpus.debian import SOURCES, dictd_number, read_dictd, source_documents
 
 _B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 

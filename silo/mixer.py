@@ -1,0 +1,35 @@
+"""The mixer: a chunk's next-token distribution under its request's plan, from the LM
+side and the kNN neighbours (the math is silo.knnlm's)."""
+
+from __future__ import annotations
+
+import torch
+
+from silo.batch import Chunk
+from silo.knnlm import interpolate, knn_log_probs, target_log_probs
+from silo.request import Plan
+
+
+class Mixer:
+    """Mixtures over a vocabulary of `vocab_size` tokens."""
+
+    def __init__(self, vocab_size: int) -> None:
+        self.vocab_size = vocab_size
+
+    def mixed(self, chunk: Chunk, plan: Plan) -> torch.Tensor:
+        """(m, V) log-probs of the plan's mixture for the chunk's positions."""
+        if chunk.values is None or chunk.distances is None:
+            return chunk.lm
+        knn = knn_log_probs(chunk.distances, chunk.values, self.vocab_size,
+                            plan.knn.temperature)
+        # a row whose neighbours all have unusable distances has no kNN distribution
+        return interpolate(chunk.lm, knn, plan.knn.lam, torch.isfinite(knn).any(1))
+
+    def at_targets(self, chunk: Chunk, targets: torch.Tensor, plan: Plan) -> torch.Tensor:
+        """(m,) log-probs of the plan's mixture at the chunk's targets (as `mixed`
+        gathered there, without the (m, V) mixture)."""
+        lm = chunk.lm.gather(1, targets[:, None])[:, 0]
+        if chunk.values is None or chunk.distances is None:
+            return lm
+        return target_log_probs(lm, chunk.distances, chunk.values, targets, plan.knn.lam,
+                                plan.knn.temperature)

@@ -1,0 +1,190 @@
+"""The causal LM, run: forward passes over right-padded rows, the LM head's inputs (the
+kNN queries), the REPLUG ensemble over a group's inputs, and the key/value cache of
+incremental decoding.
+
+Any Hugging Face causal LM runs here. Where the base model's last hidden state is exactly
+what the LM head reads (Llama, GPT-NeoX, GPT-2; checked by a probe at construction), the
+base model runs and the head is applied to its output; otherwise a forward pre-hook on the
+head captures its input, one caller at a time (a hook on the shared model would see other
+threads' passes).
+
+`rows_hook` is a test seam: called with the rows of every forward pass before the model
+runs, so a test can make one request's rows fail inside a shared batch. None in
+production.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from silo.batch import Group
+from silo.ric import ensemble
+
+RowsHook = Callable[[Sequence[Sequence[int]]], None]
+# keys/values of a run of rows: per layer (rows, kv_heads, length, head_dim) each
+Cache = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def right_padded(rows: Sequence[Sequence[int]], pad_id: int,
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of token ids -> (b, t) ids padded on the right with `pad_id`, (b, t) mask."""
+    ids = torch.full((len(rows), max(len(r) for r in rows)), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(list(r), dtype=torch.long)
+        mask[i, :len(r)] = 1
+    return ids, mask
+
+
+class ModelRunner:
+    """One causal LM, shared read-only by concurrent callers."""
+
+    def __init__(self, model: Any, tokenizer: Any, pad_id: int) -> None:
+        from silo.model import context_length
+
+        self.model = model.eval()
+        self.max_length = context_length(model, tokenizer)
+        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        self.pad_id = pad_id
+        self.rows_hook: RowsHook | None = None
+        self._hook_lock = threading.Lock()
+        self.base_gives_head_input = False
+        self.base_gives_head_input = self._probe_base_model()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def check_rows(self, rows: Sequence[Sequence[int]]) -> None:
+        if self.rows_hook is not None:
+            self.rows_hook(rows)
+
+    @torch.inference_mode()
+    def _probe_base_model(self) -> bool:
+        """Is the base model's last hidden state exactly what the LM head reads?"""
+        probe = (torch.arange(1, 9)[None] % self.vocab_size).to(self.device)
+        hidden, logits, _ = self.head_input_and_logits(probe, torch.ones_like(probe))
+        base = self.model.base_model(input_ids=probe).last_hidden_state
+        return bool(torch.allclose(base, hidden, atol=1e-5)
+                    and torch.allclose(self.model.get_output_embeddings()(base), logits,
+                                       atol=1e-4, rtol=1e-4))
+
+    def head_input_and_logits(self, ids: torch.Tensor, mask: torch.Tensor, **extra: Any,
+                              ) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """(b, t) -> the LM head's input (b, t, dim) and the logits (b, t, V). `extra`
+        goes to the model (a key/value cache, positions); the third result is the model's
+        cache (None unless asked)."""
+        head = self.model.get_output_embeddings()
+        if self.base_gives_head_input:
+            out = self.model.base_model(input_ids=ids, attention_mask=mask, **extra)
+            return out.last_hidden_state, head(out.last_hidden_state), out.get("cache")
+        captured: list[torch.Tensor] = []
+        with self._hook_lock:
+            hook = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+            try:
+                out = self.model(input_ids=ids, attention_mask=mask, **extra)
+            finally:
+                hook.remove()
+        return captured[0], out.logits, out.get("cache")
+
+    @torch.inference_mode()
+    def forward(self, rows: list[list[int]], scored: list[int],
+                ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Right-padded batch -> per row, for its last `scored` positions: log-probs
+        (s, V) float32 and the LM head's input (s, dim) float32 (the kNN query)."""
+        self.check_rows(rows)
+        ids, mask = right_padded(rows, self.pad_id)
+        hidden, logits, _ = self.head_input_and_logits(ids.to(self.device),
+                                                       mask.to(self.device))
+        lp = torch.log_softmax(logits.float(), dim=-1).cpu()
+        hidden = hidden.float().cpu()
+        out_lp, out_h = [], []
+        for i, (r, s) in enumerate(zip(rows, scored, strict=True)):
+            out_lp.append(lp[i, len(r) - s:len(r)])
+            out_h.append(hidden[i, len(r) - s:len(r)])
+        return out_lp, out_h
+
+    def run_groups(self, groups: list[Group], batch_size: int,
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """All groups' predicted positions, in order: ensembled log-probs (m, V) and the
+        first input's LM-head inputs (m, dim)."""
+        flat = [(g, x) for g in groups for x in g.inputs]
+        lps: list[torch.Tensor] = []
+        hs: list[torch.Tensor] = []
+        # longest first in each forward pass would pad less, but order keeps it simple
+        for at in range(0, len(flat), batch_size):
+            part = flat[at:at + batch_size]
+            lp, h = self.forward([x for _, x in part], [g.scored for g, _ in part])
+            lps += lp
+            hs += h
+        out_lp, out_h, i = [], [], 0
+        for g in groups:
+            n = len(g.inputs)
+            out_lp.append(ensemble(torch.stack(lps[i:i + n]), g.log_weights))
+            out_h.append(hs[i])
+            i += n
+        return torch.cat(out_lp), torch.cat(out_h)
+
+    # ---- incremental decoding ------------------------------------------------------------
+
+    @torch.inference_mode()
+    def prefill(self, runs: list[list[list[int]]],
+                ) -> tuple[torch.Tensor, torch.Tensor, list[Cache]]:
+        """Read runs of rows (the rows of one run have equal lengths) whole in one
+        right-padded pass (a causal model's first L positions ignore the padding after
+        them): the last real position's log-probs (m, V) and LM-head inputs (m, dim) of
+        every row in order, and each run's cache."""
+        rows = [r for run in runs for r in run]
+        self.check_rows(rows)
+        ids, mask = right_padded(rows, self.pad_id)
+        device = self.device
+        hidden, logits, cache = self.head_input_and_logits(ids.to(device), mask.to(device),
+                                                           use_cache=True)
+        last = torch.tensor([len(r) - 1 for r in rows], device=device)
+        picked = torch.arange(len(rows), device=device)
+        caches, at = [], 0
+        for run in runs:
+            n, length = len(run), len(run[0])
+            caches.append([(layer.keys[at:at + n, :, :length],
+                            layer.values[at:at + n, :, :length]) for layer in cache.layers])
+            at += n
+        return (torch.log_softmax(logits[picked, last].float(), dim=-1).cpu(),
+                hidden[picked, last].float().cpu(), caches)
+
+    @torch.inference_mode()
+    def decode(self, runs: list[list[list[int]]], caches: list[Cache],
+               ) -> tuple[torch.Tensor, torch.Tensor, list[Cache]]:
+        """The last token of every row of each run in one pass, each run over its cache
+        of the tokens before (caches left-padded to a common length, masked): (m, V),
+        (m, dim), and each run's cache grown by its tokens."""
+        from transformers import DynamicCache
+
+        self.check_rows([r for run in runs for r in run])
+        device = self.device
+        lengths = [c[0][0].shape[2] for c in caches for _ in range(c[0][0].shape[0])]
+        flat = [r[-1] for run in runs for r in run]
+        width = max(lengths)
+        past = [tuple(torch.cat([torch.nn.functional.pad(c[i][j], (0, 0, width - c[i][j]
+                                                                   .shape[2], 0))
+                                 for c in caches]) for j in (0, 1))
+                for i in range(len(caches[0]))]
+        mask = torch.zeros((len(flat), width + 1), dtype=torch.long)
+        for i, n in enumerate(lengths):
+            mask[i, width - n:] = 1
+        hidden, logits, cache = self.head_input_and_logits(
+            torch.tensor(flat, device=device)[:, None], mask.to(device),
+            position_ids=torch.tensor(lengths, device=device)[:, None],
+            cache=DynamicCache(past), use_cache=True)
+        grown, at = [], 0
+        for run in runs:
+            n, length = len(run), lengths[at]
+            grown.append([(layer.keys[at:at + n, :, width - length:],
+                           layer.values[at:at + n, :, width - length:])
+                          for layer in cache.layers])
+            at += n
+        return (torch.log_softmax(logits[:, -1].float(), dim=-1).cpu(),
+                hidden[:, -1].float().cpu(), grown)
