@@ -18,7 +18,7 @@ import typer
 from datastore.errors import InvalidInputError, NotFoundError
 
 APP = "server.app:create_app"
-CORPUS = Path(__file__).resolve().parent.parent / "data" / "corpus" / "foldoc.jsonl.gz"
+CORPUS = Path(__file__).resolve().parents[2] / "data" / "corpus" / "foldoc.jsonl.gz"
 DEFAULT_DOCUMENTS = 3000  # FOLDOC entries in the default datastore: a first start in minutes
 TUNE_TOKENS = 4096  # held-out FOLDOC validation tokens the default's k, lambda, tau are tuned on
 

@@ -55,3 +55,11 @@ def test_serve_without_a_datastore_answers_with_the_parametric_lm(tmp_path: Path
         proc.wait(timeout=30)
     both = silo("serve", "--no-datastore", "--datastore", str(tmp_path))
     assert both.returncode == 2 and "exclude each other" in both.stderr + both.stdout
+
+
+def test_the_default_datastore_is_built_from_the_shipped_corpus() -> None:
+    from silo.cli.serve_cmd import CORPUS
+    from silo.model import DEFAULT_MODEL
+
+    assert CORPUS.is_file() and CORPUS.parent == ROOT / "data" / "corpus"
+    assert (DEFAULT_MODEL / "config.json").is_file()
