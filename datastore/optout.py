@@ -22,6 +22,7 @@ import numpy as np
 from datastore.errors import InvalidSelectorError, NotFoundError
 from datastore.filter import merge_ranges
 from datastore.table.base import DocumentTable
+from datastore.table.log import LogHead
 from datastore.table.records import TableSnapshot
 
 
@@ -43,6 +44,7 @@ class OptOutSelector:
                 f"{', '.join(given) or 'none'}")
         if isinstance(self.doc_ids, str):
             raise InvalidSelectorError("doc_ids must be a list of ids, not one string")
+        object.__setattr__(self, "doc_ids", tuple(dict.fromkeys(self.doc_ids)))  # once each
         bad = [d for d in self.doc_ids if not isinstance(d, str) or not d.strip()]
         if bad:
             raise InvalidSelectorError(f"doc_ids holds invalid ids: {bad[:5]!r}")
@@ -81,6 +83,7 @@ class Receipt:
     selector: dict[str, Any]
     reason: str | None = None
     purged_at: float | None = None
+    log_index: int | None = None  # the opt-out's leaf in the transparency log
 
     def __post_init__(self) -> None:
         if self.entries_removed < 0 or self.blocks_removed < 0:
@@ -90,19 +93,19 @@ class Receipt:
         return {"optout_id": self.optout_id, "doc_ids": list(self.doc_ids),
                 "entries_removed": self.entries_removed, "blocks_removed": self.blocks_removed,
                 "effective_at": self.effective_at, "purged_at": self.purged_at,
-                "selector": self.selector, "reason": self.reason}
+                "selector": self.selector, "reason": self.reason, "log_index": self.log_index}
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> Receipt:
         """From a row of the `optouts` table."""
         return cls(row[0], tuple(json.loads(row[3])), row[4], row[5], row[6],
-                   json.loads(row[1]), row[2], row[7])
+                   json.loads(row[1]), row[2], row[7], row[8])
 
 
 def check_known(selector: OptOutSelector, table: DocumentTable) -> None:
     """Unknown doc ids are a NotFoundError naming them (ids already removed are fine:
     opt-out is idempotent)."""
-    ids = list(dict.fromkeys(selector.doc_ids))
+    ids = list(selector.doc_ids)
     known = set(table.existing(ids))
     missing = [d for d in ids if d not in known]
     if missing:
@@ -110,21 +113,21 @@ def check_known(selector: OptOutSelector, table: DocumentTable) -> None:
 
 
 def record_optout(selector: OptOutSelector, table: DocumentTable, track_pending: bool = False,
-                  ) -> tuple[Receipt, np.ndarray, int]:
-    """Find, tombstone and record in one transaction (DocumentTable.remove). Returns the
-    receipt, the rows removed (which the caller marks in its in-memory snapshot) and the
-    change sequence of the write."""
+                  ) -> tuple[Receipt, np.ndarray, int, LogHead]:
+    """Find, tombstone and record in one transaction (DocumentTable.remove, its log leaf
+    included). Returns the receipt, the rows removed (which the caller marks in its
+    in-memory snapshot), the change sequence of the write and the log's head after it."""
     check_known(selector, table)
     optout_id, now = f"optout-{uuid.uuid4().hex[:16]}", time.time()
     selector_json = selector.to_json()
-    removed, seq = table.remove(
-        (tuple(dict.fromkeys(selector.doc_ids)), selector.source, selector.url_prefix),
+    removed, seq, index, head = table.remove(
+        (selector.doc_ids, selector.source, selector.url_prefix),
         (optout_id, json.dumps(selector_json, sort_keys=True), selector.reason, now),
         track_pending)
     receipt = Receipt(optout_id, tuple(r[1] for r in removed),
                       sum(r[3] - r[2] for r in removed), sum(r[5] - r[4] for r in removed),
-                      now, selector_json, selector.reason)
-    return receipt, np.array([r[0] for r in removed], dtype=np.int64), seq
+                      now, selector_json, selector.reason, log_index=index)
+    return receipt, np.array([r[0] for r in removed], dtype=np.int64), seq, head
 
 
 def purge_ranges(snapshot: TableSnapshot, rows: Sequence[int],

@@ -39,6 +39,7 @@ from datastore.store.reindex import reindex
 from datastore.store.replica import replica_for
 from datastore.store.search import EntryInfo, Searcher
 from datastore.store.state import StoreState
+from datastore.store.transparency import TransparencyLog, signer_from_env
 from datastore.store.view import View
 from datastore.store.writes import Writer
 from datastore.table.factory import open_table
@@ -67,7 +68,8 @@ class DatastoreInfo:
 class Datastore:
     """A datastore folder opened for search, opt-out, add and compaction.
 
-    `on_knn_search`, when given, receives the seconds of every kNN index search."""
+    `on_knn_search`, when given, receives the seconds of every kNN index search. `log` is
+    its transparency log, signed with the key `SILO_LOG_KEY_FILE` names, if set."""
 
     def __init__(self, state: StoreState,
                  on_knn_search: Callable[[float], None] | None = None) -> None:
@@ -77,6 +79,7 @@ class Datastore:
         self.kv = state.kv
         self.bm25 = state.bm25
         self.ngram = state.ngram
+        self.log = TransparencyLog(state.table, state.manifest.name, signer_from_env())
         self.replica = replica_for(state)
         self._search = Searcher(state, self.replica, on_knn_search)
         self._writer = Writer(state, self.replica)

@@ -12,6 +12,7 @@ Changing only nprobe rebuilds nothing.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ from datastore.index.base import KnnIndex
 from datastore.index.factory import create_index
 from datastore.index.faiss_index import INDEX_FILE
 from datastore.store.state import StoreState
+from datastore.tlog.leaf import Leaf
 
 
 def check_reindex(old: DatastoreConfig, new: DatastoreConfig) -> None:
@@ -53,6 +55,7 @@ def reindex(state: StoreState, config: DatastoreConfig, progress: bool = False) 
         return len(state.knn_index())
     index, indexed = _build_index(state, config, progress)
     state.record_status("reindexing", config=config.to_json())  # intent: redone at open
+    state.table.record(Leaf.reindexed(config.to_json(), time.time()))
     _install_index(state, config, index)
     return indexed
 

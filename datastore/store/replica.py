@@ -35,6 +35,7 @@ from datastore.index.base import SharedKnnIndex
 from datastore.manifest import write_manifest
 from datastore.store.state import StoreState
 from datastore.store.view import View
+from datastore.table.log import LogHead
 from datastore.table.records import TableSnapshot
 
 log = logging.getLogger(__name__)
@@ -65,17 +66,20 @@ class Replica(ABC):
     def reload(self) -> None:
         """Read the sequence first, then the state: what is read reflects at least that
         sequence, and a write committed in between only makes the next sync reload."""
-        views = self.state.views
+        views, table = self.state.views, self.state.table
         with views.lock:
-            seq = self.state.table.change_seq()
+            seq = table.change_seq()
             if seq <= views.current.seq:
                 return  # another search reloaded meanwhile
-            views.current = self._view_of(self.state.table.snapshot(), seq)
+            # the log's head before the snapshot: every leaf below it is in the snapshot
+            head = table.log.head()
+            views.current = self._view_of(table.snapshot(), seq, head)
             self._after_reload()
 
     @abstractmethod
-    def _view_of(self, snap: TableSnapshot, seq: int) -> View:
-        """The view of a snapshot read at `seq` (the caller holds the views' lock)."""
+    def _view_of(self, snap: TableSnapshot, seq: int, head: LogHead) -> View:
+        """The view of a snapshot read at `seq` after the log's `head` (the caller holds
+        the views' lock)."""
 
     def _after_reload(self) -> None:  # noqa: B027 - only a shared index has work here
         """What a reload brings in besides the view."""
@@ -116,8 +120,8 @@ class Replica(ABC):
 class LocalReplica(Replica):
     """A kNN index in the folder."""
 
-    def _view_of(self, snap: TableSnapshot, seq: int) -> View:
-        return View(snap.prefix(len(self.state.kv)), seq)
+    def _view_of(self, snap: TableSnapshot, seq: int, head: LogHead) -> View:
+        return View(snap.prefix(len(self.state.kv)), seq, head)
 
     def search(self, queries: np.ndarray, k: int, entry_filter: EntryFilter, view: View,
                ) -> tuple[np.ndarray, np.ndarray]:
@@ -138,10 +142,10 @@ class SharedReplica(Replica):
         assert isinstance(index, SharedKnnIndex), "a shared replica needs a shared index"
         return index
 
-    def _view_of(self, snap: TableSnapshot, seq: int) -> View:
+    def _view_of(self, snap: TableSnapshot, seq: int, head: LogHead) -> View:
         published, fence, pending = self.state.table.index_state()
         self._pull(min(published, snap.n_entries), fence)
-        return View(snap.prefix(min(published, len(self.state.kv))), seq, fence,
+        return View(snap.prefix(min(published, len(self.state.kv))), seq, head, fence,
                     tuple(pending))
 
     def _pull(self, upto: int, fence: int) -> None:

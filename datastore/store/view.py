@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from datastore.filter import EntryFilter, SearchFilter, compute_filter
+from datastore.table.log import EMPTY_HEAD, LogHead
 from datastore.table.records import TableSnapshot, snapshot_of
 
 FILTER_CACHE = 32  # filters kept per snapshot (one per distinct policy/scope)
@@ -29,11 +30,13 @@ FILTER_CACHE = 32  # filters kept per snapshot (one per distinct policy/scope)
 @dataclass(frozen=True)
 class View:
     """What a search reads, swapped as one reference: the table snapshot, the change
-    sequence it reflects (at least), and for a shared index the fence to search at and
-    the rows whose index delete is not yet behind it (excluded by expression)."""
+    sequence it reflects (at least), the transparency log's head (every change the log
+    holds below its size is in the snapshot), and for a shared index the fence to search
+    at and the rows whose index delete is not yet behind it (excluded by expression)."""
 
     snapshot: TableSnapshot
     seq: int
+    log: LogHead = EMPTY_HEAD
     fence: int = 0
     pending: tuple[int, ...] = ()
 
@@ -54,13 +57,15 @@ class Views:
     def snapshot(self) -> TableSnapshot:
         return self.current.snapshot
 
-    def after_write(self, snap: TableSnapshot, seq: int, **shared: Any) -> None:
+    def after_write(self, snap: TableSnapshot, seq: int, log: LogHead | None = None,
+                    **shared: Any) -> None:
         """Install the state after this process's own write of sequence `seq`: labelled
-        `seq` only when nothing else was written since the view was read (else the next
-        sync reloads). The caller holds `lock`."""
+        `seq`, with the log's head after the write, only when nothing else was written
+        since the view was read (else the next sync reloads). The caller holds `lock`."""
         view = self.current
-        self.current = replace(view, snapshot=snap,
-                               seq=seq if view.seq == seq - 1 else view.seq, **shared)
+        alone = view.seq == seq - 1
+        self.current = replace(view, snapshot=snap, seq=seq if alone else view.seq,
+                               log=log if alone and log is not None else view.log, **shared)
 
     def filter_of(self, snap: TableSnapshot, request: SearchFilter | None) -> EntryFilter:
         """The filter of `request` over `snap`, computed once per snapshot (datastore.filter

@@ -135,14 +135,15 @@ class Writer:
         """Remove documents from every search, durably, before returning the receipt."""
         s = self.state
         with s.writer:
-            receipt, rows, seq = record_optout(selector, s.table, self.replica.tracks_pending)
+            receipt, rows, seq, head = record_optout(selector, s.table,
+                                                     self.replica.tracks_pending)
             with s.views.lock:
                 old = s.views.snapshot
                 mine = rows[rows < len(old.doc_ids)]  # rows another replica just added
                 new = old.with_removed(mine)
                 s.views.carry_filters(old, new, mine)
                 # atomic reference swap: searches now exclude `rows`
-                s.views.after_write(new, seq, **self.replica.pending_after_optout(rows))
+                s.views.after_write(new, seq, head, **self.replica.pending_after_optout(rows))
             self.replica.after_optout(rows)
         return receipt
 

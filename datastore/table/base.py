@@ -25,6 +25,7 @@ once its transaction is committed and durable, so an acknowledged opt-out surviv
 from __future__ import annotations
 
 import json
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -34,15 +35,29 @@ import numpy as np
 
 from datastore.document import LicenseClass
 from datastore.errors import ConflictError, CorruptDatastoreError, NotFoundError
+from datastore.table.log import LogHead, TableLog, append, init_log
 from datastore.table.records import DocumentRecord, TableSnapshot, snapshot_of
 from datastore.table.schema import (
+    ADDED_COLUMNS,
     BUMP,
     DOC_COLUMNS,
+    Dialect,
     ReceiptFields,
     RemovedRow,
     Run,
     Selection,
 )
+from datastore.tlog.leaf import (
+    Action,
+    Leaf,
+    LeafDocument,
+    format_time,
+    selector_sha256,
+    sha256_hex,
+)
+
+# the text hash of a document whose text was erased before the log began
+UNKNOWN_TEXT = "0" * 64
 
 
 class DocumentTable(ABC):
@@ -79,6 +94,54 @@ class DocumentTable(ABC):
     def check_integrity(self) -> None:
         """Raise CorruptDatastoreError when the table is damaged or absent."""
 
+    @abstractmethod
+    def _columns(self, table: str) -> set[str]:
+        """The column names of one of the schema's tables."""
+
+    # ---- after the schema: what older datastores lack ----------------------------------
+
+    def _prepare(self, dialect: Dialect) -> None:
+        """Add the columns and the log state an older table lacks, and start its log
+        with what it already holds (`_backfill_log`)."""
+        for table, column, kind in ADDED_COLUMNS:
+            if column not in self._columns(table):
+                with self._transaction() as run:
+                    run(f"ALTER TABLE {table} ADD COLUMN {column} "
+                        f"{kind.format(int=dialect.int)}")
+        with self._transaction() as run:
+            init_log(run)
+        self._backfill_log()
+
+    def _backfill_log(self) -> None:
+        """A table written before the log existed gets, as its first leaves, what it holds:
+        one `add` leaf for every document, an `optout` leaf per receipt (at its time), and
+        a `purge` leaf for the documents already erased (whose text hashes are unknown)."""
+        with self._transaction() as run:
+            if run("SELECT size FROM log_state WHERE id = 0")[0][0] or \
+                    not run("SELECT 1 FROM documents LIMIT 1"):
+                return
+            rows = run("SELECT doc_row, doc_id, license_class, text_sha256, optout_id, "
+                       "text IS NULL, text FROM documents ORDER BY doc_row")
+            rows = [(r[0], r[1], r[2], r[3] or (None if r[6] is None else sha256_hex(r[6])),
+                     r[4], bool(r[5])) for r in rows]
+            run("UPDATE documents SET text_sha256 = ? WHERE doc_row = ?",
+                [(r[3], r[0]) for r in rows if r[3] is not None], True)
+            now = time.time()
+            append(run, Leaf(Action.ADD, format_time(now), _leaf_documents(rows, 1, 2, 3)))
+            for optout_id, selector, at in run("SELECT optout_id, selector, effective_at "
+                                               "FROM optouts ORDER BY effective_at"):
+                ((kind, value),) = json.loads(selector).items()
+                mine = [r for r in rows if r[4] == optout_id]
+                index = append(run, Leaf(Action.OPTOUT, format_time(at),
+                                         _leaf_documents(mine, 1, 2, 3),
+                                         (kind, selector_sha256(kind, value))))[0]
+                run("UPDATE optouts SET log_index = ? WHERE optout_id = ?", (index, optout_id))
+            erased = [r for r in rows if r[5]]
+            if erased:
+                append(run, Leaf(Action.PURGE, format_time(now),
+                                 _leaf_documents(erased, 1, 2, 3)))
+            run(BUMP)
+
     # ---- the interface -----------------------------------------------------------------
 
     def change_seq(self) -> int:
@@ -86,15 +149,26 @@ class DocumentTable(ABC):
         so a reader whose copy was made at sequence s must reload when this is > s."""
         return int(self._read("SELECT seq FROM changes WHERE id = 0")[0][0])
 
+    @property
+    def log(self) -> TableLog:
+        """The transparency log kept in this table (datastore.table.log)."""
+        return TableLog(self._read)
+
     def insert(self, records: Sequence[DocumentRecord], texts: Sequence[str]) -> None:
-        """Insert documents in one transaction; an existing doc_id is a ConflictError."""
+        """Insert documents and their `add` leaf in one transaction; an existing doc_id is
+        a ConflictError."""
+        hashes = [sha256_hex(t) for t in texts]
         rows = [(r.doc_row, r.doc_id, r.license, r.license_class.value, r.source, r.url,
                  r.added_at, r.state, r.entry_start, r.entry_end, r.block_start, r.block_end,
-                 t) for r, t in zip(records, texts, strict=True)]
+                 t, h) for r, t, h in zip(records, texts, hashes, strict=True)]
+        leaf = Leaf(Action.ADD, format_time(time.time()), tuple(
+            LeafDocument(sha256_hex(r.doc_id), h, r.license_class)
+            for r, h in zip(records, hashes, strict=True)))
         try:
             with self._transaction() as run:
-                run(f"INSERT INTO documents ({DOC_COLUMNS}, text) VALUES "
-                    "(?,?,?,?,?,?,?,?,?,?,?,?,?)", rows, True)
+                run(f"INSERT INTO documents ({DOC_COLUMNS}, text, text_sha256) VALUES "
+                    "(?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows, True)
+                append(run, leaf)
                 run(BUMP)
         except self._duplicate:
             taken = self.existing([r.doc_id for r in records])
@@ -168,7 +242,7 @@ class DocumentTable(ABC):
             np.array([r[5:9] for r in rows], dtype=np.int64).reshape(-1, 4))
 
     def remove(self, selector: Selection, receipt: ReceiptFields, track_pending: bool = False,
-               ) -> tuple[list[RemovedRow], int]:
+               ) -> tuple[list[RemovedRow], int, int, LogHead]:
         """Tombstone the live documents the selector names and record the receipt, in one
         durable transaction. The documents are found by the UPDATE itself (RETURNING), so
         of two concurrent opt-outs each document is in exactly one receipt.
@@ -176,9 +250,11 @@ class DocumentTable(ABC):
         selector: (doc_ids, source, url_prefix), exactly one given. receipt: (optout_id,
         selector json, reason, effective_at); its doc_ids and counts are filled from the
         rows removed. track_pending: also list the rows in `pending_deletes` (a shared
-        index that still holds their vectors). Returns the rows removed (doc_row, doc_id,
-        entry_start, entry_end, block_start, block_end), in the selector's order for
-        doc_ids, else in row order, and the change sequence of this write.
+        index that still holds their vectors). The `optout` leaf names the selector's kind
+        and the hash of its value as the receipt records it. Returns the rows removed
+        (doc_row, doc_id, entry_start, entry_end, block_start, block_end, license_class,
+        text_sha256), in the selector's order for doc_ids, else in row order, the change
+        sequence of this write, the leaf's index and the log's head after it.
         """
         optout_id, selector_json, reason, now = receipt
         doc_ids, source, url_prefix = selector
@@ -189,21 +265,24 @@ class DocumentTable(ABC):
             for where, args in parts:
                 found += run("UPDATE documents SET state='removed', optout_id=?, removed_at=? "
                              f"WHERE state='live' AND {where} RETURNING doc_row, doc_id, "
-                             "entry_start, entry_end, block_start, block_end",
-                             [optout_id, now, *args])
+                             "entry_start, entry_end, block_start, block_end, license_class, "
+                             "text_sha256", [optout_id, now, *args])
             order = {d: i for i, d in enumerate(doc_ids)}
             found.sort(key=(lambda r: order[r[1]]) if doc_ids else (lambda r: r[0]))
             entries = sum(r[3] - r[2] for r in found)
             blocks = sum(r[5] - r[4] for r in found)
+            index, head = append(run, Leaf(
+                Action.OPTOUT, format_time(now), _leaf_documents(found, 1, 6, 7),
+                _leaf_selector(selector)))
             run("INSERT INTO optouts (optout_id, selector, reason, doc_ids, entries_removed, "
-                "blocks_removed, effective_at) VALUES (?,?,?,?,?,?,?)",
+                "blocks_removed, effective_at, log_index) VALUES (?,?,?,?,?,?,?,?)",
                 (optout_id, selector_json, reason, json.dumps([r[1] for r in found]),
-                 entries, blocks, now))
+                 entries, blocks, now, index))
             if track_pending and found:
                 run("INSERT INTO pending_deletes (doc_row) VALUES (?)",
                     [(r[0],) for r in found], True)
             seq = int(run(BUMP)[0][0])
-        return [tuple(r) for r in found], seq  # type: ignore[misc]
+        return [tuple(r) for r in found], seq, index, head  # type: ignore[misc]
 
     def index_state(self) -> tuple[int, int, list[int]]:
         """(published entries, fence, rows pending an index delete) of a shared index."""
@@ -248,7 +327,7 @@ class DocumentTable(ABC):
 
     def optout_rows(self, optout_id: str | None = None) -> list[tuple[Any, ...]]:
         sql = ("SELECT optout_id, selector, reason, doc_ids, entries_removed, "
-               "blocks_removed, effective_at, purged_at FROM optouts")
+               "blocks_removed, effective_at, purged_at, log_index FROM optouts")
         if optout_id is None:
             return self._read(sql + " ORDER BY effective_at")
         return self._read(sql + " WHERE optout_id=?", (optout_id,))
@@ -258,22 +337,49 @@ class DocumentTable(ABC):
         blocks the caller has erased), stamp the receipts all of whose documents are now
         erased, and compact the storage so no freed page keeps the text. An opt-out
         another replica commits meanwhile keeps its text and an open receipt for the next
-        compaction. Returns the rows purged by this call."""
+        compaction. The `purge` leaf names the documents erased. Returns the rows purged by
+        this call."""
         ids = [int(r) for r in rows]
         with self._transaction() as run:
-            purged: list[int] = []
+            purged: list[tuple[Any, ...]] = []
             for at in range(0, len(ids), 500):  # bound the statement's parameters
                 part = ids[at:at + 500]
                 marks = ",".join("?" * len(part))
-                purged += [r[0] for r in run(
+                purged += run(
                     f"UPDATE documents SET text=NULL WHERE doc_row IN ({marks}) AND "
-                    "state='removed' AND text IS NOT NULL RETURNING doc_row", part)]
+                    "state='removed' AND text IS NOT NULL RETURNING doc_row, doc_id, "
+                    "license_class, text_sha256", part)
             run("UPDATE optouts SET purged_at=? WHERE purged_at IS NULL AND NOT EXISTS "
                 "(SELECT 1 FROM documents d WHERE d.optout_id = optouts.optout_id AND "
                 "d.text IS NOT NULL)", (now,))
+            if purged:
+                purged.sort(key=lambda r: r[0])
+                append(run, Leaf(Action.PURGE, format_time(now),
+                                 _leaf_documents(purged, 1, 2, 3)))
             run(BUMP)
         self._compact_storage()
-        return sorted(purged)
+        return [int(r[0]) for r in purged]
+
+    def record(self, leaf: Leaf) -> LogHead:
+        """Append a leaf that records a change outside this table (a datastore activated
+        or reindexed) in a transaction of its own; returns the log's head after it."""
+        with self._transaction() as run:
+            head = append(run, leaf)[1]
+            run(BUMP)
+        return head
+
+    def record_audit(self, who: str, action: str, outcome: str, detail: dict[str, Any],
+                     now: float) -> None:
+        """One line of the admin audit log, durable before the call returns."""
+        with self._transaction() as run:
+            run("INSERT INTO audit (time, who, action, outcome, detail) VALUES (?,?,?,?,?)",
+                (now, who, action, outcome, json.dumps(detail, default=str, sort_keys=True)))
+
+    def audit_entries(self) -> list[dict[str, Any]]:
+        """The audit log, oldest first."""
+        return [{"time": t, "who": w, "action": a, "outcome": o, **json.loads(d)}
+                for t, w, a, o, d in self._read(
+                    "SELECT time, who, action, outcome, detail FROM audit ORDER BY id")]
 
     def rows_to_purge(self) -> list[int]:
         """Rows of removed documents whose data compaction has not yet erased."""
@@ -295,6 +401,22 @@ def _selection(doc_ids: Sequence[str] = (), source: str | None = None,
     # comparison keeps the match exact
     return ("url LIKE ? ESCAPE '\\' AND substr(url, 1, ?) = ?",
             [escaped + "%", len(prefix), prefix])
+
+
+def _leaf_selector(selector: Selection) -> tuple[str, str]:
+    """(kind, SHA-256 of the value) of an opt-out's selector, for its leaf."""
+    doc_ids, source, url_prefix = selector
+    kind, value = ("doc_ids", list(doc_ids)) if doc_ids else (
+        ("source", str(source)) if source is not None else ("url_prefix", str(url_prefix)))
+    return kind, selector_sha256(kind, value)
+
+
+def _leaf_documents(rows: Sequence[Sequence[Any]], doc_id: int, license_class: int,
+                    text_sha256: int) -> tuple[LeafDocument, ...]:
+    """The leaf's view of documents: the hashes of their ids and texts, their class (the
+    columns of `rows` named by position)."""
+    return tuple(LeafDocument(sha256_hex(r[doc_id]), r[text_sha256] or UNKNOWN_TEXT,
+                              LicenseClass(r[license_class])) for r in rows)
 
 
 def _record(row: tuple[Any, ...]) -> DocumentRecord:

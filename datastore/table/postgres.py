@@ -31,7 +31,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from datastore.errors import CorruptDatastoreError, InvalidInputError, UnavailableError
 from datastore.table.base import DocumentTable
-from datastore.table.schema import SCHEMA, Run
+from datastore.table.schema import POSTGRES, Run, statements
 
 CONNECT_TIMEOUT_S = 5
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -87,8 +87,8 @@ class PostgresTable(DocumentTable):
         # every statement is IF NOT EXISTS: creates a new schema, completes an older one
         with self._connection() as conn, conn.transaction():
             conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-            conn.execute(SCHEMA.format(pk="BIGINT PRIMARY KEY", int="BIGINT",
-                                       real="DOUBLE PRECISION", url_ops=" text_pattern_ops"))
+            conn.execute(statements(POSTGRES))
+        self._prepare(POSTGRES)
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:
@@ -145,6 +145,11 @@ class PostgresTable(DocumentTable):
     def _compact_storage(self) -> None:
         with self._connection() as conn:
             conn.execute("VACUUM FULL documents")
+
+    def _columns(self, table: str) -> set[str]:
+        return {r[0] for r in self._read(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND "
+            "table_name = ?", (self.schema, table))}
 
     def check_integrity(self) -> None:
         found = self._read("SELECT " + ", ".join(f"to_regclass('{self.schema}.{t}')"

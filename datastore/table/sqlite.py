@@ -15,7 +15,7 @@ from typing import Any
 
 from datastore.errors import CorruptDatastoreError
 from datastore.table.base import DocumentTable
-from datastore.table.schema import SCHEMA, Run
+from datastore.table.schema import SQLITE, Run, statements
 
 TABLE_FILE = "documents.sqlite"
 
@@ -29,12 +29,12 @@ class SqliteTable(DocumentTable):
         self.path = Path(path)
         self.location = str(path)
         self._lock = threading.Lock()
-        schema = SCHEMA.format(pk="INTEGER PRIMARY KEY", int="INTEGER", real="REAL", url_ops="")
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(schema)
+            self._db.executescript(statements(SQLITE))
+            self._prepare(SQLITE)
         except sqlite3.DatabaseError as e:
             raise CorruptDatastoreError(f"{path}: not a readable document table ({e})") from None
 
@@ -73,6 +73,9 @@ class SqliteTable(DocumentTable):
             # VACUUM rewrites the file without free pages; the checkpoint empties the WAL.
             self._db.execute("VACUUM")
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _columns(self, table: str) -> set[str]:
+        return {r[1] for r in self._read(f"PRAGMA table_info({table})")}
 
     def check_integrity(self) -> None:
         result = self._read("PRAGMA quick_check")[0][0]

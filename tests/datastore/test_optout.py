@@ -25,7 +25,7 @@ def test_selector_and_receipt_roundtrip() -> None:
     sel = OptOutSelector.from_json({"url_prefix": "https://x/", "reason": "gdpr"})
     assert sel.to_json() == {"url_prefix": "https://x/"} and sel.reason == "gdpr"
     receipt = Receipt("o1", ("a",), 3, 1, 5.0, sel.to_json(), "gdpr")
-    row = ("o1", '{"url_prefix": "https://x/"}', "gdpr", '["a"]', 3, 1, 5.0, None)
+    row = ("o1", '{"url_prefix": "https://x/"}', "gdpr", '["a"]', 3, 1, 5.0, None, None)
     assert Receipt.from_row(row) == receipt
     assert receipt.to_json()["purged_at"] is None
     with pytest.raises(ValueError, match="entries_removed"):
@@ -39,7 +39,7 @@ def test_optout_is_committed_before_the_receipt_returns(new_table: OpenTable) ->
     docs = corpus(9)
     table.insert([DocumentRecord.new(d, i, (2 * i, 2 * i + 2), (i, i + 1))
                   for i, d in enumerate(docs)], [d.text for d in docs])
-    receipt, rows, seq = record_optout(OptOutSelector(source="books"), table)
+    receipt, rows, seq, _ = record_optout(OptOutSelector(source="books"), table)
     assert receipt.doc_ids == ("doc-1", "doc-4", "doc-7") and rows.tolist() == [1, 4, 7]
     assert (receipt.entries_removed, receipt.blocks_removed) == (6, 3)
     assert reader.change_seq() == seq > 0

@@ -62,7 +62,7 @@ def test_duplicate_id_is_a_conflict_and_nothing_is_written(new_table: OpenTable)
 
 def test_tombstones_and_purge(new_table: OpenTable) -> None:
     table = _fill(new_table())
-    removed, _ = table.remove((["doc-4", "doc-1"], None, None), ("o1", "{}", None, 1.0))
+    removed, _, *_ = table.remove((["doc-4", "doc-1"], None, None), ("o1", "{}", None, 1.0))
     assert [r[:2] for r in removed] == [(4, "doc-4"), (1, "doc-1")]  # the selector's order
     assert table.optout_rows("o1")[0][3:6] == ('["doc-4", "doc-1"]', 6, 2)
     assert table.snapshot().removed.tolist() == [False, True, False, False, True, False]
@@ -72,12 +72,12 @@ def test_tombstones_and_purge(new_table: OpenTable) -> None:
     assert table.purge([1, 4], 2.0) == [1, 4]
     assert table.text(1) is None and table.text(0) is not None
     assert table.text(2) is not None
-    stamped = {r[0]: r[-1] for r in table.optout_rows()}
+    stamped = {r[0]: r[7] for r in table.optout_rows()}
     assert stamped == {"o1": 2.0, "o2": None}  # purged_at
     assert table.optout_rows("o1")[0][6] == 1.0  # effective_at
     assert table.rows_to_purge() == [2]
     assert table.purge([2], 3.0) == [2] and table.rows_to_purge() == []
-    assert {r[0]: r[-1] for r in table.optout_rows()} == {"o1": 2.0, "o2": 3.0}
+    assert {r[0]: r[7] for r in table.optout_rows()} == {"o1": 2.0, "o2": 3.0}
     table.check_integrity()
 
 
@@ -87,7 +87,7 @@ def test_every_write_bumps_the_change_sequence_seen_by_other_connections(
     assert table.change_seq() == other.change_seq() == 0
     _fill(table)
     assert other.change_seq() == 1
-    _, seq = table.remove((["doc-2"], None, None), ("o1", "{}", None, 1.0))
+    _, seq, *_ = table.remove((["doc-2"], None, None), ("o1", "{}", None, 1.0))
     assert other.change_seq() == seq == 2 and other.snapshot().removed[2]
     table.purge([2], 2.0)
     assert other.change_seq() == 3
@@ -99,10 +99,10 @@ def test_live_ids_by_source_and_exact_url_prefix(new_table: OpenTable) -> None:
     # % and _ are literal, and the prefix is case-sensitive
     assert table.live_doc_ids(url_prefix="https://news.example/x%_") == ["doc-1"]
     assert table.live_doc_ids(url_prefix="https://news.example/x") == ["doc-1"]
-    removed, _ = table.remove(([], "news", None), ("o1", "{}", None, 1.0))
+    removed, _, *_ = table.remove(([], "news", None), ("o1", "{}", None, 1.0))
     assert [r[1] for r in removed] == ["doc-0", "doc-3"]
     assert table.live_doc_ids(source="news") == []
-    again, _ = table.remove(([], "news", None), ("o2", "{}", None, 1.0))
+    again, _, *_ = table.remove(([], "news", None), ("o2", "{}", None, 1.0))
     assert again == []  # already removed: in no second receipt
 
 
@@ -110,7 +110,7 @@ def test_shared_index_state_records_publication_fence_and_pending_deletes(
         new_table: OpenTable) -> None:
     table, other = _fill(new_table()), new_table()
     assert other.index_state() == (0, 0, [])
-    removed, seq = table.remove((["doc-1", "doc-4"], None, None), ("o1", "{}", None, 1.0),
+    removed, seq, *_ = table.remove((["doc-1", "doc-4"], None, None), ("o1", "{}", None, 1.0),
                                 track_pending=True)
     assert other.index_state() == (0, 0, [1, 4])
     assert table.index_written(70, published=18, deleted=[4]) == seq + 1
