@@ -11,6 +11,7 @@ one place; the CLI prints their message without a traceback.
     │   └── InvalidSelectorError    an opt-out or filter selector that makes no sense
     ├── NotFoundError               a document, datastore or model that does not exist (404)
     ├── ConflictError               an id that already exists (409)
+    │   └── WriterBusyError         another process is writing the datastore folder
     ├── ModelMismatchError          datastore keys made by another model (409)
     ├── CorruptDatastoreError       a checksum or manifest that does not verify
     ├── UnavailableError            a datastore dependency that cannot be reached or
@@ -56,7 +57,11 @@ class NotFoundError(SiloError, KeyError):
 
 
 class ConflictError(SiloError):
-    """The thing being created already exists."""
+    """The thing being created already exists, or the state it changes moved."""
+
+
+class WriterBusyError(ConflictError):
+    """Another process holds the datastore folder's writer lock; nothing was written."""
 
 
 class ModelMismatchError(SiloError):

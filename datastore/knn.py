@@ -73,6 +73,14 @@ class KeyValueStore:
         self._n += len(keys)
         self._maps = None
 
+    def refresh(self, limit: int | None = None) -> None:
+        """Count the rows again after another process wrote the files, dropping any tail
+        past `limit` (rows a write cut short never committed)."""
+        self._n = self._rows_on_disk()
+        self._maps = None
+        if limit is not None and self._n > limit:
+            self.truncate(limit)
+
     def truncate(self, n: int) -> None:
         """Drop every row from `n` on (rows written but never committed to the table)."""
         if n > self._rows_on_disk():

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datastore.bm25.base import BM25Hit
+from datastore.bm25.base import BM25Hit, BM25Index
 from datastore.build import IngestStats, ingest
 from datastore.config import DatastoreConfig
 from datastore.document import Document
@@ -32,16 +32,17 @@ from datastore.filter import EntryFilter, SearchFilter
 from datastore.index.base import KnnIndex
 from datastore.knn import KeyValueStore
 from datastore.manifest import Manifest
-from datastore.ngram import SpanMatch
+from datastore.ngram import NgramIndex, SpanMatch
 from datastore.optout import OptOutSelector, Receipt
 from datastore.store import opening
+from datastore.store.lock import FolderLock
 from datastore.store.reindex import reindex
 from datastore.store.replica import replica_for
 from datastore.store.search import EntryInfo, Searcher
 from datastore.store.state import StoreState
 from datastore.store.transparency import TransparencyLog, signer_from_env
 from datastore.store.view import View
-from datastore.store.writes import Writer
+from datastore.store.writes import WRITE_WAIT_S, Writer
 from datastore.table.factory import open_table
 from datastore.table.records import TableSnapshot
 
@@ -77,8 +78,6 @@ class Datastore:
         self.folder = state.folder
         self.table = state.table
         self.kv = state.kv
-        self.bm25 = state.bm25
-        self.ngram = state.ngram
         self.log = TransparencyLog(state.table, state.manifest.name, signer_from_env())
         self.replica = replica_for(state)
         self._search = Searcher(state, self.replica, on_knn_search)
@@ -96,6 +95,14 @@ class Datastore:
     @property
     def index(self) -> KnnIndex | None:
         return self._state.index
+
+    @property
+    def bm25(self) -> BM25Index | None:
+        return self._state.bm25
+
+    @property
+    def ngram(self) -> NgramIndex | None:
+        return self._state.ngram
 
     @property
     def view(self) -> View:
@@ -117,12 +124,16 @@ class Datastore:
         trained_index: a faiss index file whose trained IVF-PQ quantizer is reused.
         """
         folder = Path(path)
-        manifest, config = opening.start_build(folder, encoder, config or DatastoreConfig())
-        table = open_table(folder, manifest.database, create=True)
-        kv = KeyValueStore(folder, encoder.dim)
-        ingest(documents, encoder, table, kv, config, skip_existing=True, progress=progress)
-        store = cls(StoreState(folder, manifest, table, kv, None))
-        store._writer.finish_build(encoder, trained_index)
+        folder.mkdir(parents=True, exist_ok=True)
+        with FolderLock(folder).hold("a build"):  # for its whole run: refused meanwhile
+            manifest, config = opening.start_build(folder, encoder,
+                                                   config or DatastoreConfig())
+            table = open_table(folder, manifest.database, create=True)
+            kv = KeyValueStore(folder, encoder.dim)
+            ingest(documents, encoder, table, kv, config, skip_existing=True,
+                   progress=progress)
+            store = cls(StoreState(folder, manifest, table, kv, None))
+            store._writer.finish_build(encoder, trained_index)
         return store
 
     @classmethod
@@ -131,9 +142,12 @@ class Datastore:
         """Open a built datastore, finishing a write a crash cut short. A different model
         fingerprint is a ModelMismatchError; `verify` checks every file against the
         manifest's checksums first."""
-        store = cls(opening.open_state(Path(path), encoder_fingerprint, verify),
-                    on_knn_search)
-        store._writer.recover()
+        folder = Path(path)
+        # a write another process has under way is not a crash to repair: wait for it
+        with FolderLock(folder).hold("opening the datastore", WRITE_WAIT_S):
+            store = cls(opening.open_state(folder, encoder_fingerprint, verify),
+                        on_knn_search)
+            store._writer.recover()
         return store
 
     def close(self) -> None:
@@ -234,6 +248,6 @@ class Datastore:
     def reindex(self, config: DatastoreConfig, progress: bool = False) -> int:
         """Rebuild the kNN index with `config`'s backend and index parameters from the key
         files (datastore.store.reindex); returns the entries indexed."""
-        with self._state.writer:
+        with self._writer.writing("a reindex", wait_s=0):
             self.replica.sync()
             return reindex(self._state, config, progress)

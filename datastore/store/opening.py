@@ -82,6 +82,11 @@ def open_state(folder: Path, encoder_fingerprint: str | None, verify: bool) -> S
         return StoreState(folder, manifest, table, kv, index)
     if manifest.status == "reindexing":  # the new config is recorded: built again
         return StoreState(folder, manifest, table, kv, None)
+    if (manifest.status == "ready" and not cache and len(kv) > manifest.indexed_upto
+            and table.snapshot().n_entries <= manifest.indexed_upto):
+        # rows a write appended but never committed (a writer killed before it recorded
+        # its intent): a tail past the manifest's count, dropped
+        kv.truncate(manifest.indexed_upto)
     if manifest.status != "compacting" and len(kv) != manifest.indexed_upto and not cache:
         raise CorruptDatastoreError(
             f"{folder}: the key files hold {len(kv)} entries, the manifest "

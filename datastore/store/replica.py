@@ -24,15 +24,14 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from datastore.errors import ConflictError, UnavailableError
+from datastore.blocks import Block
+from datastore.errors import ConflictError, UnavailableError, WriterBusyError
 from datastore.filter import EntryFilter
 from datastore.index.base import SharedKnnIndex
-from datastore.manifest import write_manifest
 from datastore.store.state import StoreState
 from datastore.store.view import View
 from datastore.table.log import LogHead
@@ -169,28 +168,33 @@ class SharedReplica(Replica):
         if upto <= start or not s.writer.acquire(blocking=False):
             return
         try:
-            from datastore.blocks import Block
-
-            rows = [r for r in s.table.texts(start) if r[0] < upto]
-            blocks, first = [], int(snap.block_start[start])
-            spans = {b[0]: b for b in s.table.block_spans(first, int(snap.block_end[upto - 1]))}
-            for row, doc_id, state, block_start, text in rows:
-                if state != "live" or text is None:
-                    continue
-                if s.ngram is not None:
-                    s.ngram.add(doc_id, text)
-                end = int(snap.block_end[row])
-                blocks += [Block(b, doc_id, text[spans[b][2]:spans[b][3]], spans[b][2],
-                                 spans[b][3]) for b in range(block_start, end) if b in spans]
-            if s.bm25 is not None and blocks:
-                s.bm25.add(blocks)
-                s.bm25.save()
-            if s.ngram is not None and rows:
-                s.ngram.save()
-            s.manifest = replace(s.manifest, text_indexed_upto=upto)
-            write_manifest(s.folder, s.manifest)
+            with s.lock.hold("a text index refresh"):
+                self._index_text(snap, start, upto)
+        except WriterBusyError:
+            return  # another process writes this folder: the next reload tries again
         finally:
             s.writer.release()
+
+    def _index_text(self, snap: TableSnapshot, start: int, upto: int) -> None:
+        """Rows [start, upto) into the text indexes (writer lock and folder lock held)."""
+        s = self.state
+        rows = [r for r in s.table.texts(start) if r[0] < upto]
+        blocks, first = [], int(snap.block_start[start])
+        spans = {b[0]: b for b in s.table.block_spans(first, int(snap.block_end[upto - 1]))}
+        for row, doc_id, state, block_start, text in rows:
+            if state != "live" or text is None:
+                continue
+            if s.ngram is not None:
+                s.ngram.add(doc_id, text)
+            end = int(snap.block_end[row])
+            blocks += [Block(b, doc_id, text[spans[b][2]:spans[b][3]], spans[b][2],
+                             spans[b][3]) for b in range(block_start, end) if b in spans]
+        if s.bm25 is not None and blocks:
+            s.bm25.add(blocks)
+            s.bm25.save()
+        if s.ngram is not None and rows:
+            s.ngram.save()
+        s.record_status(s.manifest.status, text_indexed_upto=upto)
 
     def search(self, queries: np.ndarray, k: int, entry_filter: EntryFilter, view: View,
                ) -> tuple[np.ndarray, np.ndarray]:

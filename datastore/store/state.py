@@ -12,7 +12,9 @@ the current view, and the two locks.
 
 The manifest is written in two ways: `record_status` before a write that changes files
 (the intent, so an open after a crash knows what to finish), and `save_manifest` after it
-(counts and checksums of what the write left).
+(counts and checksums of what the write left). Writes hold the folder's writer lock
+(datastore.store.lock); one that finds the manifest changed by another process since this
+one last read or wrote it reads the folder's parts again first (`refresh`).
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ from typing import Any
 from datastore.bm25.base import BM25Index
 from datastore.config import DatastoreConfig
 from datastore.index.base import KnnIndex
+from datastore.index.factory import open_index
 from datastore.knn import FILES as KV_FILES
 from datastore.knn import KeyValueStore
-from datastore.manifest import Manifest, write_manifest
+from datastore.manifest import MANIFEST_FILE, Manifest, read_manifest, write_manifest
 from datastore.ngram import NgramIndex
+from datastore.store.lock import FolderLock
 from datastore.store.view import ReadWriteLock, Views
 from datastore.table.base import DocumentTable
 
@@ -70,6 +74,29 @@ class StoreState:
         self.views = Views()
         self.writer = threading.Lock()  # one add / opt-out / compaction at a time
         self.index_lock = ReadWriteLock()
+        self.lock = FolderLock(folder)  # and one process at a time
+        self._stamp = self._manifest_stamp()
+
+    def _manifest_stamp(self) -> tuple[int, int, int]:
+        """What tells one manifest file from another (writes replace it: a new inode)."""
+        st = (self.folder / MANIFEST_FILE).stat()
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def changed_on_disk(self) -> bool:
+        """Did another process write the folder since this one last read or wrote it?"""
+        return self._manifest_stamp() != self._stamp
+
+    def refresh(self) -> None:
+        """Read the folder's manifest, key files and indexes again (another process
+        wrote them); the caller holds the writer lock and the folder's lock."""
+        self.manifest = read_manifest(self.folder)
+        self.config = DatastoreConfig.from_json(self.manifest.config)
+        self.kv.refresh(None if self.config.shares_index else self.manifest.indexed_upto)
+        if self.index is not None:
+            self.index.close()
+            self.index = open_index(self.config, self.folder, self.kv)
+        self.bm25, self.ngram = text_indexes(self.folder, self.config, create=False)
+        self._stamp = self._manifest_stamp()
 
     def knn_index(self) -> KnnIndex:
         assert self.index is not None, "index used before the build created it"
@@ -79,6 +106,7 @@ class StoreState:
         """Write the manifest with `status` (and `changes`) before the files change."""
         self.manifest = replace(self.manifest, status=status, **changes)
         write_manifest(self.folder, self.manifest)
+        self._stamp = self._manifest_stamp()
 
     def save_manifest(self, rewritten: Iterable[str] = (), **changes: Any) -> None:
         """Refresh counts and checksums (and apply `changes`); key files only grew
@@ -93,3 +121,4 @@ class StoreState:
         self.manifest = self.manifest.with_checksums(
             self.folder, [*KV_FILES, *self.knn_index().files])
         write_manifest(self.folder, self.manifest)
+        self._stamp = self._manifest_stamp()

@@ -1,9 +1,11 @@
 """What changes a datastore's contents: add, opt-out, compaction, and finishing a build
 or a write that a crash cut short.
 
-One write at a time (the state's writer lock). A write that changes files records its
-intent in the manifest first (status `adding` or `compacting`), so an open after a crash
-finishes it (`recover`); every step of compaction is idempotent. An opt-out is one
+One write at a time: the state's writer lock in this process, the folder's lock across
+processes (datastore.store.lock; a write finds the folder as another process left it,
+`StoreState.refresh`). A write that changes files records its intent in the manifest
+first (status `adding` or `compacting`), so an open after a crash finishes it
+(`recover`); every step of compaction is idempotent. An opt-out is one
 durable transaction of the document table, then an atomic swap of the view: searches
 exclude its documents from the moment it returns.
 """
@@ -11,7 +13,8 @@ exclude its documents from the moment it returns.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,8 @@ from datastore.optout import OptOutSelector, Receipt, purge_ranges, record_optou
 from datastore.store.reindex import rebuild_index
 from datastore.store.replica import Replica
 from datastore.store.state import StoreState
+
+WRITE_WAIT_S = 5.0  # how long a write waits for another process's short write
 
 
 class _SpanRecorder:
@@ -54,6 +59,17 @@ class Writer:
         self.state = state
         self.replica = replica
 
+    @contextmanager
+    def writing(self, what: str, wait_s: float = WRITE_WAIT_S) -> Iterator[None]:
+        """Hold this process's writer lock and the folder's lock; a folder another
+        process wrote since this one looked is read again first."""
+        s = self.state
+        with s.writer, s.lock.hold(what, wait_s):
+            if s.changed_on_disk():
+                s.refresh()
+                self.replica.reload()
+            yield
+
     # ---- building and recovering ---------------------------------------------------------
 
     def finish_build(self, encoder: KeyEncoder, trained_index: Path | None) -> None:
@@ -65,7 +81,8 @@ class Writer:
 
     def recover(self) -> None:
         """Finish what the manifest says a crash cut short (an add's kNN side, a
-        compaction, a reindex), or the replica's own pending work."""
+        compaction, a reindex), or the replica's own pending work. The caller (open)
+        holds the folder's lock."""
         s = self.state
         status = s.manifest.status
         if status == "adding":  # the BM25/n-gram side catches up at the next add
@@ -89,7 +106,7 @@ class Writer:
         ids = [d.doc_id for d in docs]
         if len(set(ids)) != len(ids):
             raise ConflictError("the same document id appears twice in the request")
-        with s.writer:
+        with self.writing(f"adding {len(docs)} documents"):
             self.replica.sync()
             self.replica.check_add()
             taken = s.table.existing(ids)
@@ -134,7 +151,7 @@ class Writer:
     def optout(self, selector: OptOutSelector) -> Receipt:
         """Remove documents from every search, durably, before returning the receipt."""
         s = self.state
-        with s.writer:
+        with self.writing("an opt-out"):
             receipt, rows, seq, head = record_optout(selector, s.table,
                                                      self.replica.tracks_pending)
             with s.views.lock:
@@ -153,7 +170,7 @@ class Writer:
         """Physically erase removed documents: index vectors, key rows, blocks, n-gram
         entries and stored text. Returns the number of documents purged."""
         s = self.state
-        with s.writer:
+        with self.writing("compaction"):
             self.replica.sync()  # rows another replica removed: in the snapshot first
             if not self._rows_to_purge():
                 return 0
