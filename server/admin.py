@@ -4,12 +4,14 @@ listed and swapped. Datastore writes run in worker threads, off the event loop."
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import asdict
 from typing import Any
 
 from datastore.encoder import KeyEncoder
 from datastore.errors import NotFoundError
 from datastore.optout import OptOutSelector, Receipt
+from datastore.tlog.leaf import Leaf
 from server.metrics import Metrics
 from server.protocol import (
     AddDocumentsResponse,
@@ -19,20 +21,23 @@ from server.protocol import (
     ReceiptModel,
 )
 from server.registry import DatastoreRegistry
-
-
-def receipt_model(receipt: Receipt, datastore: str) -> ReceiptModel:
-    return ReceiptModel(**receipt.to_json(), datastore=datastore)
+from server.transparency import LogService
 
 
 class AdminService:
     """What the admin routes do, over the registry's datastores."""
 
     def __init__(self, registry: DatastoreRegistry, encoder: KeyEncoder,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, log: LogService) -> None:
         self.registry = registry
         self.encoder = encoder  # token ids -> keys, for documents added over HTTP
         self.metrics = metrics
+        self.log = log
+
+    def _receipt(self, receipt: Receipt, name: str) -> ReceiptModel:
+        """A receipt with its proof in the datastore's transparency log."""
+        log = self.log.receipt(self.registry.datastore(name), receipt.log_index)
+        return ReceiptModel(**receipt.to_json(), datastore=name, log=log)
 
     def _store_name(self, name: str | None) -> str:
         name = name or self.registry.active
@@ -59,14 +64,15 @@ class AdminService:
         receipt = await asyncio.to_thread(store.optout, selector)
         self.metrics.optouts.inc()
         self.metrics.optout_documents.inc(len(receipt.doc_ids))
-        return receipt_model(receipt, store_name)
+        return await asyncio.to_thread(self._receipt, receipt, store_name)
 
     async def receipts(self, name: str | None) -> ReceiptList:
         store_name = self._store_name(name)
         store = self.registry.datastore(store_name)
-        receipts = await asyncio.to_thread(store.receipts)
-        return ReceiptList(datastore=store_name,
-                           receipts=[receipt_model(r, store_name) for r in receipts])
+        def listed() -> list[ReceiptModel]:
+            return [self._receipt(r, store_name) for r in store.receipts()]
+
+        return ReceiptList(datastore=store_name, receipts=await asyncio.to_thread(listed))
 
     def datastores(self) -> DatastoreList:
         loaded = self.registry.loaded()
@@ -80,5 +86,11 @@ class AdminService:
         return DatastoreList(active=self.registry.active, datastores=entries)
 
     async def activate(self, name: str) -> DatastoreList:
-        await asyncio.to_thread(self.registry.activate, name)
+        """Make `name` the active datastore, and record it in its log."""
+        def activate() -> None:
+            store = self.registry.activate(name).datastore
+            if store is not None:
+                store.log.record(Leaf.activated(store.config.to_json(), time.time()))
+
+        await asyncio.to_thread(activate)
         return self.datastores()

@@ -21,6 +21,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from datastore.table.base import DocumentTable
 from server.audit import AuditLog
 from server.auth import KeyRing
 from server.errors import install_error_handlers
@@ -28,6 +29,7 @@ from server.metrics import Metrics
 from server.registry import DatastoreRegistry
 from server.routes import router
 from server.routes_admin import router as admin_router
+from server.routes_log import router as log_router
 from server.service import SiloService, model_name_of
 from server.settings import Settings
 
@@ -37,6 +39,7 @@ log = logging.getLogger("server.access")
 def load_service(settings: Settings, metrics: Metrics) -> SiloService:
     """Load the model, open the active datastore and wire the service (slow: seconds)."""
     from datastore.store.datastore import Datastore
+    from datastore.tlog.keys import read_key_file
     from silo.encoder import LMEncoder
     from silo.lm import SiloConfig, SiloLM
     from silo.model import DEFAULT_MODEL, load_lm
@@ -44,9 +47,12 @@ def load_service(settings: Settings, metrics: Metrics) -> SiloService:
     loaded = load_lm(settings.model or DEFAULT_MODEL, device=settings.device)
     config = SiloConfig(batch_size=settings.max_batch_size)
 
+    signer = read_key_file(settings.log_key_file) if settings.log_key_file else None
+
     def open_lm(path: Path) -> SiloLM:
         store = Datastore.open(path, encoder_fingerprint=loaded.fingerprint,
                                on_knn_search=metrics.knn_seconds.observe)
+        store.log.signer = signer or store.log.signer
         return SiloLM(loaded.model, loaded.tokenizer, store, config)
 
     paths = settings.named_datastores()
@@ -95,6 +101,14 @@ class ObserveRequests:
                                  "client": client[0] if client else None}))
 
 
+def _active_table(state: dict[str, SiloService]) -> DocumentTable | None:
+    """The document table of the active datastore, where the audit log goes by default."""
+    service = state.get("service")
+    if service is None or service.registry.active is None:
+        return None
+    return service.registry.datastore().table
+
+
 def add_optout_links(schema: dict[str, Any]) -> dict[str, Any]:
     """OpenAPI links of the opt-out workflow, for clients and stateful fuzzers to follow:
     documents added (`POST /admin/documents`) -> opted out by id (`POST /admin/optout`)
@@ -139,13 +153,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               "datastore (kNN-LM, RIC-LM) with attribution.")
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.audit = AuditLog(settings.audit_log)
+    app.state.audit = AuditLog(settings.audit_log, lambda: _active_table(state))
     app.state.keys = KeyRing.from_settings(
         settings.admin_key.get_secret_value() if settings.admin_key else None,
         settings.user_keys(), settings.keys_file)
     install_error_handlers(app, settings.retry_after_s)
     app.include_router(router)
     app.include_router(admin_router)
+    app.include_router(log_router)
     generate_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:

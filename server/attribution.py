@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 
 from datastore.filter import SearchFilter
+from datastore.table.log import LogHead
 from server.auth import Principal
 from server.protocol import AttributionRequest, AttributionResponse
 from server.registry import DatastoreRegistry
 from server.responses import sentences
+from server.transparency import checkpoint_ref
+from silo.attribution import Attribution
 from silo.lookup import lookup
 
 
@@ -20,9 +23,18 @@ class AttributionService:
         self.registry = registry
 
     async def lookup(self, body: AttributionRequest, principal: Principal,
-                     ) -> AttributionResponse:
+                     ) -> tuple[AttributionResponse, LogHead]:
+        """The documents behind each sentence, and the log's head they were looked up
+        against (every change below it was in effect)."""
         store = self.registry.datastore(body.datastore)
         classes = body.license_classes
         flt = SearchFilter(None if classes is None else frozenset(classes), principal.scope)
-        found = await asyncio.to_thread(lookup, store, body.text, body.k, flt)
-        return AttributionResponse(sentences=sentences(None, found))
+
+        def run() -> tuple[Attribution, LogHead]:
+            store.sync()
+            head = store.view.log  # before the searches: every change below it is in effect
+            return lookup(store, body.text, body.k, flt), head
+
+        found, head = await asyncio.to_thread(run)
+        return AttributionResponse(sentences=sentences(None, found),
+                                   checkpoint=checkpoint_ref(head)), head

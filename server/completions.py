@@ -13,7 +13,11 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from fastapi.responses import Response, StreamingResponse
+
 from datastore.errors import InvalidInputError
+from datastore.table.log import LogHead
+from datastore.tlog.keys import b64
 from server.auth import Principal
 from server.errors import ApiError, error_body, stream_error
 from server.metrics import Metrics
@@ -28,6 +32,7 @@ from server.registry import DatastoreRegistry
 from server.responses import Choices, event_text, silo_info, summary
 from server.settings import Settings
 from server.tokens import TokenizerService
+from server.transparency import checkpoint_header, response_note
 from server.worker import Job, ModelWorker
 from silo.lm import GenerationRequest, Mode, Plan, ScoreRequest, SiloLM, SiloOptions, TokenEvent
 
@@ -35,13 +40,15 @@ from silo.lm import GenerationRequest, Mode, Plan, ScoreRequest, SiloLM, SiloOpt
 @dataclass(frozen=True)
 class Prepared:
     """A completion request made ready for the model: the SiloLM and plan it is served
-    with, its prompts, and per prompt the library request (None: nothing to compute)."""
+    with, its prompts, per prompt the library request (None: nothing to compute), and
+    the transparency log's head it is served against (None without a datastore)."""
 
     lm: SiloLM
     plan: Plan
     datastore: str | None
     prompts: list[tuple[int, ...]]
     requests: list[ScoreRequest | GenerationRequest | None]
+    checkpoint: LogHead | None
 
 
 class CompletionService:
@@ -88,6 +95,8 @@ class CompletionService:
         options = self._options(req.silo)
         lm = self.registry.lm(req.silo.datastore if req.silo else None)
         plan = lm.plan(options, principal.scope)  # a mode the datastore cannot serve: 400
+        if req.silo is not None and req.silo.signed:
+            self._check_signable(req, lm)
         stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
         requests: list[ScoreRequest | GenerationRequest | None] = []
         for ids in prompts:
@@ -100,7 +109,17 @@ class CompletionService:
                     else req.temperature, 1.0 if req.top_p is None else req.top_p, req.n,
                     stop, req.seed, req.logprobs or 0, req.echo, options, principal.scope,
                     req.ignore_eos, plan))
-        return Prepared(lm, plan, self.registry.name_of(lm), prompts, requests)
+        # read now: every change below it is in effect for every search the request makes
+        head = None if lm.datastore is None else lm.datastore.view.log
+        return Prepared(lm, plan, self.registry.name_of(lm), prompts, requests, head)
+
+    @staticmethod
+    def _check_signable(req: CompletionRequest, lm: SiloLM) -> None:
+        if req.stream:
+            raise InvalidInputError("a streamed response cannot be signed; ask for it whole")
+        if lm.datastore is None or lm.datastore.log.signer is None:
+            raise InvalidInputError("this service has no log key (SILO_LOG_KEY_FILE), so "
+                                    "it cannot sign responses")
 
     # ---- the model thread ------------------------------------------------------------
 
@@ -167,10 +186,33 @@ class CompletionService:
         found = iter(results)
         return [None if r is None else next(found) for r in prepared.requests]
 
-    # ---- whole responses -------------------------------------------------------------
+    # ---- responses -------------------------------------------------------------------
+
+    async def respond(self, req: CompletionRequest, principal: Principal, body: bytes,
+                      ) -> Response:
+        """The HTTP response: the whole body, or its server-sent events; with the log's
+        checkpoint in `Silo-Checkpoint`, and signed in `Silo-Signature` when asked."""
+        store = self.registry.lm(req.silo.datastore if req.silo else None).datastore
+        if store is not None and store.config.shares_index:
+            # what other replicas committed, in the view the request's checkpoint is read
+            # from (a local folder's view moves with its own writes)
+            await asyncio.to_thread(store.sync)
+        if req.stream:
+            prepared, events = self.stream(req, principal)
+            return StreamingResponse(events, media_type="text/event-stream", headers={
+                "Cache-Control": "no-cache", **checkpoint_header(prepared.checkpoint)})
+        prepared, response = await self.complete(req, principal)
+        content = response.model_dump_json(by_alias=True).encode()
+        headers = checkpoint_header(prepared.checkpoint)
+        if req.silo is not None and req.silo.signed and prepared.checkpoint is not None:
+            store = prepared.lm.datastore
+            assert store is not None
+            note = response_note(store, prepared.checkpoint, body, content)
+            headers["Silo-Signature"] = b64(note.encode())
+        return Response(content, media_type="application/json", headers=headers)
 
     async def complete(self, req: CompletionRequest, principal: Principal,
-                       ) -> CompletionResponse:
+                       ) -> tuple[Prepared, CompletionResponse]:
         prepared = self._prepare(req, principal)
         submitted = self._submit_all(prepared, asyncio.get_running_loop())
         results = self._per_prompt(prepared, await self._await(submitted))
@@ -180,15 +222,16 @@ class CompletionService:
         usage, attribution = summary(prepared.prompts, req.n, results)
         self.metrics.tokens.labels("prompt").inc(usage.prompt_tokens)
         self.metrics.tokens.labels("completion").inc(usage.completion_tokens)
-        return CompletionResponse.model_construct(
+        return prepared, CompletionResponse.model_construct(
             id=f"cmpl-{uuid.uuid4().hex}", object="text_completion", created=int(time.time()),
             model=self.model_name, choices=choices, usage=usage,
-            silo=silo_info(prepared.plan, prepared.datastore, attribution))
+            silo=silo_info(prepared.plan, prepared.datastore, attribution,
+                           prepared.checkpoint))
 
     # ---- streams ---------------------------------------------------------------------
 
-    async def stream(self, req: CompletionRequest, principal: Principal,
-                     ) -> AsyncIterator[str]:
+    def stream(self, req: CompletionRequest, principal: Principal,
+               ) -> tuple[Prepared, AsyncIterator[str]]:
         """Server-sent events: one chunk per token, then usage, then `data: [DONE]`.
         Limits are checked before the first byte, so bad input is still a 400."""
         prepared = self._prepare(req, principal)
@@ -197,7 +240,7 @@ class CompletionService:
         submitted = self._submit_all(
             prepared, loop, emit=lambda p: functools.partial(_post, loop, queue, p),
             finished=lambda p: functools.partial(queue.put_nowait, (p, None)))
-        return self._events(req, prepared, queue, submitted)
+        return prepared, self._events(req, prepared, queue, submitted)
 
     async def _events(self, req: CompletionRequest, prepared: Prepared,
                       queue: asyncio.Queue[tuple[int, TokenEvent | None]],
@@ -237,8 +280,8 @@ class CompletionService:
             elif not running:
                 results = self._per_prompt(prepared, [f.result() for f in futures])
                 usage, attribution = summary(prepared.prompts, req.n, results)
-                yield chunk([], usage=usage,
-                            silo=silo_info(prepared.plan, prepared.datastore, attribution))
+                yield chunk([], usage=usage, silo=silo_info(
+                    prepared.plan, prepared.datastore, attribution, prepared.checkpoint))
         finally:
             for _, job in submitted:
                 job.cancelled.set()

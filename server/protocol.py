@@ -78,6 +78,9 @@ class SiloRequestOptions(Request):
     attribution: bool = False
     datastore: str | None = Field(default=None, max_length=200,
                                   description="A datastore name; the active one if unset.")
+    signed: bool = Field(default=False, description=(
+        "Sign the response with the log's key: the Silo-Signature header holds a signed "
+        "note over the request's and the response's SHA-256 and the checkpoint."))
 
 
 class CompletionRequest(Request):
@@ -136,6 +139,14 @@ class SentenceAttribution(BaseModel):
     index: int | None = Field(default=None, description="The choice this sentence belongs to.")
 
 
+class CheckpointRef(BaseModel):
+    """The transparency log's state a response was served against: every change the
+    log holds below `size` was in effect for it."""
+
+    size: int
+    root: str = Field(description="The tree's root hash, base64.")
+
+
 class SiloResponseInfo(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
@@ -145,6 +156,7 @@ class SiloResponseInfo(BaseModel):
     lambda_: float | None = Field(default=None, alias="lambda")
     knn_temperature: float | None = None
     attribution: list[SentenceAttribution] | None = None
+    checkpoint: CheckpointRef | None = None
 
 
 class CompletionResponse(BaseModel):
@@ -181,6 +193,7 @@ class AttributionRequest(Request):
 
 class AttributionResponse(BaseModel):
     sentences: list[SentenceAttribution]
+    checkpoint: CheckpointRef | None = None
 
 
 class TokenizerInfo(BaseModel):
@@ -255,6 +268,15 @@ class OptOutRequest(Request):
     reason: str | None = Field(default=None, max_length=2000)
 
 
+class ReceiptLog(BaseModel):
+    """An opt-out's entry in the transparency log, with the proof a data owner checks."""
+
+    index: int
+    leaf: str = Field(description="The leaf's bytes, base64.")
+    checkpoint: str = Field(description="A C2SP signed note of the tree ending with the leaf.")
+    inclusion: list[str] = Field(description="The RFC 9162 inclusion proof, base64 hashes.")
+
+
 class ReceiptModel(BaseModel):
     optout_id: str
     doc_ids: list[str]
@@ -265,6 +287,9 @@ class ReceiptModel(BaseModel):
     selector: dict[str, Any]
     reason: str | None = None
     datastore: str | None = None
+    log_index: int | None = Field(default=None, description="The opt-out's leaf in the log.")
+    log: ReceiptLog | None = Field(default=None, description=(
+        "What proves it: the leaf, a checkpoint that includes it and the inclusion proof."))
 
 
 class ReceiptList(BaseModel):
@@ -289,3 +314,47 @@ class Health(BaseModel):
     status: Literal["ok"] = "ok"
     model: str
     datastore: str | None
+
+
+# ---- the transparency log's public routes ---------------------------------------------
+
+
+class LogDocument(BaseModel):
+    id_sha256: str
+    text_sha256: str
+    license_class: str
+
+
+class LogSelector(BaseModel):
+    kind: str
+    sha256: str
+
+
+class LogEntry(BaseModel):
+    """One leaf: its bytes (what is hashed) and its fields decoded."""
+
+    index: int
+    leaf: str = Field(description="The leaf's bytes, base64.")
+    action: str
+    time: str
+    documents: list[LogDocument]
+    selector: LogSelector | None = None
+    config_sha256: str | None = None
+
+
+class LogEntries(BaseModel):
+    entries: list[LogEntry]
+
+
+class InclusionProof(BaseModel):
+    index: int
+    size: int
+    hashes: list[str]
+
+
+class ConsistencyProof(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    from_: int = Field(alias="from")
+    to: int
+    hashes: list[str]

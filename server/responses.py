@@ -2,7 +2,8 @@
 logprobs, the usage and the `silo` block, for a whole response or a stream's events.
 
 Bodies are built with `model_construct` (the values come from the library, already of
-the models' types) and sent without validating them again (`ModelJSON`).
+the models' types) and sent as their JSON without validating them again; non-finite
+floats become null.
 """
 
 from __future__ import annotations
@@ -10,9 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from fastapi.responses import Response
-from pydantic import BaseModel
-
+from datastore.table.log import LogHead
 from server.protocol import (
     AttributedDocument,
     CompletionChoice,
@@ -24,19 +23,9 @@ from server.protocol import (
     Usage,
 )
 from server.tokens import TokenizerService
+from server.transparency import checkpoint_ref
 from silo.attribution import Attribution
 from silo.request import Completion, GenerationResult, Plan, ScoreResult, TokenEvent
-
-
-class ModelJSON(Response):
-    """A response model sent as its JSON, aliases applied, without validating it again;
-    non-finite floats become null."""
-
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        assert isinstance(content, BaseModel)
-        return content.model_dump_json(by_alias=True).encode()
 
 
 def sentences(index: int | None, attribution: Attribution | None,
@@ -54,15 +43,16 @@ def sentences(index: int | None, attribution: Attribution | None,
 
 
 def silo_info(plan: Plan, datastore: str | None, attribution: list[SentenceAttribution],
-              ) -> SiloResponseInfo:
+              checkpoint: LogHead | None = None) -> SiloResponseInfo:
     """The `silo` block: the mode, datastore and kNN settings the request was served
-    with, and the attribution when asked."""
+    with, the attribution when asked, and the log's checkpoint it was served against."""
     knn = plan.knn if plan.mode.uses_knn else None
     return SiloResponseInfo.model_construct(
         mode=plan.mode, datastore=datastore, k=knn.k if knn else None,
         lambda_=knn.lam if knn else None,
         knn_temperature=knn.temperature if knn else None,
-        attribution=attribution if plan.attribution else None)
+        attribution=attribution if plan.attribution else None,
+        checkpoint=checkpoint_ref(checkpoint))
 
 
 def summary(prompts: Sequence[tuple[int, ...]], n: int, results: Sequence[Any],

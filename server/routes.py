@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, Response
 
 from server.deps import ServiceDep, UserDep
 from server.metrics import CONTENT_TYPE
@@ -30,7 +30,7 @@ from server.protocol import (
     TokenizeResponse,
     TokenizerInfo,
 )
-from server.responses import ModelJSON
+from server.transparency import checkpoint_header
 
 PAGE = Path(__file__).resolve().parent / "page" / "index.html"
 router = APIRouter()
@@ -60,17 +60,17 @@ async def models(service: ServiceDep, user: UserDep) -> ModelList:
 
 @router.post("/v1/completions", response_model=CompletionResponse,
              response_model_exclude_none=False)
-async def completions(body: CompletionRequest, service: ServiceDep, user: UserDep) -> Any:
-    if body.stream:
-        events = await service.completions.stream(body, user)
-        return StreamingResponse(events, media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
-    return ModelJSON(await service.completions.complete(body, user))
+async def completions(body: CompletionRequest, request: Request, service: ServiceDep,
+                      user: UserDep) -> Response:
+    return await service.completions.respond(body, user, await request.body())
 
 
 @router.post("/v1/attribution", response_model=AttributionResponse)
-async def attribution(body: AttributionRequest, service: ServiceDep, user: UserDep) -> Any:
-    return await service.attribution.lookup(body, user)
+async def attribution(body: AttributionRequest, service: ServiceDep, user: UserDep,
+                      response: Response) -> AttributionResponse:
+    found, head = await service.attribution.lookup(body, user)
+    response.headers.update(checkpoint_header(head))
+    return found
 
 
 @router.get("/tokenizer_info", response_model=TokenizerInfo)

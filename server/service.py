@@ -15,6 +15,7 @@ from server.metrics import Metrics
 from server.registry import DatastoreRegistry
 from server.settings import Settings
 from server.tokens import TokenizerService
+from server.transparency import LogService
 from server.worker import ModelWorker
 
 
@@ -36,7 +37,8 @@ class SiloService:
         self.completions = CompletionService(settings, registry, self.tokens, self.worker,
                                              metrics, model_name)
         self.attribution = AttributionService(registry)
-        self.admin = AdminService(registry, encoder, metrics)
+        self.log = LogService(registry)
+        self.admin = AdminService(registry, encoder, metrics, self.log)
 
     def datastore_infos(self) -> dict[str, Any]:
         return {name: lm.datastore.info() for name, lm in self.registry.loaded().items()

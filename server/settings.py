@@ -31,7 +31,12 @@ class Settings(BaseSettings):
     admin_key: SecretStr | None = None
     api_keys: SecretStr = SecretStr("")  # comma-separated user keys
     keys_file: Path | None = None  # JSON: [{"key", "name", "sources", "license_classes"}]
-    audit_log: Path = Path("silo-audit.jsonl")
+    audit_log: Path | None = Field(default=None, description=(
+        "A JSON-lines file for the admin audit log; unset: the active datastore's "
+        "document table (PostgreSQL on replicas)."))
+    log_key_file: Path | None = Field(default=None, description=(
+        "The Ed25519 key that signs the transparency log's checkpoints (`silo log keygen`);"
+        " unset: checkpoints are unsigned."))
 
     max_batch_size: int = Field(default=16, ge=1, description="Sequences per model call.")
     torch_threads: int | None = Field(default=None, ge=1, description=(

@@ -10,7 +10,6 @@ the log is kept and its proofs served all the same; its checkpoints are unsigned
 
 from __future__ import annotations
 
-import base64
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 from datastore.errors import InvalidInputError
 from datastore.table.base import DocumentTable
 from datastore.table.log import LogHead
-from datastore.tlog.keys import Signer, read_key_file
+from datastore.tlog.keys import Signer, b64, read_key_file
 from datastore.tlog.leaf import Leaf
 from datastore.tlog.note import Checkpoint
 
@@ -29,10 +28,6 @@ def signer_from_env() -> Signer | None:
     """The operator's signing key from the file `SILO_LOG_KEY_FILE` names, if set."""
     path = os.environ.get(KEY_FILE_ENV)
     return read_key_file(path) if path else None
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
 
 
 @dataclass(frozen=True)
@@ -87,6 +82,9 @@ class TransparencyLog:
         if start < 0 or end < start:
             raise InvalidInputError(f"entries need 0 <= start <= end; got start {start}, "
                                     f"end {end}")
+        size = self.table.log.size_and_id()[0]
+        if start > size:
+            raise InvalidInputError(f"start {start} is past the log's {size} leaves")
         return list(enumerate(self.table.log.leaves(start, end), start))
 
     def inclusion(self, index: int, size: int) -> list[bytes]:

@@ -118,10 +118,16 @@ class TableLog:
             "SELECT leaf FROM log_leaves WHERE idx >= ? AND idx < ? ORDER BY idx", (start, end))]
 
     def inclusion(self, index: int, size: int) -> list[bytes]:
+        if not 0 <= index < size:
+            raise InvalidInputError(f"an inclusion proof needs 0 <= index < size; got index "
+                                    f"{index}, size {size}")
         self._check_size(size)
         return inclusion_proof(index, size, self._hashes)
 
     def consistency(self, old: int, new: int) -> list[bytes]:
+        if not 0 <= old <= new:
+            raise InvalidInputError(f"a consistency proof needs 0 <= from <= to; got from "
+                                    f"{old}, to {new}")
         self._check_size(new)
         return consistency_proof(old, new, self._hashes)
 

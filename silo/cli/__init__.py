@@ -7,4 +7,5 @@
     datastore_cmd  silo datastore build | add | remove | compact | reindex | info
     inference_cmd  silo tune, silo complete
     serve_cmd      silo serve, and the default datastore it builds on first start
+    log_cmd        silo log keygen, silo verify (the data owner's client)
 """

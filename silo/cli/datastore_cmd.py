@@ -127,13 +127,16 @@ def remove(
                           ] = None,
     reason: Annotated[str | None, typer.Option(help="Recorded on the receipt.")] = None,
 ) -> None:
-    """Opt documents out: effective at once, durable; prints the receipt."""
+    """Opt documents out: effective at once, durable; prints the receipt, with its proof
+    in the transparency log (for `silo verify`)."""
     from datastore.store.datastore import Datastore
 
     with Datastore.open(datastore, verify=False) as store:
         receipt = store.optout(doc_ids=doc_id or (), source=source, url_prefix=url_prefix,
                                reason=reason)
-        _print_json(receipt.to_json())
+        log = None if receipt.log_index is None else store.log.receipt(receipt.log_index)
+        _print_json({**receipt.to_json(), "datastore": store.config.name,
+                     "log": None if log is None else log.to_json()})
 
 
 @clean_errors

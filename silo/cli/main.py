@@ -17,6 +17,7 @@ from silo.cli.console import clean_errors
 from silo.cli.corpus_cmd import corpus_build, corpus_olc, corpus_split, corpus_stats
 from silo.cli.datastore_cmd import app as datastore_app
 from silo.cli.inference_cmd import complete, tune
+from silo.cli.log_cmd import keygen, verify
 from silo.cli.model_cmd import eval_cmd, generate_cmd, tokenizer_train, train_cmd
 from silo.cli.serve_cmd import serve
 
@@ -28,10 +29,12 @@ app = typer.Typer(
 )
 corpus_app = typer.Typer(no_args_is_help=True, help="Build, inspect and split corpora.")
 tokenizer_app = typer.Typer(no_args_is_help=True, help="Train tokenizers.")
+log_app = typer.Typer(no_args_is_help=True, help="The transparency log's signing key.")
 
 app.add_typer(datastore_app, name="datastore")
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(tokenizer_app, name="tokenizer")
+app.add_typer(log_app, name="log")
 
 
 commands: list[tuple[typer.Typer, str, Callable[..., None]]] = [
@@ -46,6 +49,8 @@ commands: list[tuple[typer.Typer, str, Callable[..., None]]] = [
     (app, "serve", serve),
     (app, "tune", tune),
     (app, "complete", complete),
+    (log_app, "keygen", keygen),
+    (app, "verify", verify),
 ]
 for group, name, fn in commands:
     group.command(name)(clean_errors(fn))

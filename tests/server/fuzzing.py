@@ -61,9 +61,11 @@ def check_response(case: Any, response: Any, key: str | None, admin_key: str) ->
 
 
 def fuzz_optout_workflow(url: str, admin_key: str, examples: int, steps: int = 6,
+                         receipts: list[dict[str, Any]] | None = None,
                          ) -> Counter[tuple[str, str, int]]:
     """`examples` scenarios of up to `steps` calls, following the schema's links.
-    Returns how many calls got each (method, path, status)."""
+    Returns how many calls got each (method, path, status); the body of every opt-out
+    answered 200 goes into `receipts`."""
     raw = schemathesis.openapi.from_url(f"{url}/openapi.json").raw_schema
     request = raw["paths"]["/admin/documents"]["post"]["requestBody"]
     body = request["content"]["application/json"]["schema"]
@@ -93,6 +95,9 @@ def fuzz_optout_workflow(url: str, admin_key: str, examples: int, steps: int = 6
         def validate_response(self, response: Any, case: Any, *args: Any,
                               **kwargs: Any) -> None:
             calls[case.method, case.path, response.status_code] += 1
+            if receipts is not None and (case.method, case.path, response.status_code) == (
+                    "POST", "/admin/optout", 200):
+                receipts.append(response.json())
             check_response(case, response, admin_key, admin_key)
 
     OptOutWorkflow.run(settings=hypothesis.settings(

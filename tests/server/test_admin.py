@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.conftest import make_documents
@@ -65,3 +67,40 @@ def test_swap_datastores_at_run_time(make_live, model_dir: Path, store_dir: Path
     # the other datastore holds only the first three documents
     assert _attributed(live, "kernel: The essential part of an operating system") <= {
         "pd/0", "pd/1", "pd/2"}
+
+
+def test_a_cli_add_while_the_service_has_the_folder_open(live: Live, model_dir: Path,
+                                                         store_dir: Path, tmp_path: Path) -> None:
+    """`silo datastore add` beside `silo serve` on one folder: each write holds the folder
+    only while it writes, the service's next write finds the folder as the command left
+    it, and the folder ends equal to a clean build of the same documents."""
+    from datastore.store.datastore import Datastore
+    from tests.server.conftest import build_store
+
+    docs = make_documents()
+    corpus = tmp_path / "more.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"cli/{i}", "text": f"Entry {i}: a quokka "
+                                          "eats marmalade by the river.", "license": "CC0-1.0",
+                                          "source": "web"}) + "\n" for i in range(3)))
+    silo = str(Path(sys.executable).with_name("silo"))
+    added = subprocess.run([silo, "datastore", "add", "--datastore", str(store_dir),
+                            "--corpus", str(corpus), "--model", str(model_dir)],
+                           capture_output=True, text=True, timeout=300)
+    assert added.returncode == 0, added.stderr
+    line = {"id": "http/1", "text": "Zyxwv quokka marmalade is a rare new phrase.",
+            "license": "CC-BY-4.0", "source": "web"}
+    with live.client(ADMIN_KEY) as admin:
+        r = admin.post("/admin/documents", json={"documents": [line]})
+        assert r.status_code == 200, r.text
+        assert admin.post("/admin/optout", json={"doc_ids": ["cli/1"]}).status_code == 200
+    from silo.corpus.jsonl import parse_line
+
+    more = [parse_line(json.loads(x), str(corpus), i + 1)
+            for i, x in enumerate(corpus.read_text().splitlines())]
+    clean = build_store(model_dir, tmp_path / "clean",
+                        [*docs, *more, parse_line(line, "request", 1)])
+    with Datastore.open(store_dir) as served, Datastore.open(clean) as whole:
+        assert served.snapshot.doc_ids == whole.snapshot.doc_ids
+        assert len(served.kv) == len(whole.kv)
+        assert [bool(served.snapshot.removed[served.table.get(d).doc_row])
+                for d in ("cli/0", "cli/1")] == [False, True]

@@ -1,7 +1,9 @@
-"""An opt-out acknowledged just before `kill -9` is still in effect after a restart."""
+"""An opt-out acknowledged just before `kill -9` is still in effect after a restart, and
+in the transparency log at the index its receipt gave."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -57,6 +59,14 @@ def test_optout_survives_kill_9(model_dir: Path, store_dir: Path, tmp_path: Path
         assert "pd/2" not in {d["doc_id"] for s in after["sentences"] for d in s["documents"]}
         receipts = httpx.get(url + "/admin/optouts", headers=headers).json()["receipts"]
         assert [x["optout_id"] for x in receipts] == [r.json()["optout_id"]]
+        index = r.json()["log_index"]
+        (entry,) = httpx.get(url + "/v1/log/entries", params={
+            "start": index, "end": index + 1}).json()["entries"]
+        assert entry["action"] == "optout" and entry["leaf"] == r.json()["log"]["leaf"]
+        assert [d["id_sha256"] for d in entry["documents"]] == [
+            hashlib.sha256(b"pd/2").hexdigest()]
+        size = int(httpx.get(url + "/v1/log/checkpoint").text.splitlines()[1])
+        assert size == index + 1  # nothing logged that did not happen
     finally:
         proc.kill()
         proc.wait()

@@ -5,6 +5,7 @@ acknowledged write, and an outage of either dependency is a 503 that ends by its
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -196,6 +197,8 @@ def test_optout_through_one_replica_equals_a_store_that_never_held_the_document(
     for replica in (b, a):
         after = replica.post("/v1/completions", {"prompt": TEXT, **SCORE})
         np.testing.assert_allclose(_logprobs(after), _logprobs(never), atol=1e-4)
+        # served against a checkpoint that includes the opt-out
+        assert after.json()["silo"]["checkpoint"]["size"] > r.json()["log_index"]
         assert "pd/2" not in _named(after)
         assert "pd/2" not in _named(replica.post("/v1/attribution", {"text": TEXT, "k": 10}))
     assert not np.allclose(_logprobs(before), _logprobs(never), atol=1e-4)
@@ -236,11 +239,55 @@ def test_kill_9_mid_write_loses_no_acknowledged_optout(deployment: Deployment) -
     listed = {x["optout_id"] for x in receipts["receipts"]}
     assert {x["optout_id"] for x in acked} <= listed
     gone = {d for x in acked for d in x["doc_ids"]}
+    # every opt-out in effect is in the log, and every one the log holds is in effect
+    removed = {d for x in receipts["receipts"] for d in x["doc_ids"]}
+    logged = {e["documents"][0]["id_sha256"] for e in _entries(b) if e["action"] == "optout"}
+    assert logged == {hashlib.sha256(d.encode()).hexdigest() for d in removed}
     for text in ("A dictionary entry", "Lay, v. t."):
         named = _named(b.post("/v1/completions", {"prompt": text, **SCORE}))
         assert not named & gone
     a.start()  # the restarted replica agrees
     assert not _named(a.post("/v1/attribution", {"text": "Lay, v. t.", "k": 10})) & gone
+
+
+def _entries(replica: Replica) -> list[dict[str, Any]]:
+    size = int(httpx.get(replica.url + "/v1/log/checkpoint", timeout=60).text.splitlines()[1])
+    out: list[dict[str, Any]] = []
+    while len(out) < size:
+        page = httpx.get(replica.url + "/v1/log/entries", params={
+            "start": len(out), "end": size}, timeout=60).json()["entries"]
+        assert page, f"no entries from {len(out)}"
+        out += page
+    return out
+
+
+def test_two_replicas_writing_at_once_append_one_log_in_order(deployment: Deployment) -> None:
+    a, b = deployment.a, deployment.b
+    receipts: list[dict[str, Any]] = []
+
+    def opt_out(replica: Replica, victims: list[str]) -> None:
+        for doc_id in victims:
+            r = replica.post("/admin/optout", {"doc_ids": [doc_id]}, admin=True)
+            if r.status_code == 200:
+                receipts.append(r.json())
+
+    writers = [threading.Thread(target=opt_out, args=(a, ["sw/0", "sw/2"])),
+               threading.Thread(target=opt_out, args=(b, ["sw/1", "pd/4"]))]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join()
+    assert len(receipts) == 4
+    entries = _entries(a)
+    assert [e["index"] for e in entries] == list(range(len(entries)))
+    assert entries == _entries(b)  # one log, whichever replica serves it
+    for receipt in receipts:
+        entry = entries[receipt["log_index"]]
+        assert entry["leaf"] == receipt["log"]["leaf"] and entry["action"] == "optout"
+        assert [d["id_sha256"] for d in entry["documents"]] == [
+            hashlib.sha256(receipt["doc_ids"][0].encode()).hexdigest()]
+    assert (httpx.get(a.url + "/v1/log/checkpoint", timeout=60).text
+            == httpx.get(b.url + "/v1/log/checkpoint", timeout=60).text)
 
 
 def test_an_outage_of_either_dependency_is_a_503_that_ends_by_itself(
