@@ -100,7 +100,10 @@ def test_a_streaming_client_that_leaves_frees_its_rows(make_live, model_dir, sto
     with live.client() as c, c.stream("POST", "/v1/completions", json=body) as r:
         assert r.status_code == 200
         events: list[dict[str, Any]] = []
-        for line in r.iter_lines():  # a few tokens, then hang up
+        # a few tokens; the iterator is kept, since dropping it mid-stream closes the
+        # connection, and the client hangs up only when it leaves this block
+        lines = r.iter_lines()
+        for line in lines:
             if line.startswith("data: {"):
                 events.append(json.loads(line[6:]))
                 if len(events) == 3:
