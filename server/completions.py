@@ -85,7 +85,8 @@ class CompletionService:
         if self.registry.active is None and o.mode is None and o.datastore is None:
             mode = Mode.PARAMETRIC  # no datastore configured: the default cannot apply
         return SiloOptions(mode=mode, k=o.k, lam=o.lambda_, knn_temperature=o.knn_temperature,
-                           license_classes=classes, attribution=o.attribution)
+                           license_classes=classes, attribution=o.attribution,
+                           relevance=o.relevance)
 
     def _prepare(self, req: CompletionRequest, principal: Principal) -> Prepared:
         """Check the request and build its library requests; bad input is an

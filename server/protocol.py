@@ -73,6 +73,9 @@ class SiloRequestOptions(Request):
     lambda_: float | None = Field(default=None, alias="lambda", ge=0.0, le=1.0,
                                   description="Weight of the kNN distribution.")
     knn_temperature: float | None = Field(default=None, gt=0.0, le=MAX_KNN_TEMPERATURE)
+    relevance: bool = Field(default=True, description=(
+        "Weight the datastore by its relevance to each context, as tuned with it (its "
+        "weight falls off its domain); false: lambda at every position."))
     license_classes: list[LicenseClass] | None = Field(
         default=None, description="Licence classes the datastore may contribute; all if unset.")
     attribution: bool = False
@@ -155,6 +158,8 @@ class SiloResponseInfo(BaseModel):
     k: int | None = None
     lambda_: float | None = Field(default=None, alias="lambda")
     knn_temperature: float | None = None
+    relevance: bool | None = Field(default=None, description=(
+        "Whether the datastore's weight followed its relevance to each context."))
     attribution: list[SentenceAttribution] | None = None
     checkpoint: CheckpointRef | None = None
 

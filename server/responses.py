@@ -51,6 +51,7 @@ def silo_info(plan: Plan, datastore: str | None, attribution: list[SentenceAttri
         mode=plan.mode, datastore=datastore, k=knn.k if knn else None,
         lambda_=knn.lam if knn else None,
         knn_temperature=knn.temperature if knn else None,
+        relevance=knn.relevance is not None if knn else None,
         attribution=attribution if plan.attribution else None,
         checkpoint=checkpoint_ref(checkpoint))
 

@@ -2,7 +2,14 @@
 neighbour gave to a token (for attribution). Pure functions over torch tensors.
 
     p_kNN(y) = sum over neighbours i with value v_i = y of softmax_i(-d_i / tau)
-    p(y)     = (1 - lam) * p_LM(y) + lam * p_kNN(y)        (lam weights the kNN side)
+    p(y)     = (1 - lam w) * p_LM(y) + lam w * p_kNN(y)    (lam weights the kNN side)
+    w        = sigmoid((d0 - d_1) / T)                     (relevance; w = 1 when off)
+
+w says how relevant the datastore is to this context: d_1 is the squared distance of the
+query to its nearest neighbour, d0 the distance at which the datastore gets half its
+weight, T how sharply the weight falls. It is a softmax over two options, the datastore
+at distance d_1 and the parametric LM at a fixed d0, so a context far from everything in
+the datastore gets the LM alone. d0 and T are tuned with k, lam and tau (silo.tuning).
 
 d_i are squared L2 distances, as every datastore backend returns them; neighbours padded
 with entry id -1 (fewer than k allowed entries) take no part. A row with no neighbour at
@@ -36,6 +43,8 @@ class KnnParams:
     lam: float = 0.25
     temperature: float = 1.0
     pointers: int = 0
+    relevance: float | None = None  # d0 of the relevance weight; None: w = 1 everywhere
+    relevance_temperature: float = 1.0  # T of the relevance weight
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -46,6 +55,36 @@ class KnnParams:
             raise InvalidInputError(f"temperature must be > 0, got {self.temperature}")
         if self.pointers < 0:
             raise InvalidInputError(f"pointers must be >= 0, got {self.pointers}")
+        if self.relevance is not None and not math.isfinite(self.relevance):
+            raise InvalidInputError(f"relevance must be a finite distance, got "
+                                    f"{self.relevance}")
+        if not (math.isfinite(self.relevance_temperature) and self.relevance_temperature > 0):
+            raise InvalidInputError(f"relevance_temperature must be > 0, got "
+                                    f"{self.relevance_temperature}")
+
+    def row_lam(self, distances: torch.Tensor, values: torch.Tensor) -> float | torch.Tensor:
+        """The kNN side's weight per row: lam, or with relevance on lam * w (n,) float32,
+        from the rows' neighbours (distances (n, k), values (n, k), -1 = padding)."""
+        if self.relevance is None or self.lam == 0.0:
+            return self.lam
+        return self.lam * relevance_weights(distances, values, self.relevance,
+                                            self.relevance_temperature)
+
+
+def nearest_distance(distances: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """(n,) the smallest valid neighbour distance of each row (float64; inf for a row
+    without one)."""
+    d = distances.to(torch.float64, copy=True)
+    d.masked_fill_((values < 0) | torch.isnan(distances), math.inf)
+    return d.amin(dim=1)
+
+
+def relevance_weights(distances: torch.Tensor, values: torch.Tensor, d0: float,
+                      temperature: float) -> torch.Tensor:
+    """w = sigmoid((d0 - d_1) / T) per row (n,) float32; 0 for a row without neighbours."""
+    nearest = nearest_distance(distances, values)
+    w = torch.sigmoid((d0 - nearest) / temperature)  # inf -> sigmoid(-inf) = 0
+    return w.float()
 
 
 def neighbour_log_weights(distances: torch.Tensor, values: torch.Tensor,
@@ -85,14 +124,18 @@ def knn_log_probs(distances: torch.Tensor, values: torch.Tensor, vocab_size: int
     return probs.log()
 
 
-def interpolate(lm_log_probs: torch.Tensor, knn_log_probs: torch.Tensor, lam: float,
-                has_neighbours: torch.Tensor | None = None) -> torch.Tensor:
+def interpolate(lm_log_probs: torch.Tensor, knn_log_probs: torch.Tensor,
+                lam: float | torch.Tensor, has_neighbours: torch.Tensor | None = None,
+                ) -> torch.Tensor:
     """log((1 - lam) p_LM + lam p_kNN), per row.
 
     lm_log_probs, knn_log_probs (n, V) -> (n, V). `has_neighbours` (n,) bool marks rows
     with a kNN distribution; the others keep the LM's row unchanged. lam = 0 returns
-    `lm_log_probs` itself, bit for bit.
+    `lm_log_probs` itself, bit for bit. `lam` may be a weight per row (n,) (KnnParams.
+    row_lam): a row whose weight is 0 keeps the LM's row bit for bit too.
     """
+    if isinstance(lam, torch.Tensor):
+        return _interpolate_rows(lm_log_probs, knn_log_probs, lam, has_neighbours)
     if lam == 0.0:
         return lm_log_probs
     if lam == 1.0:
@@ -104,14 +147,28 @@ def interpolate(lm_log_probs: torch.Tensor, knn_log_probs: torch.Tensor, lam: fl
     return torch.where(has_neighbours[:, None], mixed, lm_log_probs)
 
 
+def _interpolate_rows(lm_log_probs: torch.Tensor, knn_log_probs: torch.Tensor,
+                      lam: torch.Tensor, has_neighbours: torch.Tensor | None) -> torch.Tensor:
+    """`interpolate` with a weight per row."""
+    lam = lam.to(torch.float64)[:, None]
+    mixed = torch.logaddexp(lm_log_probs + torch.log1p(-lam).to(lm_log_probs.dtype),
+                            knn_log_probs + torch.log(lam).to(knn_log_probs.dtype))
+    mixed = torch.where(lam >= 1.0, knn_log_probs, mixed)
+    keep = lam <= 0.0
+    if has_neighbours is not None:
+        keep = keep | ~has_neighbours[:, None]
+    return torch.where(keep, lm_log_probs, mixed)
+
+
 def target_log_probs(lm_target: torch.Tensor, distances: torch.Tensor, values: torch.Tensor,
-                     targets: torch.Tensor, lam: float, temperature: float) -> torch.Tensor:
+                     targets: torch.Tensor, lam: float | torch.Tensor, temperature: float,
+                     ) -> torch.Tensor:
     """log((1 - lam) p_LM(y) + lam p_kNN(y)) at each row's target y only: what
     `interpolate(lm, knn_log_probs(...))` gives at the targets, without the (n, V) tensors.
 
     lm_target (n,) log p_LM(y), distances (n, k), values (n, k), targets (n,) -> (n,).
     """
-    if lam == 0.0:
+    if not isinstance(lam, torch.Tensor) and lam == 0.0:
         return lm_target  # as interpolate returns it, without computing the weights
     weights = neighbour_log_weights(distances, values, temperature).exp()
     knn = _mass_on_targets(weights, values, targets).sum(dim=1).log()

@@ -53,9 +53,10 @@ SiloLM is made of parts, one concept per module, that scoring and generation sha
 and the request and result types of silo.request (re-exported here). A request's plan is
 resolved once (`plan`): a request that carries one (`plan=`) is served under it.
 
-Per-request settings live in `SiloOptions` (mode, k, lam, knn_temperature,
+Per-request settings live in `SiloOptions` (mode, k, lam, knn_temperature, relevance,
 license_classes, attribution, RIC parameters; unset k/lam/tau take the datastore's
-tuned defaults) and the caller's `AccessScope`. Every kNN and BM25 search of a request
+tuned defaults, and the tuned relevance weight applies unless `relevance` is off) and
+the caller's `AccessScope`. Every kNN and BM25 search of a request
 goes through the datastore's one entry filter built from these two, so a filtered
 request sees exactly what a datastore without the excluded documents would show.
 With `attribution` off no provenance is looked up at all.
@@ -112,6 +113,11 @@ class SiloLM:
         self.config = config or SiloConfig()
         stored = read_defaults(datastore.folder) if datastore is not None else None
         self.defaults = defaults or stored or KnnParams()
+        # for a request that turns the relevance weight off: the best without it
+        plain = (read_defaults(datastore.folder, relevance=False)
+                 if datastore is not None and defaults is None else None)
+        self.uniform_defaults = plain or replace(self.defaults, relevance=None,
+                                                 relevance_temperature=1.0)
         self.codec = Codec(tokenizer)
         self.eos_id, self.pad_id = self.codec.eos_id, self.codec.pad_id
         self.runner = ModelRunner(model, tokenizer, self.codec.pad_id)
@@ -173,10 +179,11 @@ class SiloLM:
         if options.mode.uses_ric and self.datastore is not None and self.datastore.bm25 is None:
             raise InvalidInputError(f"mode {options.mode.value!r} needs the datastore's BM25 "
                                     "index")
-        d = self.defaults
+        d = self.defaults if options.relevance else self.uniform_defaults
         knn = KnnParams(options.k or d.k, d.lam if options.lam is None else options.lam,
                         options.knn_temperature or d.temperature,
-                        d.pointers if options.pointers is None else options.pointers)
+                        d.pointers if options.pointers is None else options.pointers,
+                        d.relevance, d.relevance_temperature)
         return Plan(options.mode, knn, options.ric,
                     SearchFilter(options.license_classes, scope or AccessScope()),
                     options.attribution)
@@ -195,7 +202,8 @@ class SiloLM:
         """For hyperparameter search (silo.tuning): per predicted token of `seqs`, the LM
         side's log-prob of the target and its k nearest neighbours (queries as in
         `options.mode`; k = 0: no search)."""
-        plan = self.plan(replace(options, lam=1.0 if k else 0.0, k=k or None), scope)
+        plan = self.plan(replace(options, lam=1.0 if k else 0.0, k=k or None,
+                                 relevance=False), scope)
         return self.scorer.target_scores(seqs, plan, k)
 
     # ---- generation ------------------------------------------------------------------

@@ -23,7 +23,8 @@ class Mixer:
         knn = knn_log_probs(chunk.distances, chunk.values, self.vocab_size,
                             plan.knn.temperature)
         # a row whose neighbours all have unusable distances has no kNN distribution
-        return interpolate(chunk.lm, knn, plan.knn.lam, torch.isfinite(knn).any(1))
+        return interpolate(chunk.lm, knn, plan.knn.row_lam(chunk.distances, chunk.values),
+                           torch.isfinite(knn).any(1))
 
     def at_targets(self, chunk: Chunk, targets: torch.Tensor, plan: Plan) -> torch.Tensor:
         """(m,) log-probs of the plan's mixture at the chunk's targets (as `mixed`
@@ -31,5 +32,6 @@ class Mixer:
         lm = chunk.lm.gather(1, targets[:, None])[:, 0]
         if chunk.values is None or chunk.distances is None:
             return lm
-        return target_log_probs(lm, chunk.distances, chunk.values, targets, plan.knn.lam,
+        return target_log_probs(lm, chunk.distances, chunk.values, targets,
+                                plan.knn.row_lam(chunk.distances, chunk.values),
                                 plan.knn.temperature)

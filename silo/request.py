@@ -39,6 +39,7 @@ class SiloOptions:
     attribution: bool = False
     ric: RicParams = field(default_factory=RicParams)
     pointers: int | None = None  # min pointers followed instead of a search (0: off)
+    relevance: bool = True  # the datastore's weight falls off its domain, as tuned
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

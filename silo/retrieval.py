@@ -132,14 +132,17 @@ class Retriever:
 
     def provenance(self, chunk: Chunk, targets: torch.Tensor, plan: Plan,
                    ) -> list[TokenProvenance]:
-        """Per position: the neighbours that voted for the target, with lam * mass, best
+        """Per position: the neighbours that voted for the target, with lam w * mass, best
         first, and the RIC passages in context."""
         out = []
         neighbours: list[tuple[Neighbour, ...]] = [() for _ in range(len(targets))]
         if chunk.values is not None and chunk.distances is not None:
             assert chunk.entry_ids is not None
-            mass = plan.knn.lam * target_neighbour_mass(chunk.distances, chunk.values,
-                                                        targets, plan.knn.temperature)
+            lam = plan.knn.row_lam(chunk.distances, chunk.values)
+            if isinstance(lam, torch.Tensor):
+                lam = lam[:, None]
+            mass = lam * target_neighbour_mass(chunk.distances, chunk.values, targets,
+                                               plan.knn.temperature)
             snap = self._store().snapshot
             with datastore_faults("the attribution lookup"):
                 rows = snap.rows_of_entries(chunk.entry_ids)

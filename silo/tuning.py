@@ -12,6 +12,12 @@ within 2% of the full search's perplexity is stored with the others.
 
 SILO's grid stops at tau = 40; small models have larger key distances relative to
 their spread, so the default grid reaches further (tau up to 320, lam up to 0.95).
+
+With text from outside the datastore's domain (`tune_relevance`), the relevance weight
+(silo.knnlm: w = sigmoid((d0 - d_1) / T)) is tuned too: d0 and T over the spread of the
+nearest-neighbour distances, lam again with them, so that the datastore makes no
+off-domain text worse than the parametric LM by more than a tolerance while keeping as
+much of its gain on its own domain as it can.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from silo.knnlm import (
     MAX_KNN_TEMPERATURE,
     KnnParams,
     interpolate,
+    nearest_distance,
     target_neighbour_mass,
 )
 
@@ -89,10 +96,13 @@ class GridPoint:
     perplexity: float
     pointers: int = 0  # chosen after the grid (choose_pointers); 0: search every token
     searched: float = 1.0  # the share of tokens that needed a search at that setting
+    relevance: float | None = None  # d0 of the relevance weight (tune_relevance); None: off
+    relevance_temperature: float = 1.0
 
     @property
     def params(self) -> KnnParams:
-        return KnnParams(self.k, self.lam, self.temperature, self.pointers)
+        return KnnParams(self.k, self.lam, self.temperature, self.pointers, self.relevance,
+                         self.relevance_temperature)
 
 
 def knn_target_prob(scores: TargetScores, k: int, temperature: float) -> np.ndarray:
@@ -103,22 +113,39 @@ def knn_target_prob(scores: TargetScores, k: int, temperature: float) -> np.ndar
     return mass.sum(1).double().numpy()
 
 
-def _mix(lm_logprob: np.ndarray, p_knn: np.ndarray, has: np.ndarray, lam: float,
-         ) -> np.ndarray:
-    """silo.knnlm.interpolate on the targets only: (n,) each -> (n,) float64."""
+def _mix(lm_logprob: np.ndarray, p_knn: np.ndarray, has: np.ndarray,
+         lam: float | np.ndarray) -> np.ndarray:
+    """silo.knnlm.interpolate on the targets only: (n,) each -> (n,) float64; `lam` a
+    float or a weight per token (n,)."""
     with np.errstate(divide="ignore"):
         log_knn = torch.from_numpy(np.log(p_knn))[:, None]
-    mixed = interpolate(torch.from_numpy(lm_logprob)[:, None], log_knn, lam,
+    mixed = interpolate(torch.from_numpy(lm_logprob)[:, None], log_knn,
+                        lam if isinstance(lam, float) else torch.from_numpy(lam),
                         torch.from_numpy(has))
     return mixed[:, 0].numpy()
 
 
+def nearest_distances(scores: TargetScores, k: int) -> np.ndarray:
+    """(n,) float64 the nearest of each token's first k neighbours (inf: none)."""
+    return nearest_distance(torch.from_numpy(scores.distances[:, :k]),
+                            torch.from_numpy(scores.values[:, :k])).numpy()
+
+
+def _relevance(nearest: np.ndarray, d0: float, temperature: float) -> np.ndarray:
+    """silo.knnlm.relevance_weights from the nearest distances (n,) -> (n,) float64."""
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp((nearest - d0) / temperature))
+
+
 def mixed_logprob(scores: TargetScores, params: KnnParams) -> np.ndarray:
-    """log((1 - lam) p_LM(target) + lam p_kNN(target)) per token, (n,) float64; tokens
-    without any neighbour keep the LM's log-prob."""
+    """log((1 - lam w) p_LM(target) + lam w p_kNN(target)) per token, (n,) float64;
+    tokens without any neighbour keep the LM's log-prob."""
     has = np.asarray((scores.values[:, :params.k] >= 0).any(1))
     p_knn = knn_target_prob(scores, params.k, params.temperature)
-    return _mix(scores.lm_logprob, p_knn, has, params.lam)
+    lam = params.row_lam(torch.from_numpy(scores.distances[:, :params.k]),
+                         torch.from_numpy(scores.values[:, :params.k]))
+    return _mix(scores.lm_logprob, p_knn, has,
+                lam if isinstance(lam, float) else lam.double().numpy())
 
 
 def perplexity(logprob: np.ndarray) -> float:
@@ -179,25 +206,44 @@ def best_overall(per_domain: Mapping[str, Sequence[GridPoint]], k_tolerance: flo
 
 
 def write_defaults(folder: Path, default: GridPoint, per_domain: Mapping[str, GridPoint],
-                   note: str = "") -> Path:
-    """Store the tuned values with the datastore, where SiloLM reads its defaults."""
+                   note: str = "", uniform: GridPoint | None = None) -> Path:
+    """Store the tuned values with the datastore, where SiloLM reads its defaults;
+    `uniform`: the best point without the relevance weight, for requests that turn the
+    weight off."""
     path = Path(folder) / DEFAULTS_FILE
-    data = {"default": asdict(default), "per_domain": {d: asdict(p) for d, p in
-                                                       per_domain.items()}, "note": note}
+    data: dict[str, Any] = {"default": asdict(default),
+                            "per_domain": {d: asdict(p) for d, p in per_domain.items()},
+                            "note": note}
+    if uniform is not None:
+        data["uniform"] = asdict(replace(uniform, relevance=None))
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2))
     tmp.replace(path)
     return path
 
 
-def read_defaults(folder: Path) -> KnnParams | None:
-    """The tuned kNN-LM parameters stored with a datastore, if any."""
+def read_defaults(folder: Path, relevance: bool = True) -> KnnParams | None:
+    """The tuned kNN-LM parameters stored with a datastore, if any; with `relevance`
+    off, the best ones without the relevance weight."""
     path = Path(folder) / DEFAULTS_FILE
     if not path.is_file():
         return None
-    best = json.loads(path.read_text())["default"]
+    data = json.loads(path.read_text())
+    best = data["default"] if relevance else {**data.get("uniform", data["default"]),
+                                              "relevance": None,
+                                              "relevance_temperature": 1.0}
+    d0 = best.get("relevance")
     return KnnParams(int(best["k"]), float(best["lam"]), float(best["temperature"]),
-                     int(best.get("pointers", 0)))
+                     int(best.get("pointers", 0)), None if d0 is None else float(d0),
+                     float(best.get("relevance_temperature", 1.0)))
+
+
+def has_relevance(folder: Path) -> bool:
+    """Whether the datastore's stored defaults were tuned with off-domain text (they
+    carry the relevance weight's d0 and T)."""
+    path = Path(folder) / DEFAULTS_FILE
+    return (path.is_file()
+            and json.loads(path.read_text())["default"].get("relevance") is not None)
 
 
 def choose_pointers(score: Callable[[int], tuple[float, float]], best: GridPoint,
@@ -231,3 +277,96 @@ def tune_pointers(lm: Any, seqs: Mapping[str, Sequence[Sequence[int]]], best: Gr
         return float(np.exp(np.mean(logs))), share
 
     return choose_pointers(score, best, candidates, tolerance)
+
+
+# ---- relevance ------------------------------------------------------------------------
+
+RELEVANCE_QUANTILES = tuple(float(q) for q in np.linspace(0.05, 0.95, 19))
+RELEVANCE_SPREADS = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)  # T as a share of the distances' IQR
+
+
+@dataclass(frozen=True)
+class RelevanceReport:
+    """What `tune_relevance` measured, per domain: the parametric LM's perplexity, the
+    datastore's at one weight everywhere (the grid's best point), and at the choice."""
+
+    choice: GridPoint
+    uniform_point: GridPoint  # the grid's best, at one weight everywhere
+    parametric: dict[str, float]
+    uniform: dict[str, float]
+    weighted: dict[str, float]
+    feasible: bool  # every off-domain perplexity within the tolerance of the LM's
+
+
+def relevance_grid(nearest: np.ndarray) -> list[tuple[float, float]]:
+    """(d0, T) candidates: d0 at quantiles of the nearest distances, T shares of their
+    interquartile range."""
+    finite = nearest[np.isfinite(nearest)]
+    if not len(finite):
+        raise InvalidInputError("no token has a neighbour to tune the relevance weight on")
+    d0s = np.quantile(finite, RELEVANCE_QUANTILES)
+    q1, q3 = np.quantile(finite, [0.25, 0.75])
+    spread = float(q3 - q1) or float(np.abs(finite).mean()) or 1.0
+    return [(float(d0), spread * f) for d0 in d0s for f in RELEVANCE_SPREADS]
+
+
+def tune_relevance(own: Mapping[str, TargetScores], off: Mapping[str, TargetScores],
+                   best: GridPoint, lams: Sequence[float] = Grid().lams,
+                   tolerance: float = 0.01) -> RelevanceReport:
+    """Choose d0, T and lam at `best`'s k and tau: among the settings that keep every
+    off-domain perplexity within `tolerance` of the parametric LM's, the one with the
+    lowest mean log-perplexity over the `own` domains; when none does, the one whose
+    worst off-domain ratio is lowest."""
+    if not own or not off:
+        raise InvalidInputError("tuning the relevance weight needs text of the datastore's "
+                                "own domains and text from outside them")
+    domains = {**{f"own:{d}": s for d, s in own.items()}, **{f"off:{d}": s
+                                                            for d, s in off.items()}}
+    parts = {}
+    for name, s in domains.items():
+        has = np.asarray((s.values[:, :best.k] >= 0).any(1))
+        parts[name] = (s.lm_logprob, knn_target_prob(s, best.k, best.temperature), has,
+                       nearest_distances(s, best.k))
+    pooled = np.concatenate([p[3] for p in parts.values()])
+    parametric = {n: perplexity(p[0]) for n, p in parts.items()}
+    uniform = {n: perplexity(_mix(p[0], p[1], p[2], best.lam)) for n, p in parts.items()}
+    own_names = [n for n in parts if n.startswith("own:")]
+    off_names = [n for n in parts if n.startswith("off:")]
+    ranked = []
+    for d0, t in relevance_grid(pooled):
+        weights = {n: _relevance(p[3], d0, t) for n, p in parts.items()}
+        for lam in lams:
+            ppl = {n: perplexity(_mix(p[0], p[1], p[2], lam * weights[n]))
+                   for n, p in parts.items()}
+            worst = max(ppl[n] / parametric[n] for n in off_names)
+            own_log = float(np.mean([math.log(ppl[n]) for n in own_names]))
+            ranked.append((worst <= 1 + tolerance, worst, own_log, d0, t, lam, ppl))
+    feasible = [r for r in ranked if r[0]]
+    pick = (min(feasible, key=lambda r: r[2]) if feasible
+            else min(ranked, key=lambda r: (r[1], r[2])))
+    _, _, own_log, d0, t, lam, ppl = pick
+    choice = replace(best, lam=lam, relevance=d0, relevance_temperature=t,
+                     perplexity=float(np.exp(own_log)))
+    return RelevanceReport(choice, best, parametric, uniform, ppl, bool(feasible))
+
+
+def tune_for(lm: Any, own: Mapping[str, Sequence[Sequence[int]]],
+             off: Mapping[str, Sequence[Sequence[int]]] | None, grid: Grid,
+             k_tolerance: float = 0.0, relevance_tolerance: float = 0.01,
+             ) -> tuple[GridPoint, dict[str, list[GridPoint]], RelevanceReport | None]:
+    """The whole search for a SiloLM over token sequences per domain: the grid on the
+    `own` domains (`best_overall`), then with `off`-domain text the relevance weight
+    (`tune_relevance`). Returns the choice, each own domain's grid (best first) and the
+    relevance report (None without `off`)."""
+    from silo.request import Mode, SiloOptions
+
+    scores = {d: lm.target_scores(s, SiloOptions(Mode.KNNLM), grid.k_max)
+              for d, s in sorted(own.items())}
+    points = {d: grid_search(sc, grid) for d, sc in scores.items()}
+    best = best_overall(points, k_tolerance)
+    if not off:
+        return best, points, None
+    off_scores = {d: lm.target_scores(s, SiloOptions(Mode.KNNLM), best.k)
+                  for d, s in sorted(off.items())}
+    report = tune_relevance(scores, off_scores, best, grid.lams, relevance_tolerance)
+    return report.choice, points, report

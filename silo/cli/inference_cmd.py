@@ -9,6 +9,7 @@ one line with exit code 2 (the wrapper in silo/cli/console.py).
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -58,17 +59,25 @@ def tune(
     k_tolerance: Annotated[float, typer.Option(
         help="Take the smallest k within this perplexity increase of the best (a "
              "smaller k searches faster); 0: the best.")] = 0.0,
+    off_domain: Annotated[list[Path] | None, typer.Option(
+        "--off-domain", help="Corpus files or folders of text outside the datastore's "
+                             "domain: also tune the relevance weight on them.")] = None,
+    relevance_tolerance: Annotated[float, typer.Option(
+        help="Largest perplexity increase over the LM alone the datastore may cause on "
+             "off-domain text.")] = 0.01,
 ) -> None:
-    """Tune kNN-LM's k, lambda and temperature per domain; store the best with the
-    datastore as its defaults."""
+    """Tune kNN-LM's k, lambda and temperature per domain (and with --off-domain the
+    relevance weight); store the best with the datastore as its defaults."""
     from silo.corpus.jsonl import read_corpus, split_of
     from silo.evaluate import domain_sequences
-    from silo.lm import SiloLM, SiloOptions
+    from silo.lm import SiloLM
     from silo.model import DEFAULT_MODEL
-    from silo.tuning import Grid, best_overall, grid_search, tune_pointers, write_defaults
+    from silo.tuning import Grid, tune_for, tune_pointers, write_defaults
 
     if k_tolerance < 0:  # checked before any work starts, as the lists below
         raise SiloError(f"--k-tolerance must be >= 0, got {k_tolerance}")
+    if relevance_tolerance < 0:
+        raise SiloError(f"--relevance-tolerance must be >= 0, got {relevance_tolerance}")
     candidates = _counts(pointers, "pointers") if pointers.strip() else []
     grid = Grid(tuple(int(k) for k in _floats(ks, "ks")), _floats(lams, "lams"),
                 _floats(temperatures, "temperatures"))
@@ -77,19 +86,33 @@ def tune(
     seqs = domain_sequences(docs, lm.encode, lm.eos_id, max_tokens)
     if not seqs:
         raise SiloError(f"no {split} documents in {[str(c) for c in corpus]}")
-    points = {name: grid_search(lm.target_scores(s, SiloOptions(Mode.KNNLM), grid.k_max), grid)
-              for name, s in sorted(seqs.items())}
-    best = best_overall(points, k_tolerance)
+    off = None
+    if off_domain:
+        off_docs = (d for d in read_corpus(off_domain) if split_of(d.doc_id) == split)
+        off = domain_sequences(off_docs, lm.encode, lm.eos_id, max_tokens)
+        if not off:
+            raise SiloError(f"no {split} documents in {[str(c) for c in off_domain]}")
+    best, points, report = tune_for(lm, seqs, off, grid, k_tolerance, relevance_tolerance)
     for name, p in points.items():
         console.print(f"{name}: k={p[0].k} lambda={p[0].lam} tau={p[0].temperature:g} "
                       f"ppl {p[0].perplexity:.2f}")
+    if report is not None:
+        console.print(f"relevance d0={best.relevance:g} T={best.relevance_temperature:g} "
+                      f"lambda={best.lam}" + ("" if report.feasible else
+                      f" (no setting keeps off-domain text within {relevance_tolerance:.0%}"
+                      " of the LM alone; the closest)"))
+        for name in report.parametric:
+            console.print(f"  {name}: ppl LM {report.parametric[name]:.2f}, one weight "
+                          f"{report.uniform[name]:.2f}, weighted {report.weighted[name]:.2f}")
     if candidates:
         best, swept = tune_pointers(lm, seqs, best, candidates, pointer_tolerance)
         for point in swept:
             console.print(f"pointers {point.pointers}: ppl {point.perplexity:.2f}, "
                           f"{point.searched:.0%} of tokens searched")
+    uniform = None if report is None else replace(report.uniform_point,
+                                                  pointers=best.pointers)
     path = write_defaults(datastore, best, {d: p[0] for d, p in points.items()},
-                          note=f"silo tune on the {split} split")
+                          note=f"silo tune on the {split} split", uniform=uniform)
     console.print(f"default k={best.k} lambda={best.lam} tau={best.temperature:g} "
                   f"pointers={best.pointers} -> {path}")
 

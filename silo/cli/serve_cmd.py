@@ -21,6 +21,9 @@ APP = "server.app:create_app"
 CORPUS = Path(__file__).resolve().parents[2] / "data" / "corpus" / "foldoc.jsonl.gz"
 DEFAULT_DOCUMENTS = 3000  # FOLDOC entries in the default datastore: a first start in minutes
 TUNE_TOKENS = 4096  # held-out FOLDOC validation tokens the default's k, lambda, tau are tuned on
+# text the default datastore does not cover (public domain and permissive: the pd+sw
+# validation split), on which its relevance weight is tuned to leave the LM alone
+OFF_DOMAIN = tuple(CORPUS.parent / f"{name}.jsonl.gz" for name in ("kjv", "wordnet", "pydoc"))
 
 
 def check_model_dir(model: Path) -> None:
@@ -54,7 +57,7 @@ def default_datastore(model: Path) -> Path:
     from silo.corpus.jsonl import read_corpus
     from silo.encoder import LMEncoder
     from silo.model import load_lm
-    from silo.tuning import DEFAULTS_FILE
+    from silo.tuning import has_relevance
 
     lm = load_lm(model)
     folder = cache_dir() / "datastores" / f"foldoc-ivfpq-{lm.fingerprint[:12]}"
@@ -69,30 +72,37 @@ def default_datastore(model: Path) -> Path:
         config = DatastoreConfig(backend="faiss-ivfpq", name="foldoc", nlist=1024, m=64,
                                  nprobe=8)
         Datastore.build(folder, docs, LMEncoder.from_loaded(lm), config, progress=True).close()
-    if not (folder / DEFAULTS_FILE).exists():  # also after a start cut short while tuning
-        typer.echo("tuning kNN-LM's k, lambda and tau for the default datastore (once)",
-                   err=True)
+    # also after a start cut short while tuning, and for defaults tuned before the
+    # relevance weight existed
+    if not has_relevance(folder):
+        typer.echo("tuning kNN-LM's k, lambda, tau and relevance weight for the default "
+                   "datastore (once)", err=True)
         tune_default(folder, model)
     return folder
 
 
 def tune_default(folder: Path, model: Path) -> None:
     """Tune k, lambda and tau on FOLDOC validation documents that are not in the store,
-    and store them with it, so clients that know nothing of SILO get tuned kNN-LM."""
+    and the relevance weight on validation text of other domains, and store them with
+    it, so clients that know nothing of SILO get tuned kNN-LM that leaves text outside
+    FOLDOC to the LM."""
     from silo.corpus.jsonl import read_corpus, split_of
     from silo.evaluate import domain_sequences
-    from silo.lm import Mode, SiloLM, SiloOptions
-    from silo.tuning import Grid, best_overall, grid_search, write_defaults
+    from silo.lm import SiloLM
+    from silo.tuning import Grid, tune_for, write_defaults
 
     lm = SiloLM.from_dirs(model, folder)
     held_out = islice(read_corpus([CORPUS]), DEFAULT_DOCUMENTS, None)  # not in the store
     docs = (d for d in held_out if split_of(d.doc_id) == "valid")
-    seqs = domain_sequences(docs, lm.encode, lm.eos_id, TUNE_TOKENS).get("foldoc", [])
-    used = sum(len(s) - 1 for s in seqs)
-    grid = Grid()
-    points = grid_search(lm.target_scores(seqs, SiloOptions(Mode.KNNLM), grid.k_max), grid)
-    write_defaults(folder, best_overall({"foldoc": points}), {"foldoc": points[0]},
-                   note=f"tuned on {used} held-out FOLDOC validation tokens at first start")
+    seqs = domain_sequences(docs, lm.encode, lm.eos_id, TUNE_TOKENS)
+    others = (d for d in read_corpus([p for p in OFF_DOMAIN if p.exists()])
+              if split_of(d.doc_id) == "valid")
+    off = domain_sequences(others, lm.encode, lm.eos_id, TUNE_TOKENS)
+    best, points, report = tune_for(lm, seqs, off, Grid())
+    used = {d: sum(len(s) - 1 for s in ss) for d, ss in {**seqs, **off}.items()}
+    write_defaults(folder, best, {d: p[0] for d, p in points.items()},
+                   note=f"tuned at first start on held-out validation tokens {used}",
+                   uniform=report.uniform_point if report else None)
 
 
 def serve(

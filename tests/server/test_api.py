@@ -28,6 +28,38 @@ def test_completion_with_usage_and_silo_info(live: Live) -> None:
     assert extra["silo"]["mode"] == "knnlm" and extra["silo"]["datastore"] == "main"
 
 
+def test_the_relevance_weight_is_on_by_default_and_off_on_request(make_live, model_dir,
+                                                                  store_dir) -> None:
+    from silo.tuning import GridPoint, write_defaults
+
+    # tuned with the weight: half weight at squared distance 1, falling with T 0.5
+    write_defaults(store_dir, GridPoint(8, 0.6, 2.0, 0.0, relevance=1.0,
+                                        relevance_temperature=0.5), {})
+    live = make_live(model=model_dir, datastore=store_dir)
+    client = _client(live)
+    tokens = client.post("/../tokenize", cast_to=dict, body={
+        "prompt": "And God said, Let there be light", "add_special_tokens": False})["tokens"]
+
+    def scored(silo: dict[str, object]) -> tuple[list[float | None], dict[str, object]]:
+        out = client.completions.create(model="m", prompt=tokens, max_tokens=0, echo=True,
+                                        logprobs=0, extra_body={"silo": silo})
+        lp = out.choices[0].logprobs
+        assert lp is not None and lp.token_logprobs is not None
+        return lp.token_logprobs, (out.model_extra or {})["silo"]
+
+    weighted, info = scored({"mode": "knnlm"})
+    assert info["relevance"] is True and info["lambda"] == 0.6
+    plain, info = scored({"mode": "knnlm", "relevance": False})
+    assert info["relevance"] is False
+    alone, info = scored({"mode": "parametric"})
+    assert info["relevance"] is None
+    assert weighted != plain  # the weight changed the mixture
+    # the weight only moves the mixture towards the LM alone, never past it
+    for w, p, a in zip(weighted[1:], plain[1:], alone[1:], strict=True):
+        assert w is not None and p is not None and a is not None
+        assert min(p, a) - 1e-5 <= w <= max(p, a) + 1e-5
+
+
 def test_seed_makes_sampling_repeatable(live: Live) -> None:
     client = _client(live)
     texts = [client.completions.create(model="m", prompt="And God said", max_tokens=8,
@@ -142,6 +174,7 @@ def test_tokenizer_endpoints_round_trip(live: Live) -> None:
     ({"prompt": "x", "n": 1000}, "n is"),
     ({"prompt": "x", "silo": {"mode": "magic"}}, "mode"),
     ({"prompt": "x", "silo": {"datastore": "nope"}}, "nope"),
+    ({"prompt": "x", "silo": {"relevance": "sometimes"}}, "relevance"),
     ({"prompt": []}, "empty"),
     ({"max_tokens": 1}, "prompt"),
     ({"prompt": ["ok", "a\ud800"]}, "prompt[1]: not valid Unicode"),

@@ -13,7 +13,9 @@ from silo.knnlm import (
     KnnParams,
     interpolate,
     knn_log_probs,
+    nearest_distance,
     neighbour_log_weights,
+    relevance_weights,
     target_log_probs,
     target_neighbour_mass,
 )
@@ -79,6 +81,40 @@ def test_params_are_validated_naming_the_field() -> None:
         KnnParams(temperature=0.0)
     with pytest.raises(ValueError, match="k must"):
         KnnParams(k=0)
+    with pytest.raises(ValueError, match="relevance must"):
+        KnnParams(relevance=math.inf)
+    with pytest.raises(ValueError, match="relevance_temperature"):
+        KnnParams(relevance=1.0, relevance_temperature=0.0)
+
+
+def test_the_relevance_weight_is_a_sigmoid_of_the_nearest_valid_distance() -> None:
+    d = torch.tensor([[3.0, 1.0, 0.5], [2.0, 4.0, 0.0], [1.0, 1.0, 1.0]])
+    v = torch.tensor([[1, 2, -1], [5, 5, 5], [-1, -1, -1]])  # row 0: 0.5 is padding
+    assert nearest_distance(d, v).tolist() == [1.0, 0.0, math.inf]
+    w = relevance_weights(d, v, d0=1.0, temperature=0.5)
+    torch.testing.assert_close(w, torch.tensor([0.5, 1 / (1 + math.exp(-2.0)), 0.0]))
+    params = KnnParams(lam=0.4, relevance=1.0, relevance_temperature=0.5)
+    torch.testing.assert_close(params.row_lam(d, v), 0.4 * w)
+    assert KnnParams(lam=0.4).row_lam(d, v) == 0.4  # off: one weight everywhere
+
+
+def test_a_weight_per_row_mixes_each_row_at_its_own_weight() -> None:
+    lm = torch.tensor([[0.5, 0.25, 0.25]] * 3).log()
+    knn = torch.tensor([[0.0, 1.0, 0.0]] * 3).log()
+    lam = torch.tensor([0.5, 0.0, 1.0])
+    got = interpolate(lm, knn, lam)
+    torch.testing.assert_close(got[0], interpolate(lm[:1], knn[:1], 0.5)[0])
+    assert torch.equal(got[1], lm[1])  # weight 0: the LM's row bit for bit
+    assert torch.equal(got[2], knn[2])
+    # the same weight on every row is the scalar path
+    same = interpolate(lm, knn, torch.full((3,), 0.3))
+    torch.testing.assert_close(same, interpolate(lm, knn, 0.3), atol=1e-7, rtol=0)
+    has = torch.tensor([True, True, False])
+    assert torch.equal(interpolate(lm, knn, torch.full((3,), 0.3), has)[2], lm[2])
+    targets = torch.tensor([1, 1, 0])
+    d, v = torch.tensor([[0.0]] * 3), torch.tensor([[1], [1], [1]])
+    at = target_log_probs(lm.gather(1, targets[:, None])[:, 0], d, v, targets, lam, 1.0)
+    torch.testing.assert_close(at, got.gather(1, targets[:, None])[:, 0])
 
 
 @st.composite

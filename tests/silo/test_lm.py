@@ -13,6 +13,7 @@ import torch
 from datastore.document import LicenseClass
 from datastore.errors import InvalidInputError
 from datastore.filter import AccessScope
+from silo.knnlm import KnnParams
 from silo.lm import (
     GenerationRequest,
     ScoreRequest,
@@ -22,6 +23,7 @@ from silo.lm import (
     TokenEvent,
 )
 from silo.ric import RicParams, with_passage
+from silo.tuning import knn_target_prob, nearest_distances
 from tests.conftest import make_documents
 from tests.silo.conftest import ALL, CONFIG, TEXT, build_store, prompt_ids
 
@@ -152,12 +154,19 @@ def test_filtered_output_equals_a_datastore_without_the_documents(
     reduced = build_store(tmp_path / "reduced", tiny_lm, tiny_tokenizer, kept, config, trained)
     cfg = SiloConfig(batch_size=4, window=24, stride=8)
     a = SiloLM(tiny_lm, tiny_tokenizer, store, cfg)
-    b = SiloLM(tiny_lm, tiny_tokenizer, reduced, cfg)
     ids = prompt_ids(a)
+    # the relevance weight on, at the median nearest distance: it too must see only
+    # what the reduced store holds
+    near = nearest_distances(a.target_scores([ids], SiloOptions("knnlm"), 6, scope), 6)
+    weight = KnnParams(relevance=float(np.median(near)),
+                       relevance_temperature=float(near.std()) or 1.0)
+    a = SiloLM(tiny_lm, tiny_tokenizer, store, cfg, weight)
+    b = SiloLM(tiny_lm, tiny_tokenizer, reduced, cfg, weight)
     # pointers 0: a search per position; 2: pointers followed where two remain
     for base, pointers in itertools.product(ALL[1:], (0, 2)):
         opts = SiloOptions(base.mode, k=6, lam=0.5, knn_temperature=2.0, license_classes=policy,
-                           attribution=True, ric=base.ric, pointers=pointers)
+                           attribution=True, ric=base.ric, pointers=pointers,
+                           relevance=pointers == 0)  # with and without the weight
         got = a.score([ScoreRequest(ids, options=opts, scope=scope)])[0]
         want = b.score([ScoreRequest(ids, options=opts)])[0]
         np.testing.assert_allclose(np.array(got.token_logprobs[1:], float),
@@ -198,6 +207,48 @@ def test_contributions_are_lambda_times_the_knn_mass(full: SiloLM, pointers: int
     for s in res.attribution.sentences:
         scores = [d.score for d in s.documents]
         assert scores == sorted(scores, reverse=True)
+
+
+def _weighted(full: SiloLM, d0: float, t: float) -> SiloLM:
+    """`full` with a relevance weight among its datastore's defaults."""
+    return SiloLM(full.model, full.tokenizer, full.datastore, full.config,
+                  KnnParams(relevance=d0, relevance_temperature=t))
+
+
+def test_the_relevance_weight_in_scoring_attribution_and_generation(full: SiloLM) -> None:
+    ids = prompt_ids(full)[:20]
+    opts = SiloOptions("knnlm", k=5, lam=0.6, knn_temperature=3.0, attribution=True)
+    scores = full.target_scores([ids], SiloOptions("knnlm"), 5)
+    nearest = nearest_distances(scores, 5)
+    d0, t = float(np.median(nearest)), float(nearest.std()) or 1.0
+    w = 1.0 / (1.0 + np.exp((nearest - d0) / t))
+    assert w.min() < 0.4 and 0.5 < w.max() < 1.0  # contexts of differing relevance
+    weighted = _weighted(full, d0, t)
+    res = weighted.score([ScoreRequest(ids, options=opts)])[0]
+    p_lm = np.exp(_lp(full, SiloOptions("parametric"), ids))
+    p_knn = knn_target_prob(scores, 5, 3.0)
+    want = np.log((1 - 0.6 * w) * p_lm + 0.6 * w * p_knn)
+    got = np.array(res.token_logprobs[1:], float)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert res.provenance is not None
+    for i, prov in enumerate(res.provenance[1:]):  # contributions: lam w times the mass
+        assert prov is not None
+        mass = sum(n.contribution for n in prov.neighbours)
+        assert np.exp(got[i]) == pytest.approx((1 - 0.6 * w[i]) * p_lm[i] + mass, abs=1e-5)
+    # off by request: the one weight, as a datastore tuned without it
+    plain = replace(opts, relevance=False)
+    assert np.array_equal(_lp(weighted, plain, ids), _lp(full, opts, ids))
+    # greedy generation follows the weighted distribution
+    gen = weighted.generate(GenerationRequest(ids[:6], max_tokens=5, temperature=0,
+                                              options=opts))
+    (choice,) = gen.choices
+    again = _lp(weighted, opts, ids[:6] + choice.token_ids)[5:]
+    np.testing.assert_allclose(again, choice.token_logprobs, atol=1e-4)
+    # a context far from every entry (d0 below every distance) gets the LM bit for bit
+    far = _weighted(full, float(nearest.min()) - 1e3, 1.0)
+    assert np.array_equal(_lp(far, opts, ids), _lp(full, SiloOptions("parametric"), ids))
+    assert weighted.plan(opts).knn.relevance == d0
+    assert weighted.plan(plain).knn.relevance is None
 
 
 def test_attribution_off_does_no_provenance_work(full: SiloLM,

@@ -1,0 +1,91 @@
+"""The relevance weight on the default datastore: held-out text inside and outside its
+domain, with the datastore at one weight everywhere and weighted by relevance.
+
+Scores the test split of FOLDOC (documents past the ones the default datastore holds)
+and of the pd+sw domains the datastore does not cover (KJV, WordNet, the Python docs)
+through `SiloLM.score`, the path the server takes: the LM alone, kNN-LM at the tuned
+lambda everywhere (`relevance` off) and kNN-LM with the tuned relevance weight (the
+default). Reports NLL per token, perplexity, the ratio to the LM alone, and on the
+datastore's own domain the share of the one-weight gain the weight keeps (in log
+perplexity). Then the greedy continuation of a prompt outside the domain, both ways.
+
+    SILO_CACHE_DIR=... python bench/relevance.py --tokens 4096
+    python bench/relevance.py --datastore STORE --model MODEL --tokens 4096
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from itertools import islice
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from silo.cli.serve_cmd import CORPUS, DEFAULT_DOCUMENTS, OFF_DOMAIN  # noqa: E402
+from silo.corpus.jsonl import read_corpus, split_of  # noqa: E402
+from silo.evaluate import domain_sequences  # noqa: E402
+from silo.lm import GenerationRequest, ScoreRequest, SiloLM, SiloOptions  # noqa: E402
+
+PROMPT = "The Lord said unto Moses,"
+
+
+def nll(lm: SiloLM, seqs: list[tuple[int, ...]], options: SiloOptions) -> tuple[float, int]:
+    """Total NLL (nats) and the number of tokens scored."""
+    total, n = 0.0, 0
+    for res in lm.score([ScoreRequest(s, options=options) for s in seqs]):
+        lps = [x for x in res.token_logprobs[1:] if x is not None]
+        total -= sum(lps)
+        n += len(lps)
+    return total, n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=Path("models/silo-small"))
+    ap.add_argument("--datastore", type=Path, default=None,
+                    help="A datastore folder; default: the one `silo serve` builds.")
+    ap.add_argument("--tokens", type=int, default=4096, help="Test tokens per domain.")
+    ap.add_argument("--split", default="test")
+    args = ap.parse_args()
+    if args.datastore is None:
+        from silo.cli.serve_cmd import default_datastore
+
+        args.datastore = default_datastore(args.model)
+    lm = SiloLM.from_dirs(args.model, args.datastore)
+    d = lm.defaults
+    print(f"datastore {args.datastore}: k={d.k} lambda={d.lam} tau={d.temperature:g} "
+          f"relevance d0={d.relevance} T={d.relevance_temperature:g}")
+    own = (doc for doc in islice(read_corpus([CORPUS]), DEFAULT_DOCUMENTS, None)
+           if split_of(doc.doc_id) == args.split)
+    others = (doc for doc in read_corpus([p for p in OFF_DOMAIN if p.exists()])
+              if split_of(doc.doc_id) == args.split)
+    domains = {**domain_sequences(own, lm.encode, lm.eos_id, args.tokens),
+               **domain_sequences(others, lm.encode, lm.eos_id, args.tokens)}
+    settings = {"LM alone": SiloOptions("parametric"),
+                "one weight": SiloOptions("knnlm", relevance=False),
+                "weighted": SiloOptions("knnlm")}
+    print("| domain | tokens | LM alone | one weight | weighted | one weight / LM | "
+          "weighted / LM | gain kept |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, seqs in domains.items():
+        got = {k: nll(lm, seqs, o) for k, o in settings.items()}
+        n = got["LM alone"][1]
+        per = {k: v[0] / v[1] for k, v in got.items()}
+        ppl = {k: math.exp(v) for k, v in per.items()}
+        gain = per["LM alone"] - per["one weight"]
+        kept = f"{(per['LM alone'] - per['weighted']) / gain:.1%}" if gain > 0 else "-"
+        print(f"| {name} | {n} | " + " | ".join(
+            f"{per[k]:.3f} ({ppl[k]:.1f})" for k in settings) +
+            f" | {ppl['one weight'] / ppl['LM alone']:.3f} | "
+            f"{ppl['weighted'] / ppl['LM alone']:.3f} | {kept} |", flush=True)
+    ids = (lm.eos_id, *lm.encode(PROMPT))
+    for label, options in settings.items():
+        res = lm.generate(GenerationRequest(ids, max_tokens=24, temperature=0,
+                                            options=options))
+        print(f"{label}: {PROMPT!r} -> {res.choices[0].text!r}")
+
+
+if __name__ == "__main__":
+    main()
