@@ -11,6 +11,9 @@ The per-sentence shape, shared with the server:
     {"sentences": [{"text", "documents": [{"doc_id", "source", "license_class",
                                            "score", "snippet", "via"}]}]}
 
+Over several datastores (silo.combination) a document also names its datastore, and a
+sentence carries each datastore's mean weight (lam_i w_i) over its tokens.
+
 Documents are ranked best first: kNN documents by summed contribution, then documents
 that only reached the sentence through RIC passages, by BM25 score.
 """
@@ -31,6 +34,7 @@ class Neighbour:
     doc_id: str
     distance: float  # squared L2 between the query and the entry's key
     contribution: float
+    datastore: str | None = None  # its datastore's name, over several
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class TokenProvenance:
 
     neighbours: tuple[Neighbour, ...] = ()
     passages: tuple[PassageRef, ...] = ()
+    weights: tuple[tuple[str, float], ...] = ()  # over several datastores: (name, a_i)
 
 
 @dataclass(frozen=True)
@@ -69,20 +74,29 @@ class AttributedDocument:
     score: float
     snippet: str | None
     via: str  # "knn" (score = summed contribution) or "ric" (score = BM25)
+    datastore: str | None = None  # over several datastores: the one it is in
 
     def to_json(self) -> dict[str, Any]:
-        return {"doc_id": self.doc_id, "source": self.source,
-                "license_class": self.license_class, "score": self.score,
-                "snippet": self.snippet, "via": self.via}
+        out = {"doc_id": self.doc_id, "source": self.source,
+               "license_class": self.license_class, "score": self.score,
+               "snippet": self.snippet, "via": self.via}
+        if self.datastore is not None:
+            out["datastore"] = self.datastore
+        return out
 
 
 @dataclass(frozen=True)
 class SentenceAttribution:
     text: str
     documents: tuple[AttributedDocument, ...] = ()
+    weights: tuple[tuple[str, float], ...] = ()  # over several datastores: mean a_i
 
     def to_json(self) -> dict[str, Any]:
-        return {"text": self.text, "documents": [d.to_json() for d in self.documents]}
+        out: dict[str, Any] = {"text": self.text,
+                               "documents": [d.to_json() for d in self.documents]}
+        if self.weights:
+            out["datastore_weights"] = dict(self.weights)
+        return out
 
 
 @dataclass(frozen=True)
@@ -138,36 +152,52 @@ class _Ranked:
     via: str
     entry_id: int | None  # the neighbour that gave most (kNN)
     passage: str | None  # the best passage's text (RIC)
+    datastore: str | None = None
 
 
 def rank_documents(provenance: Sequence[TokenProvenance]) -> list[_Ranked]:
     """The documents behind a run of tokens: kNN documents by summed contribution, then
-    RIC-only documents by best BM25 score, best first."""
-    knn: dict[str, float] = {}
-    best_entry: dict[str, tuple[float, int]] = {}
+    RIC-only documents by best BM25 score, best first (a document is its datastore and
+    its id)."""
+    knn: dict[tuple[str | None, str], float] = {}
+    best_entry: dict[tuple[str | None, str], tuple[float, int]] = {}
     ric: dict[str, tuple[float, str]] = {}
     for prov in provenance:
         for n in prov.neighbours:
-            knn[n.doc_id] = knn.get(n.doc_id, 0.0) + n.contribution
-            if n.contribution > best_entry.get(n.doc_id, (-1.0, -1))[0]:
-                best_entry[n.doc_id] = (n.contribution, n.entry_id)
+            key = (n.datastore, n.doc_id)
+            knn[key] = knn.get(key, 0.0) + n.contribution
+            if n.contribution > best_entry.get(key, (-1.0, -1))[0]:
+                best_entry[key] = (n.contribution, n.entry_id)
         for p in prov.passages:
             if p.score > ric.get(p.doc_id, (float("-inf"), ""))[0]:
                 ric[p.doc_id] = (p.score, p.text)
-    ranked = [_Ranked(d, c, "knn", best_entry[d][1], None)
-              for d, c in sorted(knn.items(), key=lambda kv: -kv[1])]
+    ranked = [_Ranked(d, c, "knn", best_entry[(ds, d)][1], None, ds)
+              for (ds, d), c in sorted(knn.items(), key=lambda kv: -kv[1])]
+    seen = {d for _, d in knn}
     ranked += [_Ranked(d, s, "ric", None, t)
-               for d, (s, t) in sorted(ric.items(), key=lambda kv: -kv[1][0]) if d not in knn]
+               for d, (s, t) in sorted(ric.items(), key=lambda kv: -kv[1][0]) if d not in seen]
     return ranked
 
 
+def mean_weights(provenance: Sequence[TokenProvenance]) -> tuple[tuple[str, float], ...]:
+    """Each datastore's mean weight over the tokens that carry weights."""
+    sums: dict[str, float] = {}
+    n = 0
+    for prov in provenance:
+        if prov.weights:
+            n += 1
+            for name, w in prov.weights:
+                sums[name] = sums.get(name, 0.0) + w
+    return tuple((name, total / n) for name, total in sums.items())
+
+
 def attribute(text: str, token_ends: Sequence[int], provenance: Sequence[TokenProvenance],
-              describe: Callable[[str, int | None], DocumentInfo],
+              describe: Callable[[str, int | None, str | None], DocumentInfo],
               max_documents: int = 5) -> Attribution:
     """Per-sentence attribution of `text`, whose tokens end at `token_ends` (chars) and
-    have `provenance` (one per token). `describe(doc_id, entry_id)` supplies source,
-    licence class and, for kNN, the snippet around the entry (RIC documents show the
-    start of their best passage)."""
+    have `provenance` (one per token). `describe(doc_id, entry_id, datastore)` supplies
+    source, licence class and, for kNN, the snippet around the entry (RIC documents show
+    the start of their best passage)."""
     assert len(token_ends) == len(provenance), "one provenance per token"
     spans = sentence_spans(text)
     which = token_sentences(token_ends, spans)
@@ -178,9 +208,10 @@ def attribute(text: str, token_ends: Sequence[int], provenance: Sequence[TokenPr
     for (start, end), provs in zip(spans, per_sentence, strict=True):
         docs = []
         for r in rank_documents(provs)[:max_documents]:
-            info = describe(r.doc_id, r.entry_id)
+            info = describe(r.doc_id, r.entry_id, r.datastore)
             snippet = info.snippet if r.passage is None else r.passage[:SNIPPET_CHARS]
             docs.append(AttributedDocument(r.doc_id, info.source, info.license_class,
-                                           float(r.score), snippet, r.via))
-        sentences.append(SentenceAttribution(text[start:end], tuple(docs)))
+                                           float(r.score), snippet, r.via, r.datastore))
+        sentences.append(SentenceAttribution(text[start:end], tuple(docs),
+                                             mean_weights(provs)))
     return Attribution(tuple(sentences))

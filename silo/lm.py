@@ -91,6 +91,7 @@ from silo.request import (
     TokenEvent,
 )
 from silo.retrieval import Retriever, SearchCounts
+from silo.retrieval_combined import CombinedRetriever
 from silo.runner import ModelRunner, RowsHook
 from silo.scoring import Scorer, perplexity
 from silo.tuning import TargetScores, read_defaults
@@ -121,7 +122,11 @@ class SiloLM:
         self.codec = Codec(tokenizer)
         self.eos_id, self.pad_id = self.codec.eos_id, self.codec.pad_id
         self.runner = ModelRunner(model, tokenizer, self.codec.pad_id)
-        self.retriever = Retriever(datastore, self.codec)
+        self.members: tuple[tuple[str, SiloLM], ...] = ()  # over several datastores
+        self._assemble(Retriever(datastore, self.codec))
+
+    def _assemble(self, retriever: Retriever) -> None:
+        self.retriever = retriever
         self.mixer = Mixer(self.runner.vocab_size)
         self.contexts = Contexts(self.runner, self.eos_id, self.config,
                                  self.retriever)
@@ -140,6 +145,26 @@ class SiloLM:
         store = None if datastore_dir is None else Datastore.open(
             datastore_dir, encoder_fingerprint=lm.fingerprint)
         return cls(lm.model, lm.tokenizer, store, config)
+
+    @classmethod
+    def combine(cls, members: Sequence[tuple[str, SiloLM]]) -> SiloLM:
+        """One SiloLM over several datastores (silo.combination): the named members'
+        datastores, each at its own tuned k, lambda, tau and relevance weight, mixed per
+        context. The members share one model; each keeps its own SiloLM for requests
+        that name it alone."""
+        if len(members) < 2:
+            raise InvalidInputError("a combination needs at least two datastores")
+        first = members[0][1]
+        for name, m in members:
+            if m.datastore is None:
+                raise InvalidInputError(f"{name!r} has no datastore to combine")
+            if m.model is not first.model:
+                raise InvalidInputError(f"{name!r} is served by another model; a "
+                                        "combination needs datastores of one model")
+        lm = cls(first.model, first.tokenizer, None, first.config)
+        lm.members = tuple(members)
+        lm._assemble(CombinedRetriever([(n, m.retriever) for n, m in members], lm.codec))
+        return lm
 
     @property
     def max_length(self) -> int:
@@ -173,6 +198,8 @@ class SiloLM:
     def plan(self, options: SiloOptions, scope: AccessScope | None = None) -> Plan:
         """Resolve options against the datastore's defaults; a mode that needs the
         datastore without one is an InvalidInputError."""
+        if self.members and options.mode is not Mode.PARAMETRIC:
+            return self._combined_plan(options, scope)
         if options.mode is not Mode.PARAMETRIC and self.datastore is None:
             raise InvalidInputError(f"mode {options.mode.value!r} needs a datastore; none is "
                                     "open")
@@ -187,6 +214,19 @@ class SiloLM:
         return Plan(options.mode, knn, options.ric,
                     SearchFilter(options.license_classes, scope or AccessScope()),
                     options.attribution)
+
+    def _combined_plan(self, options: SiloOptions, scope: AccessScope | None) -> Plan:
+        """Each member's plan for the options, without pointers (they follow one
+        datastore's entries), side by side."""
+        if options.mode.uses_ric:
+            raise InvalidInputError(f"mode {options.mode.value!r} over several datastores is "
+                                    "not supported; name one datastore for RIC-LM")
+        plans = [m.plan(replace(options, pointers=0), scope) for _, m in self.members]
+        knns = tuple(p.knn for p in plans)
+        summary = KnnParams(sum(p.k for p in knns), max(p.lam for p in knns),
+                            knns[0].temperature)
+        return replace(plans[0], knn=summary, members=knns,
+                       datastores=tuple(n for n, _ in self.members))
 
     def _plan_of(self, request: ScoreRequest | GenerationRequest) -> Plan:
         return request.plan or self.plan(request.options, request.scope)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from silo.batch import Chunk
+from silo.combination import combined_log_probs, combined_target_log_probs
 from silo.knnlm import interpolate, knn_log_probs, target_log_probs
 from silo.request import Plan
 
@@ -20,6 +21,9 @@ class Mixer:
         """(m, V) log-probs of the plan's mixture for the chunk's positions."""
         if chunk.values is None or chunk.distances is None:
             return chunk.lm
+        if plan.members:  # several datastores
+            return combined_log_probs(chunk.lm, chunk.distances, chunk.values, plan.members,
+                                      self.vocab_size)
         knn = knn_log_probs(chunk.distances, chunk.values, self.vocab_size,
                             plan.knn.temperature)
         # a row whose neighbours all have unusable distances has no kNN distribution
@@ -32,6 +36,9 @@ class Mixer:
         lm = chunk.lm.gather(1, targets[:, None])[:, 0]
         if chunk.values is None or chunk.distances is None:
             return lm
+        if plan.members:
+            return combined_target_log_probs(lm, chunk.distances, chunk.values, targets,
+                                             plan.members)
         return target_log_probs(lm, chunk.distances, chunk.values, targets,
                                 plan.knn.row_lam(chunk.distances, chunk.values),
                                 plan.knn.temperature)

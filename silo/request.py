@@ -59,6 +59,10 @@ class Plan:
     ric: RicParams
     filter: SearchFilter
     attribution: bool
+    # over several datastores (silo.combination): each one's resolved parameters and
+    # its name, in the order of their neighbours' columns; `knn` then sums them up
+    members: tuple[KnnParams, ...] = ()
+    datastores: tuple[str, ...] = ()
 
     @property
     def uses_knn(self) -> bool:

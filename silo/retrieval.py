@@ -39,6 +39,15 @@ from silo.ric import Passage, query_ids
 PASSAGE_CACHE = 65_536  # tokenized RIC blocks kept in memory
 
 
+def token_ends(codec: Codec, ids: Sequence[int]) -> tuple[str, list[int]]:
+    """The text of `ids` and the character offset where each token ends."""
+    ends, text = [], ""
+    for i in range(len(ids)):
+        text = codec.decode(ids[:i + 1])  # quadratic, but only on the attribution path
+        ends.append(len(text))
+    return text, ends
+
+
 @dataclass
 class SearchCounts:
     """kNN positions served and how many of them needed a search (the others followed
@@ -160,13 +169,11 @@ class Retriever:
     def attribution(self, ids: Sequence[int], provs: Sequence[TokenProvenance],
                     ) -> Attribution:
         """Per-sentence attribution of the text of `ids` (one provenance per id)."""
-        ends, text = [], ""
-        for i in range(len(ids)):
-            text = self.codec.decode(ids[:i + 1])  # quadratic, but only on this path
-            ends.append(len(text))
-        return attribute(text, ends, provs, self._describe)
+        return attribute(*token_ends(self.codec, ids), provs, self.describe)
 
-    def _describe(self, doc_id: str, entry_id: int | None) -> DocumentInfo:
+    def describe(self, doc_id: str, entry_id: int | None,
+                 datastore: str | None = None) -> DocumentInfo:
+        """What attribution shows of one of this datastore's documents."""
         store = self._store()
         doc = store.snapshot.document(doc_id)
         with datastore_faults("the attribution lookup"):

@@ -49,7 +49,8 @@ def test_attribute_builds_the_per_sentence_shape() -> None:
              TokenProvenance((), (PassageRef(1, "b", 3.5, "b's passage"),))]
     seen: list[tuple[str, int | None]] = []
 
-    def describe(doc_id: str, entry: int | None) -> DocumentInfo:
+    def describe(doc_id: str, entry: int | None, datastore: str | None) -> DocumentInfo:
+        assert datastore is None  # one datastore: none is named
         seen.append((doc_id, entry))
         return DocumentInfo("src-" + doc_id, "copyleft", f"snippet of {entry}")
 
@@ -62,3 +63,24 @@ def test_attribute_builds_the_per_sentence_shape() -> None:
             {"doc_id": "b", "source": "src-b", "license_class": "copyleft", "score": 3.5,
              "snippet": "b's passage", "via": "ric"}]}]}
     assert seen == [("a", 5), ("b", None)]
+
+
+def test_one_doc_id_in_two_datastores_is_two_documents_and_weights_are_averaged() -> None:
+    provs = [TokenProvenance((Neighbour(1, "d", 0.1, 0.3, "a"), Neighbour(7, "d", 0.2, 0.2, "b")),
+                             (), (("a", 0.4), ("b", 0.2))),
+             TokenProvenance((Neighbour(2, "d", 0.1, 0.3, "a"),), (), (("a", 0.6), ("b", 0.0)))]
+    ranked = rank_documents(provs)
+    assert [(r.datastore, r.doc_id, round(r.score, 6)) for r in ranked] == [
+        ("a", "d", 0.6), ("b", "d", 0.2)]
+    named: list[str | None] = []
+
+    def describe(doc_id: str, entry: int | None, datastore: str | None) -> DocumentInfo:
+        named.append(datastore)
+        return DocumentInfo(f"{datastore}-src", "pd", None)
+
+    out = attribute("ab", [1, 2], provs, describe).sentences[0]
+    assert [(d.datastore, d.source) for d in out.documents] == [("a", "a-src"), ("b", "b-src")]
+    assert dict(out.weights) == {"a": 0.5, "b": 0.1}
+    assert out.to_json()["datastore_weights"] == {"a": 0.5, "b": 0.1}
+    assert out.to_json()["documents"][0]["datastore"] == "a"
+    assert named == ["a", "b"]

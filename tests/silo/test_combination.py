@@ -1,0 +1,201 @@
+"""Several datastores in one request: the mixture against hand-computed references, and
+the guarantees (an opt-out inside a combination equals never-added)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from datastore.errors import InvalidInputError
+from silo.combination import (
+    combined_log_probs,
+    combined_target_log_probs,
+    contributions,
+    member_weights,
+)
+from silo.knnlm import KnnParams, interpolate, knn_log_probs
+from silo.lm import GenerationRequest, ScoreRequest, SiloConfig, SiloLM, SiloOptions
+from silo.tuning import knn_target_prob, nearest_distances
+from tests.conftest import make_documents
+from tests.silo.conftest import build_store, prompt_ids
+
+CFG = SiloConfig(batch_size=3, window=24, stride=8)
+
+
+def _lm_side() -> torch.Tensor:
+    return torch.log_softmax(torch.arange(6.0).repeat(3, 1), dim=1)
+
+
+# three rows; member a's neighbours: near, far, none; member b's: far, near, near
+D = torch.tensor([[0.0, 1.0, 9.0, 9.5], [9.0, 9.0, 0.5, 1.0], [0.0, 0.0, 1.0, 2.0]])
+V = torch.tensor([[1, 2, 3, 3], [1, 1, 4, 4], [-1, -1, 5, 4]])
+
+
+def test_one_member_is_the_single_datastore_mixture() -> None:
+    lm = _lm_side()
+    for p in (KnnParams(2, 0.4, 2.0), KnnParams(2, 0.7, 1.0, relevance=3.0,
+                                                relevance_temperature=0.5)):
+        got = combined_log_probs(lm, D[:, :2], V[:, :2], [p], 6)
+        knn = knn_log_probs(D[:, :2], V[:, :2], 6, p.temperature)
+        want = interpolate(lm, knn, p.row_lam(D[:, :2], V[:, :2]), torch.isfinite(knn).any(1))
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+        assert torch.equal(got[2], lm[2])  # no neighbour: the LM's row bit for bit
+
+
+def test_weights_are_a_softmax_with_the_lm_at_score_zero() -> None:
+    a = KnnParams(2, 0.5, 1.0, relevance=4.0, relevance_temperature=1.0)
+    b = KnnParams(2, 0.8, 1.0, relevance=2.0, relevance_temperature=0.5)
+    w = member_weights(D, V, [a, b])
+    s = np.array([[4.0 - 0.0, (2.0 - 9.0) / 0.5], [4.0 - 9.0, (2.0 - 0.5) / 0.5],
+                  [-np.inf, (2.0 - 1.0) / 0.5]])
+    e = np.exp(s)
+    want = e / (1 + e.sum(1, keepdims=True)) * np.array([0.5, 0.8])
+    np.testing.assert_allclose(w.numpy(), want, rtol=1e-12)
+    assert (w.sum(1) <= 0.8).all()
+    # without relevance weights: uniform, and a member without neighbours takes no part
+    plain = member_weights(D, V, [KnnParams(2, 0.5, 1.0), KnnParams(2, 0.8, 1.0)])
+    np.testing.assert_allclose(plain.numpy(), [[0.25, 0.4], [0.25, 0.4], [0.0, 0.4]])
+
+
+def test_the_mixture_by_hand_and_at_the_targets() -> None:
+    lm = _lm_side()
+    members = [KnnParams(2, 0.5, 1.0, relevance=4.0), KnnParams(2, 0.8, 2.0, relevance=2.0)]
+    got = combined_log_probs(lm, D, V, members, 6)
+    w = member_weights(D, V, members).numpy()
+    p_a = knn_log_probs(D[:, :2], V[:, :2], 6, 1.0).exp().double().numpy()
+    p_b = knn_log_probs(D[:, 2:], V[:, 2:], 6, 2.0).exp().double().numpy()
+    want = ((1 - w.sum(1, keepdims=True)) * lm.exp().double().numpy()
+            + w[:, :1] * p_a + w[:, 1:] * p_b)
+    np.testing.assert_allclose(got.exp().numpy(), want, atol=1e-6)
+    np.testing.assert_allclose(got.exp().sum(1).numpy(), 1.0, atol=1e-5)
+    targets = torch.tensor([1, 4, 5])
+    at = combined_target_log_probs(lm.gather(1, targets[:, None])[:, 0], D, V, targets,
+                                   members)
+    torch.testing.assert_close(at, got.gather(1, targets[:, None])[:, 0], atol=1e-6, rtol=0)
+    mass, weights = contributions(D, V, targets, members)
+    lm_t = lm.exp().gather(1, targets[:, None])[:, 0].double()
+    mixed = (1 - weights.sum(1)) * lm_t + mass.sum(1)
+    torch.testing.assert_close(mixed.log().float(), at, atol=1e-6, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory: pytest.TempPathFactory, tiny_lm: object,
+            tiny_tokenizer: object) -> dict[str, SiloLM]:
+    """Three datastores over disjoint parts of the test corpus."""
+    docs = make_documents()
+    parts = {"bible": [d for d in docs if d.source in ("kjv", "devil")],
+             "code": [d for d in docs if d.source == "stdlib"],
+             "dict": [d for d in docs if d.source == "gcide"]}
+    out = {}
+    for name, part in parts.items():
+        store = build_store(tmp_path_factory.mktemp(name), tiny_lm, tiny_tokenizer, part)
+        out[name] = SiloLM(tiny_lm, tiny_tokenizer, store, CFG)
+    return out
+
+
+def _lp(lm: SiloLM, options: SiloOptions, ids: tuple[int, ...]) -> np.ndarray:
+    res = lm.score([ScoreRequest(ids, options=options)])[0]
+    return np.array(res.token_logprobs[1:], dtype=np.float64)
+
+
+def _relevant(lm: SiloLM, ids: tuple[int, ...]) -> SiloLM:
+    """`lm` with a relevance weight at the median nearest distance of `ids`."""
+    near = nearest_distances(lm.target_scores([ids], SiloOptions("knnlm"), 4), 4)
+    weight = KnnParams(4, 0.6, 2.0, relevance=float(np.median(near)),
+                       relevance_temperature=float(near.std()) or 1.0)
+    return SiloLM(lm.model, lm.tokenizer, lm.datastore, CFG, weight)
+
+
+def test_a_combination_scores_the_mixture_of_its_members(members: dict[str, SiloLM]) -> None:
+    ids = prompt_ids(members["bible"])[:20]
+    a, b = _relevant(members["bible"], ids), _relevant(members["dict"], ids)
+    both = SiloLM.combine([("bible", a), ("dict", b)])
+    opts = SiloOptions("knnlm", attribution=True)
+    res = both.score([ScoreRequest(ids, options=opts)])[0]
+    got = np.array(res.token_logprobs[1:], float)
+    # by hand, from each member's own neighbours
+    p_lm = np.exp(_lp(a, SiloOptions("parametric"), ids))
+    scores = [m.target_scores([ids], SiloOptions("knnlm"), 4) for m in (a, b)]
+    s = np.stack([(m.defaults.relevance - nearest_distances(sc, 4))  # type: ignore[operator]
+                  / m.defaults.relevance_temperature
+                  for m, sc in zip((a, b), scores, strict=True)], 1)
+    w = np.exp(s) / (1 + np.exp(s).sum(1, keepdims=True)) * 0.6
+    p = [knn_target_prob(sc, 4, 2.0) for sc in scores]
+    want = np.log((1 - w.sum(1)) * p_lm + w[:, 0] * p[0] + w[:, 1] * p[1])
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    # attribution names each document's datastore and each datastore's weight
+    assert res.provenance is not None and res.attribution is not None
+    named = {(n.datastore, n.doc_id) for prov in res.provenance[1:] if prov
+             for n in prov.neighbours}
+    assert {ds for ds, _ in named} == {"bible", "dict"}
+    assert all(d.startswith("pd/") if ds == "bible" else d.startswith("cl/") for ds, d in named)
+    for i, prov in enumerate(res.provenance[1:]):
+        assert prov is not None and dict(prov.weights).keys() == {"bible", "dict"}
+        mass = sum(n.contribution for n in prov.neighbours)
+        assert math.exp(got[i]) == pytest.approx((1 - w[i].sum()) * p_lm[i] + mass, abs=1e-5)
+    sentence = res.attribution.sentences[0]
+    assert dict(sentence.weights).keys() == {"bible", "dict"}
+    assert {d.datastore for s in res.attribution.sentences for d in s.documents} <= {
+        "bible", "dict"}
+    # greedy generation follows the combined distribution
+    gen = both.generate(GenerationRequest(ids[:6], max_tokens=5, temperature=0, options=opts))
+    (choice,) = gen.choices
+    again = _lp(both, opts, ids[:6] + choice.token_ids)[5:]
+    np.testing.assert_allclose(again, choice.token_logprobs, atol=1e-4)
+    assert choice.attribution is not None
+
+
+def test_an_optout_inside_a_combination_equals_never_added(
+        members: dict[str, SiloLM], tmp_path: Path, tiny_lm: object,
+        tiny_tokenizer: object) -> None:
+    docs = [d for d in make_documents() if d.source == "gcide"]
+    with_doc = build_store(tmp_path / "with", tiny_lm, tiny_tokenizer, docs)
+    without = build_store(tmp_path / "without", tiny_lm, tiny_tokenizer,
+                          [d for d in docs if d.doc_id != "cl/0"])
+    with_doc.optout(doc_ids=["cl/0"])
+    a = members["bible"]
+    opted = SiloLM.combine([("bible", a), ("dict", SiloLM(tiny_lm, tiny_tokenizer, with_doc,
+                                                          CFG))])
+    never = SiloLM.combine([("bible", a), ("dict", SiloLM(tiny_lm, tiny_tokenizer, without,
+                                                         CFG))])
+    ids = prompt_ids(a)
+    for relevance in (True, False):
+        opts = SiloOptions("knnlm", k=6, lam=0.5, knn_temperature=2.0, attribution=True,
+                           relevance=relevance)
+        got = opted.score([ScoreRequest(ids, options=opts)])[0]
+        want = never.score([ScoreRequest(ids, options=opts)])[0]
+        np.testing.assert_allclose(np.array(got.token_logprobs[1:], float),
+                                   np.array(want.token_logprobs[1:], float), atol=1e-5)
+        assert got.attribution is not None and "cl/0" not in got.attribution.doc_ids()
+        gen = opted.generate(GenerationRequest(ids[:6], max_tokens=5, temperature=0,
+                                               options=opts))
+        ref = never.generate(GenerationRequest(ids[:6], max_tokens=5, temperature=0,
+                                               options=opts))
+        assert gen.choices[0].token_ids == ref.choices[0].token_ids
+    with_doc.close()
+    without.close()
+
+
+def test_what_a_combination_refuses(members: dict[str, SiloLM]) -> None:
+    with pytest.raises(InvalidInputError, match="at least two"):
+        SiloLM.combine([("bible", members["bible"])])
+    both = SiloLM.combine([("bible", members["bible"]), ("code", members["code"])])
+    for mode in ("ric", "knnlm+ric"):
+        with pytest.raises(InvalidInputError, match="several datastores"):
+            both.plan(SiloOptions(mode))
+    alone = SiloLM(members["bible"].model, members["bible"].tokenizer, None, CFG)
+    with pytest.raises(InvalidInputError, match="no datastore"):
+        SiloLM.combine([("bible", members["bible"]), ("none", alone)])
+    # parametric over a combination is the LM alone
+    ids = prompt_ids(both)
+    assert np.array_equal(_lp(both, SiloOptions("parametric"), ids),
+                          _lp(members["bible"], SiloOptions("parametric"), ids))
+    # each member keeps its tuned parameters, without pointers
+    plan = both.plan(SiloOptions("knnlm", pointers=4))
+    assert plan.datastores == ("bible", "code")
+    assert plan.members == (members["bible"].plan(SiloOptions("knnlm", pointers=0)).knn,
+                            members["code"].plan(SiloOptions("knnlm", pointers=0)).knn)
