@@ -60,12 +60,35 @@ def load_service(settings: Settings, metrics: Metrics) -> SiloService:
     if settings.datastore is not None:
         active = Path(settings.datastore).name
         paths[active] = settings.datastore
+    check_datastores(paths, settings.default_set(), loaded.fingerprint)
     registry = DatastoreRegistry(paths, active, open_lm,
                                  SiloLM(loaded.model, loaded.tokenizer, None, config))
     if active is not None:
         registry.lm(active)  # open now: a broken datastore fails the start, not a request
     return SiloService(settings, registry, LMEncoder.from_loaded(loaded),
                        model_name_of(loaded.path, settings.model_name), metrics)
+
+
+def check_datastores(paths: dict[str, Path], default: list[str] | None,
+                     fingerprint: str) -> None:
+    """Refuse to start when a listed datastore's keys come from another model (any
+    request may combine them, so all must share the model) or when the default set
+    names a datastore that is not listed. Folders without a manifest yet are checked
+    when they open."""
+    from datastore.errors import ModelMismatchError, NotFoundError
+    from datastore.manifest import MANIFEST_FILE, read_manifest
+
+    for name, path in paths.items():
+        if (Path(path) / MANIFEST_FILE).exists():
+            theirs = read_manifest(path).model_fingerprint
+            if theirs != fingerprint:
+                raise ModelMismatchError(
+                    f"datastore {name!r} ({path}) was built with another model "
+                    f"(fingerprint {theirs[:12]}, the served model's is {fingerprint[:12]})")
+    for name in default or []:
+        if name != "all" and name not in paths:
+            raise NotFoundError(f"SILO_DEFAULT_DATASTORES names {name!r}, which is not a "
+                                f"datastore of this service ({', '.join(sorted(paths))})")
 
 
 class ObserveRequests:

@@ -26,7 +26,7 @@ class AttributionService:
                      ) -> tuple[AttributionResponse, LogHead]:
         """The documents behind each sentence, and the log's head they were looked up
         against (every change below it was in effect)."""
-        store = self.registry.datastore(body.datastore)
+        store = self.registry.datastore(body.datastore, principal.datastores)
         classes = body.license_classes
         flt = SearchFilter(None if classes is None else frozenset(classes), principal.scope)
 

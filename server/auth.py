@@ -8,7 +8,11 @@ no user key is configured. A key's scope (sources, licence classes) reaches sear
 through the one entry filter (`datastore.filter.SearchFilter.scope`).
 
 Keys file (`SILO_KEYS_FILE`), JSON:
-    [{"key": "...", "name": "alice", "sources": ["kjv"], "license_classes": ["pd", "sw"]}]
+    [{"key": "...", "name": "alice", "sources": ["kjv"], "license_classes": ["pd", "sw"],
+      "datastores": ["gcide", "foldoc"]}]
+
+`datastores` names the datastores the key may use (unset: all); a request for another is
+a 403, and `"datastores": "all"` in a request means all the key may use.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ class Principal:
     name: str
     role: str  # "admin", "user" or "anonymous"
     scope: AccessScope = field(default_factory=AccessScope)
+    datastores: frozenset[str] | None = None  # the datastores it may use; None: all
 
     def __post_init__(self) -> None:
         if self.role not in ("admin", "user", "anonymous"):
@@ -61,6 +66,11 @@ def read_keys_file(path: Path) -> list[tuple[str, Principal]]:
             raise InvalidInputError(f"{path}[{i}]: each entry needs a non-empty 'key'")
         sources = entry.get("sources")
         classes = entry.get("license_classes")
+        stores = entry.get("datastores")
+        if stores is not None and (not isinstance(stores, list) or not stores
+                                   or not all(isinstance(x, str) and x for x in stores)):
+            raise InvalidInputError(f"{path}[{i}]: 'datastores' must be a non-empty list of "
+                                    "datastore names")
         try:
             scope = AccessScope(
                 frozenset(sources) if sources is not None else None,
@@ -69,7 +79,7 @@ def read_keys_file(path: Path) -> list[tuple[str, Principal]]:
         except (TypeError, ValueError) as e:
             raise InvalidInputError(f"{path}[{i}]: {e}") from None
         out.append((entry["key"], Principal(str(entry.get("name", f"key-{i}")), "user",
-                                            scope)))
+                                            scope, None if stores is None else frozenset(stores))))
     return out
 
 

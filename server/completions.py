@@ -82,7 +82,8 @@ class CompletionService:
         o = opts or SiloRequestOptions()
         classes = None if o.license_classes is None else frozenset(o.license_classes)
         mode = o.mode or self.settings.default_mode
-        if self.registry.active is None and o.mode is None and o.datastore is None:
+        if (self.registry.active is None and o.mode is None and o.datastore is None
+                and o.datastores is None and self.settings.default_set() is None):
             mode = Mode.PARAMETRIC  # no datastore configured: the default cannot apply
         return SiloOptions(mode=mode, k=o.k, lam=o.lambda_, knn_temperature=o.knn_temperature,
                            license_classes=classes, attribution=o.attribution,
@@ -94,7 +95,7 @@ class CompletionService:
         self._check_limits(req)
         prompts = self.tokens.prompts(req.prompt)
         options = self._options(req.silo)
-        lm = self.registry.lm(req.silo.datastore if req.silo else None)
+        lm = self.lm_for(req, principal)
         plan = lm.plan(options, principal.scope)  # a mode the datastore cannot serve: 400
         if req.silo is not None and req.silo.signed:
             self._check_signable(req, lm)
@@ -114,10 +115,19 @@ class CompletionService:
         head = None if lm.datastore is None else lm.datastore.view.log
         return Prepared(lm, plan, self.registry.name_of(lm), prompts, requests, head)
 
+    def lm_for(self, req: CompletionRequest, principal: Principal) -> SiloLM:
+        """The SiloLM serving the request's datastores (registry.resolve)."""
+        o = req.silo
+        return self.registry.resolve(o.datastore if o else None, o.datastores if o else None,
+                                     principal.datastores, self.settings.default_set())
+
     @staticmethod
     def _check_signable(req: CompletionRequest, lm: SiloLM) -> None:
         if req.stream:
             raise InvalidInputError("a streamed response cannot be signed; ask for it whole")
+        if lm.members:
+            raise InvalidInputError("a response over several datastores cannot be signed "
+                                    "(each has its own log); name one datastore")
         if lm.datastore is None or lm.datastore.log.signer is None:
             raise InvalidInputError("this service has no log key (SILO_LOG_KEY_FILE), so "
                                     "it cannot sign responses")
@@ -193,11 +203,12 @@ class CompletionService:
                       ) -> Response:
         """The HTTP response: the whole body, or its server-sent events; with the log's
         checkpoint in `Silo-Checkpoint`, and signed in `Silo-Signature` when asked."""
-        store = self.registry.lm(req.silo.datastore if req.silo else None).datastore
-        if store is not None and store.config.shares_index:
-            # what other replicas committed, in the view the request's checkpoint is read
-            # from (a local folder's view moves with its own writes)
-            await asyncio.to_thread(store.sync)
+        lm = self.lm_for(req, principal)
+        for store in [m.datastore for _, m in lm.members] or [lm.datastore]:
+            if store is not None and store.config.shares_index:
+                # what other replicas committed, in the view the request's checkpoint is
+                # read from (a local folder's view moves with its own writes)
+                await asyncio.to_thread(store.sync)
         if req.stream:
             prepared, events = self.stream(req, principal)
             return StreamingResponse(events, media_type="text/event-stream", headers={

@@ -8,7 +8,7 @@ knows them; the bounds here are the ones that never change.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -81,6 +81,10 @@ class SiloRequestOptions(Request):
     attribution: bool = False
     datastore: str | None = Field(default=None, max_length=200,
                                   description="A datastore name; the active one if unset.")
+    datastores: list[Annotated[str, Field(max_length=200)]] | Literal["all"] | None = Field(
+        default=None, max_length=64, description=(
+            "Several datastores, combined per context by their relevance, or 'all' for "
+            "every one the key may use; unset: the server's default set."))
     signed: bool = Field(default=False, description=(
         "Sign the response with the log's key: the Silo-Signature header holds a signed "
         "note over the request's and the response's SHA-256 and the checkpoint."))
@@ -134,12 +138,16 @@ class AttributedDocument(BaseModel):
     score: float
     snippet: str | None = None
     via: str | None = Field(default=None, description="knn, ric, verbatim or bm25.")
+    datastore: str | None = Field(default=None, description=(
+        "The datastore holding the document, when several were combined."))
 
 
 class SentenceAttribution(BaseModel):
     text: str
     documents: list[AttributedDocument]
     index: int | None = Field(default=None, description="The choice this sentence belongs to.")
+    datastore_weights: dict[str, float] | None = Field(default=None, description=(
+        "Over several datastores: each one's mean weight (lambda w) over the sentence."))
 
 
 class CheckpointRef(BaseModel):
@@ -155,6 +163,8 @@ class SiloResponseInfo(BaseModel):
 
     mode: Mode
     datastore: str | None
+    datastores: list[str] | None = Field(default=None, description=(
+        "The datastores combined, when the request was served over several."))
     k: int | None = None
     lambda_: float | None = Field(default=None, alias="lambda")
     knn_temperature: float | None = None

@@ -3,17 +3,24 @@
 Each opened datastore gets its own `SiloLM` sharing the one model, so swapping is a
 reference swap: a request holds the SiloLM it started with and finishes on it, while
 requests that start after the swap get the new one. Datastores open lazily, on first
-use or activation, under a lock (opening checks every file's checksum).
+use or activation, under a lock (opening checks every file's checksum). A request over
+several datastores gets one SiloLM combining theirs (`SiloLM.combine`), made once per
+set of names.
+
+`resolve` turns a request's `datastore` / `datastores` and its key's allowed
+datastores into the SiloLM that serves it: an unknown name is a 404, one the key may not
+use a 403, an empty list a 400.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from datastore.errors import NotFoundError
+from datastore.errors import InvalidInputError, NotFoundError
 from datastore.store.datastore import Datastore
+from server.errors import ApiError
 from silo.lm import SiloLM
 
 
@@ -28,6 +35,7 @@ class DatastoreRegistry:
         self._open_lm = open_lm
         self._parametric = parametric
         self._loaded: dict[str, SiloLM] = {}
+        self._combined: dict[tuple[str, ...], SiloLM] = {}
         self._lock = threading.Lock()
         self._active = active
 
@@ -43,13 +51,83 @@ class DatastoreRegistry:
         found = self._loaded.get(name)
         if found is not None:
             return found
-        if name not in self.paths:
-            raise NotFoundError(
-                f"no datastore named {name!r}; known: {', '.join(sorted(self.paths)) or 'none'}")
+        self._known(name)
         with self._lock:
             if name not in self._loaded:
                 self._loaded[name] = self._open_lm(self.paths[name])
             return self._loaded[name]
+
+    def combined(self, names: Sequence[str]) -> SiloLM:
+        """The SiloLM over the datastores `names` (two or more; sorted, so that a set is
+        served the same whatever order it is named in)."""
+        key = tuple(sorted(set(names)))
+        found = self._combined.get(key)
+        if found is not None:
+            return found
+        members = [(n, self.lm(n)) for n in key]
+        with self._lock:
+            if key not in self._combined:
+                self._combined[key] = SiloLM.combine(members)
+            return self._combined[key]
+
+    def resolve(self, datastore: str | None, datastores: Sequence[str] | str | None,
+                allowed: frozenset[str] | None = None,
+                default: Sequence[str] | None = None) -> SiloLM:
+        """The SiloLM for a request that names `datastore` or `datastores` (a list, or
+        "all": every datastore `allowed` may use); with neither, the `default` set
+        (["all"] for all; None: the active datastore), as far as `allowed` goes."""
+        if datastore is not None and datastores is not None:
+            raise InvalidInputError("give silo.datastore or silo.datastores, not both")
+        if datastore is not None:
+            return self.lm(self._allowed([datastore], allowed)[0])
+        if datastores is not None:
+            if isinstance(datastores, str):
+                if datastores != "all":
+                    raise InvalidInputError(f"datastores must be a list of names or 'all', "
+                                            f"got {datastores!r}")
+                names = self._usable(allowed)
+            else:
+                if not datastores:
+                    raise InvalidInputError("datastores must name at least one datastore")
+                names = self._allowed(datastores, allowed)
+            return self._serving(names)
+        if default is None:
+            name = self._active
+            if name is not None and allowed is not None and name not in allowed:
+                names = self._usable(allowed)
+                return self._serving(names)
+            return self.lm(name)
+        names = (self._usable(allowed) if list(default) == ["all"]
+                 else [n for n in default if allowed is None or n in allowed])
+        if not names:
+            raise ApiError(403, "this key may use none of the default datastores ("
+                           f"{', '.join(default)}); name one it may use", "permission_error",
+                           "datastore_not_allowed")
+        return self._serving(names)
+
+    def _serving(self, names: Sequence[str]) -> SiloLM:
+        return self.lm(names[0]) if len(set(names)) == 1 else self.combined(names)
+
+    def _known(self, name: str) -> None:
+        if name not in self.paths:
+            raise NotFoundError(
+                f"no datastore named {name!r}; known: {', '.join(sorted(self.paths)) or 'none'}")
+
+    def _allowed(self, names: Sequence[str], allowed: frozenset[str] | None) -> list[str]:
+        for name in names:
+            self._known(name)
+            if allowed is not None and name not in allowed:
+                raise ApiError(403, f"this key may not use datastore {name!r}; it may use "
+                               f"{', '.join(sorted(allowed))}", "permission_error",
+                               "datastore_not_allowed")
+        return list(names)
+
+    def _usable(self, allowed: frozenset[str] | None) -> list[str]:
+        names = sorted(n for n in self.paths if allowed is None or n in allowed)
+        if not names:
+            raise ApiError(403, "this key may use none of the service's datastores",
+                           "permission_error", "datastore_not_allowed")
+        return names
 
     def activate(self, name: str) -> SiloLM:
         """Open `name` if needed, then make it the active datastore (atomically)."""
@@ -64,8 +142,12 @@ class DatastoreRegistry:
     def loaded(self) -> dict[str, SiloLM]:
         return dict(self._loaded)
 
-    def datastore(self, name: str | None = None) -> Datastore:
-        """The datastore object of `name` (active if None); a NotFoundError if none."""
+    def datastore(self, name: str | None = None, allowed: frozenset[str] | None = None,
+                  ) -> Datastore:
+        """The datastore object of `name` (active if None); a NotFoundError if none, a
+        403 when `allowed` does not hold it."""
+        if allowed is not None:
+            self._allowed([name or self._active or ""], allowed)
         store = self.lm(name).datastore
         if store is None:
             raise NotFoundError("no datastore is active; the service runs parametric only")

@@ -38,7 +38,8 @@ def sentences(index: int | None, attribution: Attribution | None,
         text=s.text, index=index,
         documents=[AttributedDocument.model_construct(
             doc_id=d.doc_id, source=d.source, license_class=d.license_class, score=d.score,
-            snippet=d.snippet, via=d.via) for d in s.documents])
+            snippet=d.snippet, via=d.via, datastore=d.datastore) for d in s.documents],
+        datastore_weights=dict(s.weights) if s.weights else None)
         for s in attribution.sentences]
 
 
@@ -48,10 +49,11 @@ def silo_info(plan: Plan, datastore: str | None, attribution: list[SentenceAttri
     with, the attribution when asked, and the log's checkpoint it was served against."""
     knn = plan.knn if plan.mode.uses_knn else None
     return SiloResponseInfo.model_construct(
-        mode=plan.mode, datastore=datastore, k=knn.k if knn else None,
+        mode=plan.mode, datastore=datastore, datastores=list(plan.datastores) or None,
+        k=knn.k if knn else None,
         lambda_=knn.lam if knn else None,
         knn_temperature=knn.temperature if knn else None,
-        relevance=knn.relevance is not None if knn else None,
+        relevance=any(p.relevance is not None for p in (knn, *plan.members)) if knn else None,
         attribution=attribution if plan.attribution else None,
         checkpoint=checkpoint_ref(checkpoint))
 

@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     model_name: str | None = Field(default=None, description="Name in /v1/models.")
     datastore: Path | None = Field(default=None, description="The datastore active at start.")
     datastores: str = Field(default="", description="More datastores to swap to: name=path,...")
+    default_datastores: str = Field(default="", description=(
+        "The datastores a request uses when it names none: name,name,... or 'all'; "
+        "unset: the active datastore."))
     default_mode: Mode = Mode.KNNLM
     device: str = "cpu"
 
@@ -56,6 +59,11 @@ class Settings(BaseSettings):
 
     def user_keys(self) -> list[str]:
         return [k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip()]
+
+    def default_set(self) -> list[str] | None:
+        """`SILO_DEFAULT_DATASTORES` as names (["all"] for all); None when unset."""
+        names = [n.strip() for n in self.default_datastores.split(",") if n.strip()]
+        return names or None
 
     def named_datastores(self) -> dict[str, Path]:
         """`SILO_DATASTORES` as {name: folder}; a bare path is named after its folder."""
