@@ -9,7 +9,12 @@ default). Reports NLL per token, perplexity, the ratio to the LM alone, and on t
 datastore's own domain the share of the one-weight gain the weight keeps (in log
 perplexity). Then the greedy continuation of a prompt outside the domain, both ways.
 
-    SILO_CACHE_DIR=... python bench/relevance.py --tokens 4096
+With --tolerances, the trade-off: for each tolerance the weight is tuned again on the
+validation split (`silo.tuning.tune_relevance` at the stored k and tau, from the grid's
+one-weight lambda) and measured on the test split (`silo.tuning.mixed_logprob`, the
+mixture SiloLM computes, on one k-neighbour search per token).
+
+    SILO_CACHE_DIR=... python bench/relevance.py --tokens 4096 --tolerances 0,0.01,0.05
     python bench/relevance.py --datastore STORE --model MODEL --tokens 4096
 """
 
@@ -27,6 +32,12 @@ from silo.cli.serve_cmd import CORPUS, DEFAULT_DOCUMENTS, OFF_DOMAIN  # noqa: E4
 from silo.corpus.jsonl import read_corpus, split_of  # noqa: E402
 from silo.evaluate import domain_sequences  # noqa: E402
 from silo.lm import GenerationRequest, ScoreRequest, SiloLM, SiloOptions  # noqa: E402
+from silo.tuning import (  # noqa: E402
+    GridPoint,
+    mixed_logprob,
+    perplexity,
+    tune_relevance,
+)
 
 PROMPT = "The Lord said unto Moses,"
 
@@ -41,6 +52,45 @@ def nll(lm: SiloLM, seqs: list[tuple[int, ...]], options: SiloOptions) -> tuple[
     return total, n
 
 
+def split_domains(lm: SiloLM, split: str, tokens: int) -> dict[str, list[tuple[int, ...]]]:
+    """Token sequences of FOLDOC past the default datastore's documents, then of the
+    domains it does not cover, from one split."""
+    own = (doc for doc in islice(read_corpus([CORPUS]), DEFAULT_DOCUMENTS, None)
+           if split_of(doc.doc_id) == split)
+    others = (doc for doc in read_corpus([p for p in OFF_DOMAIN if p.exists()])
+              if split_of(doc.doc_id) == split)
+    return {**domain_sequences(own, lm.encode, lm.eos_id, tokens),
+            **domain_sequences(others, lm.encode, lm.eos_id, tokens)}
+
+
+def trade_off(lm: SiloLM, test: dict[str, list[tuple[int, ...]]], tokens: int,
+              tolerances: list[float]) -> None:
+    """The weight tuned again on validation text at each tolerance, measured on `test`."""
+    valid = split_domains(lm, "valid", tokens)
+    u = lm.uniform_defaults
+    k = u.k
+    scores = {split: {d: lm.target_scores(s, SiloOptions("knnlm"), k) for d, s in doms.items()}
+              for split, doms in (("valid", valid), ("test", test))}
+    own = "foldoc"
+    best = GridPoint(k, u.lam, u.temperature, 0.0)
+    print("| tolerance | lambda | d0 | T | FOLDOC ppl (LM, one weight, weighted) | gain kept | "
+          + " | ".join(f"{d} / LM" for d in test if d != own) + " |")
+    print("| --- " * (6 + len(test) - 1) + "|")
+    for tol in tolerances:
+        report = tune_relevance({own: scores["valid"][own]},
+                                {d: s for d, s in scores["valid"].items() if d != own},
+                                best, tolerance=tol)
+        c = report.choice
+        ppl = {d: (perplexity(s.lm_logprob), perplexity(mixed_logprob(s, best.params)),
+                   perplexity(mixed_logprob(s, c.params))) for d, s in scores["test"].items()}
+        lm_, one, w = ppl[own]
+        kept = (math.log(lm_) - math.log(w)) / (math.log(lm_) - math.log(one))
+        print(f"| {tol:g} | {c.lam} | {c.relevance:.0f} | {c.relevance_temperature:.0f} | "
+              f"{lm_:.1f}, {one:.1f}, {w:.1f} | {kept:.1%} | "
+              + " | ".join(f"{ppl[d][2] / ppl[d][0]:.3f}" for d in test if d != own) + " |",
+              flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=Path("models/silo-small"))
@@ -48,6 +98,8 @@ def main() -> None:
                     help="A datastore folder; default: the one `silo serve` builds.")
     ap.add_argument("--tokens", type=int, default=4096, help="Test tokens per domain.")
     ap.add_argument("--split", default="test")
+    ap.add_argument("--tolerances", default="",
+                    help="Comma-separated tolerances to tune the weight at again.")
     args = ap.parse_args()
     if args.datastore is None:
         from silo.cli.serve_cmd import default_datastore
@@ -57,12 +109,7 @@ def main() -> None:
     d = lm.defaults
     print(f"datastore {args.datastore}: k={d.k} lambda={d.lam} tau={d.temperature:g} "
           f"relevance d0={d.relevance} T={d.relevance_temperature:g}")
-    own = (doc for doc in islice(read_corpus([CORPUS]), DEFAULT_DOCUMENTS, None)
-           if split_of(doc.doc_id) == args.split)
-    others = (doc for doc in read_corpus([p for p in OFF_DOMAIN if p.exists()])
-              if split_of(doc.doc_id) == args.split)
-    domains = {**domain_sequences(own, lm.encode, lm.eos_id, args.tokens),
-               **domain_sequences(others, lm.encode, lm.eos_id, args.tokens)}
+    domains = split_domains(lm, args.split, args.tokens)
     settings = {"LM alone": SiloOptions("parametric"),
                 "one weight": SiloOptions("knnlm", relevance=False),
                 "weighted": SiloOptions("knnlm")}
@@ -80,6 +127,8 @@ def main() -> None:
             f"{per[k]:.3f} ({ppl[k]:.1f})" for k in settings) +
             f" | {ppl['one weight'] / ppl['LM alone']:.3f} | "
             f"{ppl['weighted'] / ppl['LM alone']:.3f} | {kept} |", flush=True)
+    if args.tolerances:
+        trade_off(lm, domains, args.tokens, [float(t) for t in args.tolerances.split(",")])
     ids = (lm.eos_id, *lm.encode(PROMPT))
     for label, options in settings.items():
         res = lm.generate(GenerationRequest(ids, max_tokens=24, temperature=0,

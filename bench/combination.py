@@ -1,0 +1,270 @@
+"""Several datastores in one request: one per domain (gcide, foldoc, vera), combined per
+context by relevance, against each alone, one merged store, the MassiveDS merge and the
+uniform combination, on each domain's test text and a mixed test set.
+
+Stores: the first --docs train-split documents of each domain (doc-id split,
+`silo.corpus.jsonl.split_of`), faiss IVF-PQ, and one merged store over all of them
+built from the same keys (no second forward pass). Each store is tuned as `silo tune`
+tunes it: the k, lambda, tau grid on its domain's validation text, then the relevance
+weight against the validation text of the other two domains and of the pd+sw domains it
+does not cover (KJV, WordNet, the Python docs). The merged store is tuned on all three
+domains (`best_overall`). Measured on the test split, up to --tokens per domain, with
+the mixtures SiloLM computes (`silo.knnlm`, `silo.combination`) over one search per
+token and store:
+
+    parametric      the LM alone
+    <domain>        that domain's store alone, weighted by its relevance
+    merged          the one merged store at its tuned k, lambda, tau
+    massiveds       the three stores' top k merged by raw distance (MassiveDS), one
+                    kNN distribution at the merged store's parameters
+    uniform         the combination with w_i = 1 / n
+    weighted        the combination with each store's relevance weight (the default)
+    weighted, tuned as a set   the same with every member's d0, T and lambda shifted
+                    alike to the best perplexity on the mixed validation text
+
+    python bench/combination.py --docs 2000 --tokens 4096 --out runs/combination
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+from silo_table import CachedEncoder  # noqa: E402
+
+from datastore.config import DatastoreConfig  # noqa: E402
+from datastore.document import Document  # noqa: E402
+from datastore.store.datastore import Datastore  # noqa: E402
+from silo.corpus.jsonl import read_corpus, split_of  # noqa: E402
+from silo.encoder import LMEncoder  # noqa: E402
+from silo.model import load_lm  # noqa: E402
+
+CORPUS = Path(__file__).resolve().parents[1] / "data" / "corpus"
+DOMAINS = ("gcide", "foldoc", "vera")
+OFF = ("kjv", "wordnet", "pydoc")
+
+
+def train_docs(name: str, n: int) -> list[Document]:
+    return list(islice((d for d in read_corpus([CORPUS / f"{name}.jsonl.gz"])
+                        if split_of(d.doc_id) == "train"), n))
+
+
+def held_docs(name: str, split: str) -> list[Document]:
+    return [d for d in read_corpus([CORPUS / f"{name}.jsonl.gz"]) if split_of(d.doc_id) == split]
+
+
+def build_stores(out: Path, model: Path, docs_per_domain: int) -> dict[str, Path]:
+    """One store per domain and the merged one (built once; reused when present)."""
+    lm = load_lm(model)
+    encoder = CachedEncoder(LMEncoder.from_loaded(lm, batch_size=16))
+    config = DatastoreConfig(backend="faiss-ivfpq", nlist=512, m=64, nprobe=8, bm25=False,
+                             ngram=False, encode_batch=64)
+    paths, everything = {}, []
+    for name in (*DOMAINS, "merged"):
+        path = out / name
+        paths[name] = path
+        docs = everything if name == "merged" else train_docs(name, docs_per_domain)
+        if name != "merged":
+            everything += docs
+        if (path / "manifest.json").exists() and '"ready"' in (path / "manifest.json").read_text():
+            continue
+        print(f"building {name}: {len(docs)} documents", flush=True)
+        Datastore.build(path, docs, encoder, replace(config, name=name), progress=True).close()
+    return paths
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=Path("models/silo-small"))
+    ap.add_argument("--out", type=Path, default=Path("runs/combination"))
+    ap.add_argument("--docs", type=int, default=2000, help="Train documents per domain.")
+    ap.add_argument("--tokens", type=int, default=4096, help="Tokens per domain and split.")
+    ap.add_argument("--build-only", action="store_true")
+    ap.add_argument("--speed", action="store_true",
+                    help="Only the served cost: three datastores against the largest alone.")
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args(argv)
+    paths = build_stores(args.out, args.model, args.docs)
+    if args.build_only:
+        return
+    if args.speed:
+        speed(args, paths)
+        return
+    evaluate(args, paths)
+
+
+def speed(args: argparse.Namespace, paths: dict[str, Path]) -> None:
+    """Served scoring requests from `clients` concurrent clients (128-token prompts of
+    the domains' test text, echo with max_tokens 0), over the three datastores and over
+    the largest alone, interleaved round by round in one server."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    from served import serve, stop
+
+    from datastore.manifest import read_manifest
+    from silo.model import load_lm
+
+    sizes = {n: read_manifest(paths[n]).indexed_upto for n in DOMAINS}
+    largest = max(sizes, key=sizes.__getitem__)
+    tok = load_lm(args.model).tokenizer
+    prompts = [tok(d.text)["input_ids"][:128] for n in DOMAINS for d in held_docs(n, "test")
+               if len(tok(d.text)["input_ids"]) >= 32][:args.clients * 4]
+    listed = ",".join(f"{n}={paths[n]}" for n in DOMAINS)
+    proc, url = serve(args.model, paths[largest], threads=2, datastores=listed,
+                      max_batch_size=16)
+    try:
+        def run(silo: dict[str, object]) -> float:
+            def one(i: int) -> None:
+                body = {"prompt": prompts[i % len(prompts)], "max_tokens": 0, "echo": True,
+                        "logprobs": 0, "silo": {"mode": "knnlm", **silo}}
+                r = httpx.post(f"{url}/v1/completions", json=body, timeout=600)
+                r.raise_for_status()
+
+            n = args.clients * 4
+            started = time.perf_counter()
+            with ThreadPoolExecutor(args.clients) as pool:
+                list(pool.map(one, range(n)))
+            return n / (time.perf_counter() - started)
+
+        settings = {f"{largest} alone": {"datastore": largest}, "all three": {"datastores": "all"}}
+        for silo in settings.values():  # warm: open and page in every datastore
+            run(silo)
+        rates: dict[str, list[float]] = {k: [] for k in settings}
+        for _ in range(args.rounds):
+            for label, silo in settings.items():
+                rates[label].append(run(silo))
+        print(f"entries: {sizes}")
+        for label, r in rates.items():
+            print(f"{label}: requests/s per round {', '.join(f'{x:.2f}' for x in r)}")
+        ratios = [a / b for a, b in zip(*rates.values(), strict=True)]
+        print(f"cost of three / {largest} alone per round: "
+              f"{', '.join(f'{x:.2f}x' for x in ratios)}")
+    finally:
+        stop(proc)
+
+
+def evaluate(args: argparse.Namespace, paths: dict[str, Path]) -> None:
+    import torch
+
+    from silo.combination import combined_target_log_probs
+    from silo.evaluate import domain_sequences
+    from silo.knnlm import KnnParams
+    from silo.lm import SiloLM, SiloOptions
+    from silo.tuning import (
+        Grid,
+        TargetScores,
+        mixed_logprob,
+        tune_for,
+        write_defaults,
+    )
+
+    loaded = load_lm(args.model)
+    base = SiloLM(loaded.model, loaded.tokenizer)
+
+    def open_lm(path: Path) -> SiloLM:  # one model for all: a combination shares it
+        return SiloLM(loaded.model, loaded.tokenizer,
+                      Datastore.open(path, encoder_fingerprint=loaded.fingerprint))
+
+    def seqs(names: Sequence[str], split: str) -> dict[str, list[tuple[int, ...]]]:
+        docs = [d for n in names for d in held_docs(n, split)]
+        return domain_sequences(docs, base.encode, base.eos_id, args.tokens)
+
+    valid = seqs((*DOMAINS, *OFF), "valid")
+    test = seqs(DOMAINS, "test")
+    tuned: dict[str, KnnParams] = {}
+    for name in (*DOMAINS, "merged"):
+        lm = open_lm(paths[name])
+        own = {d: valid[d] for d in (DOMAINS if name == "merged" else (name,))}
+        off = None if name == "merged" else {d: s for d, s in valid.items() if d != name}
+        best, points, report = tune_for(lm, own, off, Grid())
+        write_defaults(paths[name], best, {d: p[0] for d, p in points.items()},
+                       note="bench/combination.py",
+                       uniform=report.uniform_point if report else None)
+        tuned[name] = best.params
+        print(f"{name}: k={best.k} lambda={best.lam} tau={best.temperature:g} "
+              f"relevance={best.relevance} T={best.relevance_temperature:g}", flush=True)
+    lms = {n: open_lm(paths[n]) for n in (*DOMAINS, "merged")}
+    scores: dict[tuple[str, str], TargetScores] = {}
+    for n, lm in lms.items():
+        for d, ss in test.items():
+            scores[(n, d)] = lm.target_scores(ss, SiloOptions("knnlm"), tuned[n].k)
+    members = [tuned[n] for n in DOMAINS]
+    plain = [KnnParams(p.k, p.lam, p.temperature) for p in members]
+    # the combination's weights tuned as a set on the mixed validation text: every
+    # member's d0 shifted by `shift` of its T, T scaled, lambda set alike
+    held = {(n, d): lms[n].target_scores(valid[d], SiloOptions("knnlm"), tuned[n].k)
+            for n in DOMAINS for d in DOMAINS}
+
+    def combined(split: dict[tuple[str, str], TargetScores], d: str,
+                 params: Sequence[KnnParams]) -> np.ndarray:
+        parts = [split[(n, d)] for n in DOMAINS]
+        return combined_target_log_probs(
+            torch.from_numpy(parts[0].lm_logprob),
+            torch.from_numpy(np.concatenate([p.distances for p in parts], 1)),
+            torch.from_numpy(np.concatenate([p.values for p in parts], 1)),
+            torch.from_numpy(parts[0].targets), params).double().numpy()
+
+    candidates = [[replace(p, relevance=p.relevance + shift * p.relevance_temperature,
+                           relevance_temperature=p.relevance_temperature * scale,
+                           lam=p.lam if lam is None else lam) for p in members]
+                  for shift in (-1, 0, 1, 2, 3, 4, 6, 8) for scale in (0.5, 1, 2, 4)
+                  for lam in (None, 0.6, 0.8, 0.95)]
+    as_set = min(candidates, key=lambda ms: -np.concatenate(
+        [combined(held, d, ms) for d in DOMAINS]).mean())
+    print("tuned as a set: " + ", ".join(
+        f"{n} lambda {p.lam} d0 {p.relevance:.0f} T {p.relevance_temperature:.0f}"
+        for n, p in zip(DOMAINS, as_set, strict=True)))
+    rows: dict[str, dict[str, np.ndarray]] = {}
+    for d in test:
+        lm_side = scores[(DOMAINS[0], d)].lm_logprob
+        out = {"parametric": lm_side}
+        for n in (*DOMAINS, "merged"):
+            out[n] = mixed_logprob(scores[(n, d)], tuned[n])
+        m = tuned["merged"]
+        dist = np.concatenate([scores[(n, d)].distances for n in DOMAINS], 1)
+        vals = np.concatenate([scores[(n, d)].values for n in DOMAINS], 1)
+        order = np.argsort(np.where(vals >= 0, dist, np.inf), axis=1, kind="stable")[:, :m.k]
+        merged_by_distance = TargetScores(lm_side, np.take_along_axis(dist, order, 1),
+                                          np.take_along_axis(vals, order, 1),
+                                          scores[(DOMAINS[0], d)].targets)
+        out["massiveds"] = mixed_logprob(merged_by_distance, KnnParams(m.k, m.lam,
+                                                                       m.temperature))
+        for label, params in (("uniform", plain), ("weighted", members),
+                              ("weighted, tuned as a set", as_set)):
+            out[label] = combined(scores, d, params)
+        rows[d] = out
+    methods = list(next(iter(rows.values())))
+    print("| method | " + " | ".join(test) + " | mixed |")
+    print("| --- " * (len(test) + 2) + "|")
+    for meth in methods:
+        ppl = [math.exp(-rows[d][meth].mean()) for d in test]
+        mixed = math.exp(-np.concatenate([rows[d][meth] for d in test]).mean())
+        print(f"| {meth} | " + " | ".join(f"{p:.2f}" for p in ppl) + f" | {mixed:.2f} |",
+              flush=True)
+    # the served path: SiloLM.combine scoring the mixed test set equals the table's row
+    both = SiloLM.combine([(n, lms[n]) for n in DOMAINS])
+    from silo.lm import ScoreRequest
+
+    served = [x for d in test for r in both.score([ScoreRequest(s, options=SiloOptions(
+        "knnlm")) for s in test[d]]) for x in r.token_logprobs[1:] if x is not None]
+    table = np.concatenate([rows[d]["weighted"] for d in test])
+    print(f"served combination vs table: {len(served)} tokens, max |diff| "
+          f"{np.abs(np.array(served) - table).max():.2e}")
+    json.dump({d: {k: float(-v.mean()) for k, v in r.items()} for d, r in rows.items()},
+              open(args.out / "results.json", "w"), indent=2)
+
+
+if __name__ == "__main__":
+    main()
