@@ -45,6 +45,7 @@ class PassageRef:
     doc_id: str
     score: float  # BM25
     text: str
+    datastore: str | None = None  # over several datastores: the one it came from
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,7 @@ def rank_documents(provenance: Sequence[TokenProvenance]) -> list[_Ranked]:
     its id)."""
     knn: dict[tuple[str | None, str], float] = {}
     best_entry: dict[tuple[str | None, str], tuple[float, int]] = {}
-    ric: dict[str, tuple[float, str]] = {}
+    ric: dict[tuple[str | None, str], tuple[float, str]] = {}
     for prov in provenance:
         for n in prov.neighbours:
             key = (n.datastore, n.doc_id)
@@ -169,13 +170,14 @@ def rank_documents(provenance: Sequence[TokenProvenance]) -> list[_Ranked]:
             if n.contribution > best_entry.get(key, (-1.0, -1))[0]:
                 best_entry[key] = (n.contribution, n.entry_id)
         for p in prov.passages:
-            if p.score > ric.get(p.doc_id, (float("-inf"), ""))[0]:
-                ric[p.doc_id] = (p.score, p.text)
+            key = (p.datastore, p.doc_id)
+            if p.score > ric.get(key, (float("-inf"), ""))[0]:
+                ric[key] = (p.score, p.text)
     ranked = [_Ranked(d, c, "knn", best_entry[(ds, d)][1], None, ds)
               for (ds, d), c in sorted(knn.items(), key=lambda kv: -kv[1])]
-    seen = {d for _, d in knn}
-    ranked += [_Ranked(d, s, "ric", None, t)
-               for d, (s, t) in sorted(ric.items(), key=lambda kv: -kv[1][0]) if d not in seen]
+    ranked += [_Ranked(d, s, "ric", None, t, ds)
+               for (ds, d), (s, t) in sorted(ric.items(), key=lambda kv: -kv[1][0])
+               if (ds, d) not in knn]
     return ranked
 
 

@@ -94,6 +94,7 @@ from silo.retrieval import Retriever, SearchCounts
 from silo.retrieval_combined import CombinedRetriever
 from silo.runner import ModelRunner, RowsHook
 from silo.scoring import Scorer, perplexity
+from silo.set_tuning import read_set
 from silo.tuning import TargetScores, read_defaults
 
 __all__ = [
@@ -123,6 +124,7 @@ class SiloLM:
         self.eos_id, self.pad_id = self.codec.eos_id, self.codec.pad_id
         self.runner = ModelRunner(model, tokenizer, self.codec.pad_id)
         self.members: tuple[tuple[str, SiloLM], ...] = ()  # over several datastores
+        self.set_defaults: tuple[KnnParams | None, ...] = ()
         self._assemble(Retriever(datastore, self.codec))
 
     def _assemble(self, retriever: Retriever) -> None:
@@ -163,6 +165,10 @@ class SiloLM:
                                         "combination needs datastores of one model")
         lm = cls(first.model, first.tokenizer, None, first.config)
         lm.members = tuple(members)
+        names = [n for n, _ in members]
+        # the set's own tuning, where `silo tune-set` stored one (silo.set_tuning)
+        lm.set_defaults = tuple(read_set(m.datastore.folder, names)  # type: ignore[union-attr]
+                                for _, m in members)
         lm._assemble(CombinedRetriever([(n, m.retriever) for n, m in members], lm.codec))
         return lm
 
@@ -218,15 +224,20 @@ class SiloLM:
     def _combined_plan(self, options: SiloOptions, scope: AccessScope | None) -> Plan:
         """Each member's plan for the options, without pointers (they follow one
         datastore's entries), side by side."""
-        if options.mode.uses_ric:
-            raise InvalidInputError(f"mode {options.mode.value!r} over several datastores is "
-                                    "not supported; name one datastore for RIC-LM")
         plans = [m.plan(replace(options, pointers=0), scope) for _, m in self.members]
-        knns = tuple(p.knn for p in plans)
+        knns = tuple(self._set_knn(d, options) if d is not None and options.relevance
+                     else p.knn for p, d in zip(plans, self.set_defaults, strict=True))
         summary = KnnParams(sum(p.k for p in knns), max(p.lam for p in knns),
                             knns[0].temperature)
         return replace(plans[0], knn=summary, members=knns,
                        datastores=tuple(n for n, _ in self.members))
+
+    @staticmethod
+    def _set_knn(d: KnnParams, options: SiloOptions) -> KnnParams:
+        """A member's parameters as tuned for its set, under the request's overrides."""
+        return KnnParams(options.k or d.k, d.lam if options.lam is None else options.lam,
+                         options.knn_temperature or d.temperature, 0, d.relevance,
+                         d.relevance_temperature)
 
     def _plan_of(self, request: ScoreRequest | GenerationRequest) -> Plan:
         return request.plan or self.plan(request.options, request.scope)

@@ -161,7 +161,7 @@ class Retriever:
                                             float(chunk.distances[i, j]), float(mass[i, j])),)
         for i in range(len(targets)):
             ranked = tuple(sorted(neighbours[i], key=lambda n: -n.contribution))
-            refs = tuple(PassageRef(p.block_id, p.doc_id, p.score, p.text)
+            refs = tuple(PassageRef(p.block_id, p.doc_id, p.score, p.text, p.datastore)
                          for p in chunk.passages[i])
             out.append(TokenProvenance(ranked, refs))
         return out

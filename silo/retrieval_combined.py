@@ -4,7 +4,8 @@ provenance that names each neighbour's datastore.
 
 Members are the retrievers of SiloLMs sharing one model; a search of n members costs
 about the slowest of them, not their sum, where the backends release the GIL (faiss
-does). RIC-LM needs one datastore's BM25 index: over several it is refused.
+does). RIC-LM searches every member's BM25 index and merges the passages
+(silo.ric.merge_passages).
 """
 
 from __future__ import annotations
@@ -17,13 +18,20 @@ import numpy as np
 import torch
 
 from datastore.errors import InvalidInputError
-from silo.attribution import Attribution, DocumentInfo, Neighbour, TokenProvenance, attribute
+from silo.attribution import (
+    Attribution,
+    DocumentInfo,
+    Neighbour,
+    PassageRef,
+    TokenProvenance,
+    attribute,
+)
 from silo.batch import Chunk
 from silo.codec import Codec
 from silo.combination import columns, contributions
 from silo.request import Plan
 from silo.retrieval import Retriever, datastore_faults, token_ends
-from silo.ric import Passage
+from silo.ric import Passage, merge_passages
 
 
 class CombinedRetriever(Retriever):
@@ -41,8 +49,13 @@ class CombinedRetriever(Retriever):
         return replace(plan, knn=plan.members[i], members=(), datastores=())
 
     def passages(self, context: Sequence[int], plan: Plan) -> tuple[Passage, ...]:
-        raise InvalidInputError("RIC-LM over several datastores is not supported; name one "
-                                "datastore for modes ric and knnlm+ric")
+        """Every member's BM25 passages for the context, searched at once, merged by
+        `plan.ric.merge` (silo.ric.merge_passages), each naming its datastore."""
+        futures = [self._pool.submit(r.passages, context, self._member_plan(plan, i))
+                   for i, r in enumerate(self.members)]
+        found = [tuple(replace(p, datastore=name) for p in f.result())
+                 for f, name in zip(futures, self.names, strict=True)]
+        return merge_passages(found, plan.ric.k, plan.ric.merge)
 
     def neighbours(self, queries: np.ndarray, plan: Plan, previous: np.ndarray | None = None,
                    tokens: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -72,8 +85,10 @@ class CombinedRetriever(Retriever):
                    ) -> list[TokenProvenance]:
         """Per position: the neighbours of every member that voted for the target, with
         a_i times their mass, best first, and each member's weight a_i."""
-        assert chunk.distances is not None and chunk.values is not None
-        assert chunk.entry_ids is not None
+        refs = [tuple(PassageRef(p.block_id, p.doc_id, p.score, p.text, p.datastore)
+                      for p in chunk.passages[i]) for i in range(len(targets))]
+        if chunk.distances is None or chunk.values is None or chunk.entry_ids is None:
+            return [TokenProvenance((), r) for r in refs]  # RIC-LM alone
         mass, weights = contributions(chunk.distances, chunk.values, targets, plan.members)
         found: list[list[Neighbour]] = [[] for _ in range(len(targets))]
         for c, name, r in zip(columns(plan.members), self.names, self.members, strict=True):
@@ -87,7 +102,7 @@ class CombinedRetriever(Retriever):
                                           float(chunk.distances[i, c][j]),
                                           float(block[i, j]), name))
         w = weights.numpy()
-        return [TokenProvenance(tuple(sorted(found[i], key=lambda n: -n.contribution)), (),
+        return [TokenProvenance(tuple(sorted(found[i], key=lambda n: -n.contribution)), refs[i],
                                 tuple((name, float(w[i, m])) for m, name in enumerate(self.names)))
                 for i in range(len(targets))]
 

@@ -8,6 +8,9 @@ at most a quarter of the window and the context keeps its most recent tokens.
 
 With k > 1 the top-k passages are used REPLUG-style: the LM runs once per passage and
 the next-token distributions are averaged with weights softmax(BM25 score / weight_temperature).
+
+Over several datastores each is searched through the same filter and the passages are
+merged (`merge_passages`): by BM25 score across them, or k from each (a quota).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import torch
 
 from datastore.errors import InvalidInputError
 
+MERGES = ("score", "quota")
+
 
 @dataclass(frozen=True)
 class RicParams:
@@ -28,8 +33,14 @@ class RicParams:
     k: int = 1
     stride: int = 16
     weight_temperature: float = 1.0  # REPLUG: softmax temperature over BM25 scores
+    # over several datastores: "quota" (the k best of each, ensembled together; the
+    # better in docs/BENCHMARKS.md) or "score" (the k best by BM25 score across them)
+    merge: str = "quota"
 
     def __post_init__(self) -> None:
+        if self.merge not in MERGES:
+            raise InvalidInputError(f"merge must be one of {', '.join(MERGES)}, got "
+                                    f"{self.merge!r}")
         for name in ("query_tokens", "k", "stride"):
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -47,6 +58,7 @@ class Passage:
     score: float
     text: str
     ids: tuple[int, ...]
+    datastore: str | None = None  # over several datastores: the one it came from
 
 
 def query_ids(context: Sequence[int], query_tokens: int, special: frozenset[int]) -> list[int]:
@@ -92,3 +104,13 @@ def chunk_starts(n_predictions: int, stride: int) -> list[tuple[int, int]]:
     is predicted under one retrieval, made from the context before the chunk's first
     predicted token."""
     return [(s, min(n_predictions, s + stride)) for s in range(0, n_predictions, stride)]
+
+
+def merge_passages(found: Sequence[tuple[Passage, ...]], k: int, rule: str,
+                   ) -> tuple[Passage, ...]:
+    """Several datastores' passages for one query (each best first) as one list: "score",
+    the k best by BM25 score across all (ties to the earlier datastore); "quota", the k
+    best of each, ranked by score."""
+    pool = [p for hits in found for p in (hits if rule == "score" else hits[:k])]
+    ranked = sorted(pool, key=lambda p: -p.score)  # stable: ties keep datastore order
+    return tuple(ranked[:k] if rule == "score" else ranked)

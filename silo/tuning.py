@@ -229,6 +229,8 @@ def read_defaults(folder: Path, relevance: bool = True) -> KnnParams | None:
     if not path.is_file():
         return None
     data = json.loads(path.read_text())
+    if "default" not in data:  # only the tuning of sets it is in (silo.set_tuning)
+        return None
     best = data["default"] if relevance else {**data.get("uniform", data["default"]),
                                               "relevance": None,
                                               "relevance_temperature": 1.0}
@@ -242,8 +244,8 @@ def has_relevance(folder: Path) -> bool:
     """Whether the datastore's stored defaults were tuned with off-domain text (they
     carry the relevance weight's d0 and T)."""
     path = Path(folder) / DEFAULTS_FILE
-    return (path.is_file()
-            and json.loads(path.read_text())["default"].get("relevance") is not None)
+    return (path.is_file() and json.loads(path.read_text()).get("default", {}).get(
+        "relevance") is not None)
 
 
 def choose_pointers(score: Callable[[int], tuple[float, float]], best: GridPoint,

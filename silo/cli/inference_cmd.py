@@ -1,7 +1,9 @@
-"""`silo tune` and `silo complete`: kNN-LM tuning and SILO generation from the command line.
+"""`silo tune`, `silo tune-set` and `silo complete`: kNN-LM tuning and SILO generation
+from the command line.
 
 `tune` searches (k, lam, tau) per domain on a split of the corpus and stores the best
-values with the datastore, where SiloLM reads its defaults. `complete` continues a
+values with the datastore, where SiloLM reads its defaults; `tune-set` tunes several
+datastores for requests that combine them (silo.set_tuning). `complete` continues a
 prompt in any mode and prints the per-sentence attribution. Library errors print as
 one line with exit code 2 (the wrapper in silo/cli/console.py).
 """
@@ -141,3 +143,49 @@ def complete(
     out.print(prompt + choice.text, highlight=False)
     if choice.attribution is not None:
         out.print_json(json.dumps(choice.attribution.to_json()))
+
+
+def tune_set(
+    datastores: Annotated[list[str], typer.Option(
+        "--datastore", help="A member as name=folder (the name the service lists it "
+                            "under; a bare folder is named after it); two or more.")],
+    corpus: Annotated[list[Path], typer.Option("--corpus", help="Corpus files or folders "
+                                                                "of the members' domains.")],
+    model: ModelOpt = None,
+    split: Annotated[str, typer.Option(help="Split to tune on.")] = "valid",
+    max_tokens: Annotated[int, typer.Option(help="Tokens per domain.")] = 4096,
+) -> None:
+    """Tune several datastores as a set for requests that combine them (each member's
+    relevance weight shifted and scaled alike, one lambda); stored with every member."""
+    from datastore.store.datastore import Datastore
+    from silo.corpus.jsonl import read_corpus, split_of
+    from silo.evaluate import domain_sequences
+    from silo.lm import SiloLM
+    from silo.model import DEFAULT_MODEL, load_lm
+    from silo.set_tuning import tune_set as tune
+    from silo.set_tuning import write_set
+
+    named: dict[str, Path] = {}
+    for item in datastores:
+        name, _, folder = item.rpartition("=") if "=" in item else ("", "", item)
+        named[name or Path(folder).name] = Path(folder)
+    if len(named) < 2:
+        raise SiloError("--datastore must name at least two datastores, got "
+                        f"{len(named)}")
+    loaded = load_lm(model or DEFAULT_MODEL)
+    members = [(n, SiloLM(loaded.model, loaded.tokenizer,
+                          Datastore.open(f, encoder_fingerprint=loaded.fingerprint)))
+               for n, f in sorted(named.items())]
+    docs = (d for d in read_corpus(corpus) if split_of(d.doc_id) == split)
+    seqs = domain_sequences(docs, members[0][1].encode, members[0][1].eos_id, max_tokens)
+    if not seqs:
+        raise SiloError(f"no {split} documents in {[str(c) for c in corpus]}")
+    report = tune(members, seqs)
+    for d in report.own:
+        console.print(f"{d}: ppl {report.own[d]:.2f} with each datastore's own weight, "
+                      f"{report.tuned[d]:.2f} tuned as a set")
+    for (name, lm), params in zip(members, report.members, strict=True):
+        assert lm.datastore is not None
+        write_set(lm.datastore.folder, list(named), params)
+        console.print(f"{name}: lambda={params.lam} relevance d0={params.relevance} "
+                      f"T={params.relevance_temperature:g}")

@@ -16,7 +16,7 @@ import typer
 from silo.cli.console import clean_errors
 from silo.cli.corpus_cmd import corpus_build, corpus_olc, corpus_split, corpus_stats
 from silo.cli.datastore_cmd import app as datastore_app
-from silo.cli.inference_cmd import complete, tune
+from silo.cli.inference_cmd import complete, tune, tune_set
 from silo.cli.log_cmd import keygen, verify
 from silo.cli.model_cmd import eval_cmd, generate_cmd, tokenizer_train, train_cmd
 from silo.cli.serve_cmd import serve
@@ -48,6 +48,7 @@ commands: list[tuple[typer.Typer, str, Callable[..., None]]] = [
     (app, "generate", generate_cmd),
     (app, "serve", serve),
     (app, "tune", tune),
+    (app, "tune-set", tune_set),
     (app, "complete", complete),
     (log_app, "keygen", keygen),
     (app, "verify", verify),

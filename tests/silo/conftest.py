@@ -23,6 +23,18 @@ ALL = (SiloOptions("parametric"), SiloOptions("knnlm", k=8, lam=0.4, knn_tempera
                    ric=RicParams(query_tokens=8, stride=6)))
 
 
+def saved_model(folder: Path, tiny_lm: object, tiny_tokenizer: object) -> LMEncoder:
+    """The tiny model saved as a model folder, and an encoder of it (as `silo` commands
+    load it, so the datastores it builds have the folder's fingerprint)."""
+    from silo.model import fingerprint
+
+    tiny_lm.save_pretrained(folder)  # type: ignore[attr-defined]
+    tiny_tokenizer.save_pretrained(folder)  # type: ignore[attr-defined]
+    loaded = SiloLM.from_dirs(folder)
+    return LMEncoder(loaded.model, loaded.tokenizer,
+                     fingerprint(loaded.model, loaded.tokenizer), max_length=128)
+
+
 def build_store(path: Path, model: object, tok: object, docs: list[Document],
            config: DatastoreConfig = CONFIG, trained: Path | None = None) -> Datastore:
     enc = LMEncoder(model, tok, "tiny-fp", max_length=128, batch_size=4)

@@ -4,6 +4,7 @@ the guarantees (an opt-out inside a combination equals never-added)."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from silo.combination import (
 )
 from silo.knnlm import KnnParams, interpolate, knn_log_probs
 from silo.lm import GenerationRequest, ScoreRequest, SiloConfig, SiloLM, SiloOptions
+from silo.ric import RicParams
 from silo.tuning import knn_target_prob, nearest_distances
 from tests.conftest import make_documents
 from tests.silo.conftest import build_store, prompt_ids
@@ -163,9 +165,11 @@ def test_an_optout_inside_a_combination_equals_never_added(
     never = SiloLM.combine([("bible", a), ("dict", SiloLM(tiny_lm, tiny_tokenizer, without,
                                                          CFG))])
     ids = prompt_ids(a)
-    for relevance in (True, False):
-        opts = SiloOptions("knnlm", k=6, lam=0.5, knn_temperature=2.0, attribution=True,
-                           relevance=relevance)
+    ric = RicParams(query_tokens=8, stride=6, k=2)
+    for mode, relevance, merge in (("knnlm", True, "score"), ("knnlm", False, "score"),
+                                   ("ric", True, "score"), ("knnlm+ric", True, "quota")):
+        opts = SiloOptions(mode, k=6, lam=0.5, knn_temperature=2.0, attribution=True,
+                           relevance=relevance, ric=replace(ric, merge=merge))
         got = opted.score([ScoreRequest(ids, options=opts)])[0]
         want = never.score([ScoreRequest(ids, options=opts)])[0]
         np.testing.assert_allclose(np.array(got.token_logprobs[1:], float),
@@ -180,13 +184,40 @@ def test_an_optout_inside_a_combination_equals_never_added(
     without.close()
 
 
+def test_ric_over_several_datastores_merges_their_passages(members: dict[str, SiloLM],
+                                                           ) -> None:
+    both = SiloLM.combine([("bible", members["bible"]), ("dict", members["dict"])])
+    ids = prompt_ids(both)
+    for merge, k in (("score", 1), ("score", 2), ("quota", 1), ("quota", 2)):
+        opts = SiloOptions("ric", ric=RicParams(query_tokens=8, stride=6, k=k, merge=merge),
+                           attribution=True)
+        plan = both.plan(opts)
+        got = both.retriever.passages(ids, plan)
+        found = {n: members[n].retriever.passages(ids, members[n].plan(opts))
+                 for n in ("bible", "dict")}
+        pool = [(n, p) for n, hits in found.items() for p in
+                (hits if merge == "score" else hits[:k])]
+        pool.sort(key=lambda np_: -np_[1].score)
+        want = pool[:k] if merge == "score" else pool
+        assert [(p.datastore, p.block_id, p.score) for p in got] == [
+            (n, p.block_id, p.score) for n, p in want]
+        assert {p.datastore for p in got} <= {"bible", "dict"}
+        res = both.score([ScoreRequest(ids, options=opts)])[0]
+        assert res.attribution is not None
+        docs = [d for s in res.attribution.sentences for d in s.documents]
+        assert docs and all(d.via == "ric" and d.datastore in ("bible", "dict") for d in docs)
+    # one passage by score: the better of the two datastores' top passages
+    quota = [p.datastore for p in both.retriever.passages(ids, both.plan(SiloOptions(
+        "ric", ric=RicParams(query_tokens=8, k=1, merge="quota"))))]
+    assert sorted(quota) == ["bible", "dict"]  # a quota of one from each
+
+
 def test_what_a_combination_refuses(members: dict[str, SiloLM]) -> None:
     with pytest.raises(InvalidInputError, match="at least two"):
         SiloLM.combine([("bible", members["bible"])])
     both = SiloLM.combine([("bible", members["bible"]), ("code", members["code"])])
-    for mode in ("ric", "knnlm+ric"):
-        with pytest.raises(InvalidInputError, match="several datastores"):
-            both.plan(SiloOptions(mode))
+    with pytest.raises(ValueError, match="merge must be one of"):
+        RicParams(merge="best")
     alone = SiloLM(members["bible"].model, members["bible"].tokenizer, None, CFG)
     with pytest.raises(InvalidInputError, match="no datastore"):
         SiloLM.combine([("bible", members["bible"]), ("none", alone)])

@@ -30,6 +30,7 @@ from silo.tuning import (
     write_defaults,
 )
 from tests.conftest import make_documents
+from tests.silo.conftest import saved_model
 
 TEXTS = ["Lay, v. t. To cause to lie down.", "kernel: The essential part of a system."]
 
@@ -213,14 +214,9 @@ def test_tune_command_stores_defaults_the_next_silolm_uses(
     from typer.testing import CliRunner
 
     from silo.cli.main import app
-    from silo.model import fingerprint
 
     model_dir = tmp_path / "model"
-    tiny_lm.save_pretrained(model_dir)  # type: ignore[attr-defined]
-    tiny_tokenizer.save_pretrained(model_dir)  # type: ignore[attr-defined]
-    loaded = SiloLM.from_dirs(model_dir)
-    enc = LMEncoder(loaded.model, loaded.tokenizer,
-                    fingerprint(loaded.model, loaded.tokenizer), max_length=128)
+    enc = saved_model(model_dir, tiny_lm, tiny_tokenizer)
     Datastore.build(tmp_path / "ds", make_documents(), enc,
                     DatastoreConfig(backend="exact", ngram=False), progress=False).close()
     args = ["tune", "--corpus", str(corpus_file), "--datastore", str(tmp_path / "ds"),
