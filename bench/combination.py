@@ -19,10 +19,12 @@ token and store:
                     kNN distribution at the merged store's parameters
     uniform         the combination with w_i = 1 / n
     weighted        the combination with each store's relevance weight (the default)
-    weighted, tuned as a set   the same with every member's d0, T and lambda shifted
-                    alike to the best perplexity on the mixed validation text
+    weighted, tuned as a set   the same, tuned as `silo tune-set` tunes it on the
+                    three domains' validation text (silo.set_tuning)
 
     python bench/combination.py --docs 2000 --tokens 4096 --out runs/combination
+    python bench/combination.py --ric --tokens 1024 --out runs/combination
+    python bench/combination.py --speed --clients 16 --rounds 3 --out runs/combination
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def build_stores(out: Path, model: Path, docs_per_domain: int) -> dict[str, Path
     """One store per domain and the merged one (built once; reused when present)."""
     lm = load_lm(model)
     encoder = CachedEncoder(LMEncoder.from_loaded(lm, batch_size=16))
-    config = DatastoreConfig(backend="faiss-ivfpq", nlist=512, m=64, nprobe=8, bm25=False,
+    config = DatastoreConfig(backend="faiss-ivfpq", nlist=512, m=64, nprobe=8, bm25=True,
                              ngram=False, encode_batch=64)
     paths, everything = {}, []
     for name in (*DOMAINS, "merged"):
@@ -91,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--build-only", action="store_true")
     ap.add_argument("--speed", action="store_true",
                     help="Only the served cost: three datastores against the largest alone.")
+    ap.add_argument("--ric", action="store_true",
+                    help="Only RIC-LM: each store alone, merged, and the two merge rules.")
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args(argv)
@@ -100,7 +104,46 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.speed:
         speed(args, paths)
         return
+    if args.ric:
+        ric(args, paths)
+        return
     evaluate(args, paths)
+
+
+def ric(args: argparse.Namespace, paths: dict[str, Path]) -> None:
+    """RIC-LM perplexity through `SiloLM.score` (top-1 block, query 32 tokens, a new
+    retrieval every 4 tokens, as bench/silo_table.py): each store alone, the merged
+    store, and the combination of the three with either merge rule."""
+    from silo.evaluate import domain_sequences
+    from silo.lm import ScoreRequest, SiloLM, SiloOptions
+    from silo.ric import RicParams
+
+    loaded = load_lm(args.model)
+    lms = {n: SiloLM(loaded.model, loaded.tokenizer,
+                     Datastore.open(paths[n], encoder_fingerprint=loaded.fingerprint))
+           for n in (*DOMAINS, "merged")}
+    base = lms["merged"]
+    test = domain_sequences([d for n in DOMAINS for d in held_docs(n, "test")], base.encode,
+                            base.eos_id, args.tokens)
+    both = SiloLM.combine([(n, lms[n]) for n in DOMAINS])
+
+    def nll(lm: SiloLM, seqs: list[tuple[int, ...]], options: SiloOptions) -> np.ndarray:
+        res = lm.score([ScoreRequest(s, options=options) for s in seqs])
+        return -np.array([x for r in res for x in r.token_logprobs[1:] if x is not None])
+
+    settings = {"parametric": (base, SiloOptions("parametric"))}
+    for n in (*DOMAINS, "merged"):
+        settings[f"{n} store"] = (lms[n], SiloOptions("ric", ric=RicParams(32, 1, 4)))
+    for rule in ("score", "quota"):
+        settings[f"three, merged by {rule}"] = (
+            both, SiloOptions("ric", ric=RicParams(32, 1, 4, merge=rule)))
+    print("| RIC-LM | " + " | ".join(test) + " | mixed |")
+    print("| --- " * (len(test) + 2) + "|")
+    for label, (lm, options) in settings.items():
+        per = {d: nll(lm, ss, options) for d, ss in test.items()}
+        mixed = math.exp(np.concatenate(list(per.values())).mean())
+        print(f"| {label} | " + " | ".join(f"{math.exp(v.mean()):.2f}" for v in per.values())
+              + f" | {mixed:.2f} |", flush=True)
 
 
 def speed(args: argparse.Namespace, paths: dict[str, Path]) -> None:
@@ -162,6 +205,7 @@ def evaluate(args: argparse.Namespace, paths: dict[str, Path]) -> None:
     from silo.evaluate import domain_sequences
     from silo.knnlm import KnnParams
     from silo.lm import SiloLM, SiloOptions
+    from silo.set_tuning import choose, write_set
     from silo.tuning import (
         Grid,
         TargetScores,
@@ -202,30 +246,23 @@ def evaluate(args: argparse.Namespace, paths: dict[str, Path]) -> None:
             scores[(n, d)] = lm.target_scores(ss, SiloOptions("knnlm"), tuned[n].k)
     members = [tuned[n] for n in DOMAINS]
     plain = [KnnParams(p.k, p.lam, p.temperature) for p in members]
-    # the combination's weights tuned as a set on the mixed validation text: every
-    # member's d0 shifted by `shift` of its T, T scaled, lambda set alike
-    held = {(n, d): lms[n].target_scores(valid[d], SiloOptions("knnlm"), tuned[n].k)
-            for n in DOMAINS for d in DOMAINS}
+    # the combination tuned as a set on the validation text of its domains, as
+    # `silo tune-set` tunes it (silo.set_tuning)
+    held = {d: [lms[n].target_scores(valid[d], SiloOptions("knnlm"), tuned[n].k)
+                for n in DOMAINS] for d in DOMAINS}
+    as_set = list(choose(held, members).members)
+    print("tuned as a set: " + ", ".join(
+        f"{n} lambda {p.lam} d0 {p.relevance:.0f} T {p.relevance_temperature:.0f}"
+        for n, p in zip(DOMAINS, as_set, strict=True)))
 
-    def combined(split: dict[tuple[str, str], TargetScores], d: str,
-                 params: Sequence[KnnParams]) -> np.ndarray:
-        parts = [split[(n, d)] for n in DOMAINS]
+    def combined(d: str, params: Sequence[KnnParams]) -> np.ndarray:
+        parts = [scores[(n, d)] for n in DOMAINS]
         return combined_target_log_probs(
             torch.from_numpy(parts[0].lm_logprob),
             torch.from_numpy(np.concatenate([p.distances for p in parts], 1)),
             torch.from_numpy(np.concatenate([p.values for p in parts], 1)),
             torch.from_numpy(parts[0].targets), params).double().numpy()
 
-    candidates = [[replace(p, relevance=p.relevance + shift * p.relevance_temperature,
-                           relevance_temperature=p.relevance_temperature * scale,
-                           lam=p.lam if lam is None else lam) for p in members]
-                  for shift in (-1, 0, 1, 2, 3, 4, 6, 8) for scale in (0.5, 1, 2, 4)
-                  for lam in (None, 0.6, 0.8, 0.95)]
-    as_set = min(candidates, key=lambda ms: -np.concatenate(
-        [combined(held, d, ms) for d in DOMAINS]).mean())
-    print("tuned as a set: " + ", ".join(
-        f"{n} lambda {p.lam} d0 {p.relevance:.0f} T {p.relevance_temperature:.0f}"
-        for n, p in zip(DOMAINS, as_set, strict=True)))
     rows: dict[str, dict[str, np.ndarray]] = {}
     for d in test:
         lm_side = scores[(DOMAINS[0], d)].lm_logprob
@@ -243,7 +280,7 @@ def evaluate(args: argparse.Namespace, paths: dict[str, Path]) -> None:
                                                                        m.temperature))
         for label, params in (("uniform", plain), ("weighted", members),
                               ("weighted, tuned as a set", as_set)):
-            out[label] = combined(scores, d, params)
+            out[label] = combined(d, params)
         rows[d] = out
     methods = list(next(iter(rows.values())))
     print("| method | " + " | ".join(test) + " | mixed |")
@@ -257,11 +294,20 @@ def evaluate(args: argparse.Namespace, paths: dict[str, Path]) -> None:
     both = SiloLM.combine([(n, lms[n]) for n in DOMAINS])
     from silo.lm import ScoreRequest
 
-    served = [x for d in test for r in both.score([ScoreRequest(s, options=SiloOptions(
-        "knnlm")) for s in test[d]]) for x in r.token_logprobs[1:] if x is not None]
-    table = np.concatenate([rows[d]["weighted"] for d in test])
-    print(f"served combination vs table: {len(served)} tokens, max |diff| "
-          f"{np.abs(np.array(served) - table).max():.2e}")
+    def served(lm: SiloLM) -> np.ndarray:
+        return np.array([x for d in test for r in lm.score(
+            [ScoreRequest(s, options=SiloOptions("knnlm")) for s in test[d]])
+            for x in r.token_logprobs[1:] if x is not None])
+
+    for label, lm in (("weighted", both), ("weighted, tuned as a set", None)):
+        if lm is None:  # stored as `silo tune-set` stores it, then combined again
+            for n, p in zip(DOMAINS, as_set, strict=True):
+                write_set(paths[n], DOMAINS, p)
+            lm = SiloLM.combine([(n, open_lm(paths[n])) for n in DOMAINS])
+        table = np.concatenate([rows[d][label] for d in test])
+        got = served(lm)
+        print(f"served {label} vs table: {len(got)} tokens, max |diff| "
+              f"{np.abs(got - table).max():.2e}")
     json.dump({d: {k: float(-v.mean()) for k, v in r.items()} for d, r in rows.items()},
               open(args.out / "results.json", "w"), indent=2)
 
