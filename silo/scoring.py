@@ -135,12 +135,10 @@ class Scorer:
         provs: list[TokenProvenance] = [TokenProvenance() for _ in range(len(targets))]
         for chunk in self.chunks(seqs, plan):
             tgt = targets[torch.from_numpy(chunk.index)]
-            if not top:  # only the targets' probabilities: no (m, V) mixture
-                logprob[chunk.index] = self.mixer.at_targets(chunk, tgt, plan).double().numpy()
-            else:
-                mixed = self.mixer.mixed(chunk, plan)
-                logprob[chunk.index] = mixed.gather(1, tgt[:, None])[:, 0].double().numpy()
-                values, ids = mixed.topk(min(top, mixed.shape[1]), dim=1)
+            # the targets' probabilities, and the top N, without the (m, V) mixture
+            logprob[chunk.index] = self.mixer.at_targets(chunk, tgt, plan).double().numpy()
+            if top:
+                values, ids = self.mixer.top(chunk, plan, top)
                 for row, i in enumerate(chunk.index.tolist()):
                     tops[i] = dict(zip(ids[row].tolist(), values[row].tolist(), strict=True))
             if plan.attribution:
