@@ -26,16 +26,15 @@ from __future__ import annotations
 
 import json
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
 
 from datastore.document import LicenseClass
 from datastore.errors import ConflictError, CorruptDatastoreError, NotFoundError
-from datastore.table.log import LogHead, TableLog, append, init_log
+from datastore.table.history import TableHistory, leaf_documents
+from datastore.table.log import LogHead, append, init_log
 from datastore.table.records import DocumentRecord, TableSnapshot, snapshot_of
 from datastore.table.schema import (
     ADDED_COLUMNS,
@@ -44,9 +43,9 @@ from datastore.table.schema import (
     Dialect,
     ReceiptFields,
     RemovedRow,
-    Run,
     Selection,
 )
+from datastore.table.shared_index import SharedIndexState
 from datastore.tlog.leaf import (
     Action,
     Leaf,
@@ -56,47 +55,16 @@ from datastore.tlog.leaf import (
     sha256_hex,
 )
 
-# the text hash of a document whose text was erased before the log began
-UNKNOWN_TEXT = "0" * 64
 
-
-class DocumentTable(ABC):
+class DocumentTable(SharedIndexState, TableHistory):
     """The document table of one datastore, whichever database holds it.
 
-    Implementations provide `_read`, `_transaction`, `_compact_storage`, `close` and
-    `check_integrity`; every query is written once below.
+    Implementations provide `_read`, `_transaction`, `_compact_storage`, `close`,
+    `check_integrity` and `_columns` (datastore.table.core); every query is written once,
+    here and in the two parts it is made of: the state of a shared kNN index
+    (datastore.table.shared_index) and the history, the transparency log and the audit
+    log (datastore.table.history).
     """
-
-    location: str  # where the table lives, for messages (a path, or host:port/db schema)
-    # the implementation's unique-violation error, raised by an insert of a taken doc_id
-    _duplicate: type[Exception]
-
-    # ---- what an implementation provides -----------------------------------------------
-
-    @abstractmethod
-    def _read(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
-        """Rows of one statement, outside any write transaction."""
-
-    @abstractmethod
-    def _transaction(self) -> AbstractContextManager[Run]:
-        """A write transaction, committed durably when the block ends and rolled back if
-        it raises; yields a function running one statement in it."""
-
-    @abstractmethod
-    def _compact_storage(self) -> None:
-        """After a purge: rewrite storage so that no freed page keeps erased text."""
-
-    @abstractmethod
-    def close(self) -> None:
-        """Release the connection."""
-
-    @abstractmethod
-    def check_integrity(self) -> None:
-        """Raise CorruptDatastoreError when the table is damaged or absent."""
-
-    @abstractmethod
-    def _columns(self, table: str) -> set[str]:
-        """The column names of one of the schema's tables."""
 
     # ---- after the schema: what older datastores lack ----------------------------------
 
@@ -112,47 +80,12 @@ class DocumentTable(ABC):
             init_log(run)
         self._backfill_log()
 
-    def _backfill_log(self) -> None:
-        """A table written before the log existed gets, as its first leaves, what it holds:
-        one `add` leaf for every document, an `optout` leaf per receipt (at its time), and
-        a `purge` leaf for the documents already erased (whose text hashes are unknown)."""
-        with self._transaction() as run:
-            if run("SELECT size FROM log_state WHERE id = 0")[0][0] or \
-                    not run("SELECT 1 FROM documents LIMIT 1"):
-                return
-            rows = run("SELECT doc_row, doc_id, license_class, text_sha256, optout_id, "
-                       "text IS NULL, text FROM documents ORDER BY doc_row")
-            rows = [(r[0], r[1], r[2], r[3] or (None if r[6] is None else sha256_hex(r[6])),
-                     r[4], bool(r[5])) for r in rows]
-            run("UPDATE documents SET text_sha256 = ? WHERE doc_row = ?",
-                [(r[3], r[0]) for r in rows if r[3] is not None], True)
-            now = time.time()
-            append(run, Leaf(Action.ADD, format_time(now), _leaf_documents(rows, 1, 2, 3)))
-            for optout_id, selector, at in run("SELECT optout_id, selector, effective_at "
-                                               "FROM optouts ORDER BY effective_at"):
-                ((kind, value),) = json.loads(selector).items()
-                mine = [r for r in rows if r[4] == optout_id]
-                index = append(run, Leaf(Action.OPTOUT, format_time(at),
-                                         _leaf_documents(mine, 1, 2, 3),
-                                         (kind, selector_sha256(kind, value))))[0]
-                run("UPDATE optouts SET log_index = ? WHERE optout_id = ?", (index, optout_id))
-            erased = [r for r in rows if r[5]]
-            if erased:
-                append(run, Leaf(Action.PURGE, format_time(now),
-                                 _leaf_documents(erased, 1, 2, 3)))
-            run(BUMP)
-
     # ---- the interface -----------------------------------------------------------------
 
     def change_seq(self) -> int:
         """The change sequence: it grows with every committed write and never goes back,
         so a reader whose copy was made at sequence s must reload when this is > s."""
         return int(self._read("SELECT seq FROM changes WHERE id = 0")[0][0])
-
-    @property
-    def log(self) -> TableLog:
-        """The transparency log kept in this table (datastore.table.log)."""
-        return TableLog(self._read)
 
     def insert(self, records: Sequence[DocumentRecord], texts: Sequence[str]) -> None:
         """Insert documents and their `add` leaf in one transaction; an existing doc_id is
@@ -272,7 +205,7 @@ class DocumentTable(ABC):
             entries = sum(r[3] - r[2] for r in found)
             blocks = sum(r[5] - r[4] for r in found)
             index, head = append(run, Leaf(
-                Action.OPTOUT, format_time(now), _leaf_documents(found, 1, 6, 7),
+                Action.OPTOUT, format_time(now), leaf_documents(found, 1, 6, 7),
                 _leaf_selector(selector)))
             run("INSERT INTO optouts (optout_id, selector, reason, doc_ids, entries_removed, "
                 "blocks_removed, effective_at, log_index) VALUES (?,?,?,?,?,?,?,?)",
@@ -283,47 +216,6 @@ class DocumentTable(ABC):
                     [(r[0],) for r in found], True)
             seq = int(run(BUMP)[0][0])
         return [tuple(r) for r in found], seq, index, head  # type: ignore[misc]
-
-    def index_state(self) -> tuple[int, int, list[int]]:
-        """(published entries, fence, rows pending an index delete) of a shared index."""
-        published, fence = self._read("SELECT published, fence FROM index_state WHERE id = 0")[0]
-        pending = [r[0] for r in self._read("SELECT doc_row FROM pending_deletes "
-                                            "ORDER BY doc_row")]
-        return int(published), int(fence), pending
-
-    def publish_text(self, spans: Sequence[tuple[int, str, int, int]], upto_row: int) -> int:
-        """Record RIC block spans (block_id, doc_id, char_start, char_end) and that rows
-        [0, upto_row) are in the text indexes. Returns the change sequence."""
-        with self._transaction() as run:
-            if spans:
-                run("INSERT INTO block_spans (block_id, doc_id, char_start, char_end) "
-                    "VALUES (?,?,?,?) ON CONFLICT DO NOTHING", list(spans), True)
-            run("UPDATE index_state SET text_published = ? WHERE id = 0 AND "
-                "text_published < ?", (upto_row, upto_row))
-            return int(run(BUMP)[0][0])
-
-    def text_published(self) -> int:
-        return int(self._read("SELECT text_published FROM index_state WHERE id = 0")[0][0])
-
-    def block_spans(self, start: int, end: int) -> list[tuple[int, str, int, int]]:
-        """(block_id, doc_id, char_start, char_end) of block ids [start, end)."""
-        return [tuple(r) for r in self._read(  # type: ignore[misc]
-            "SELECT block_id, doc_id, char_start, char_end FROM block_spans WHERE "
-            "block_id >= ? AND block_id < ? ORDER BY block_id", (start, end))]
-
-    def index_written(self, fence: int, published: int | None = None,
-                      deleted: Sequence[int] = ()) -> int:
-        """Record index writes behind `fence`: entries [0, published) are in the index
-        (None: unchanged) and the rows `deleted` left it. Returns the change sequence."""
-        with self._transaction() as run:
-            run("UPDATE index_state SET fence = CASE WHEN fence > ? THEN fence ELSE ? END "
-                "WHERE id = 0", (fence, fence))
-            if published is not None:
-                run("UPDATE index_state SET published = ? WHERE id = 0", (published,))
-            if deleted:
-                run("DELETE FROM pending_deletes WHERE doc_row = ?",
-                    [(r,) for r in deleted], True)
-            return int(run(BUMP)[0][0])
 
     def optout_rows(self, optout_id: str | None = None) -> list[tuple[Any, ...]]:
         sql = ("SELECT optout_id, selector, reason, doc_ids, entries_removed, "
@@ -355,31 +247,10 @@ class DocumentTable(ABC):
             if purged:
                 purged.sort(key=lambda r: r[0])
                 append(run, Leaf(Action.PURGE, format_time(now),
-                                 _leaf_documents(purged, 1, 2, 3)))
+                                 leaf_documents(purged, 1, 2, 3)))
             run(BUMP)
         self._compact_storage()
         return [int(r[0]) for r in purged]
-
-    def record(self, leaf: Leaf) -> LogHead:
-        """Append a leaf that records a change outside this table (a datastore activated
-        or reindexed) in a transaction of its own; returns the log's head after it."""
-        with self._transaction() as run:
-            head = append(run, leaf)[1]
-            run(BUMP)
-        return head
-
-    def record_audit(self, who: str, action: str, outcome: str, detail: dict[str, Any],
-                     now: float) -> None:
-        """One line of the admin audit log, durable before the call returns."""
-        with self._transaction() as run:
-            run("INSERT INTO audit (time, who, action, outcome, detail) VALUES (?,?,?,?,?)",
-                (now, who, action, outcome, json.dumps(detail, default=str, sort_keys=True)))
-
-    def audit_entries(self) -> list[dict[str, Any]]:
-        """The audit log, oldest first."""
-        return [{"time": t, "who": w, "action": a, "outcome": o, **json.loads(d)}
-                for t, w, a, o, d in self._read(
-                    "SELECT time, who, action, outcome, detail FROM audit ORDER BY id")]
 
     def rows_to_purge(self) -> list[int]:
         """Rows of removed documents whose data compaction has not yet erased."""
@@ -409,14 +280,6 @@ def _leaf_selector(selector: Selection) -> tuple[str, str]:
     kind, value = ("doc_ids", list(doc_ids)) if doc_ids else (
         ("source", str(source)) if source is not None else ("url_prefix", str(url_prefix)))
     return kind, selector_sha256(kind, value)
-
-
-def _leaf_documents(rows: Sequence[Sequence[Any]], doc_id: int, license_class: int,
-                    text_sha256: int) -> tuple[LeafDocument, ...]:
-    """The leaf's view of documents: the hashes of their ids and texts, their class (the
-    columns of `rows` named by position)."""
-    return tuple(LeafDocument(sha256_hex(r[doc_id]), r[text_sha256] or UNKNOWN_TEXT,
-                              LicenseClass(r[license_class])) for r in rows)
 
 
 def _record(row: tuple[Any, ...]) -> DocumentRecord:
