@@ -199,13 +199,11 @@ def speed(args: argparse.Namespace, paths: dict[str, Path]) -> None:
 
 
 def evaluate(args: argparse.Namespace, paths: dict[str, Path]) -> None:
-    import torch
 
-    from silo.combination import combined_target_log_probs
     from silo.evaluate import domain_sequences
     from silo.knnlm import KnnParams
     from silo.lm import SiloLM, SiloOptions
-    from silo.set_tuning import choose, write_set
+    from silo.set_tuning import choose, combined_logprob, write_set
     from silo.tuning import (
         Grid,
         TargetScores,
@@ -256,12 +254,7 @@ def evaluate(args: argparse.Namespace, paths: dict[str, Path]) -> None:
         for n, p in zip(DOMAINS, as_set, strict=True)))
 
     def combined(d: str, params: Sequence[KnnParams]) -> np.ndarray:
-        parts = [scores[(n, d)] for n in DOMAINS]
-        return combined_target_log_probs(
-            torch.from_numpy(parts[0].lm_logprob),
-            torch.from_numpy(np.concatenate([p.distances for p in parts], 1)),
-            torch.from_numpy(np.concatenate([p.values for p in parts], 1)),
-            torch.from_numpy(parts[0].targets), params).double().numpy()
+        return combined_logprob([scores[(n, d)] for n in DOMAINS], params)
 
     rows: dict[str, dict[str, np.ndarray]] = {}
     for d in test:

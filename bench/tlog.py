@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 from datastore_synthetic import ClusterEncoder, documents  # noqa: E402
+from served import median_seconds  # noqa: E402
 
 import datastore.table.base as table_base  # noqa: E402
 from datastore.config import DatastoreConfig  # noqa: E402
@@ -62,12 +63,7 @@ def pad(table: DocumentTable, leaves: int) -> None:
 
 
 def _median_ms(fn: Callable[[], Any], times: int) -> float:
-    samples = []
-    for _ in range(times):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples) * 1e3
+    return median_seconds(fn, times) * 1e3
 
 
 def measure(store: Datastore, victims: list[str], signer: Signer) -> dict[str, Any]:

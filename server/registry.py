@@ -146,8 +146,9 @@ class DatastoreRegistry:
                   ) -> Datastore:
         """The datastore object of `name` (active if None); a NotFoundError if none, a
         403 when `allowed` does not hold it."""
-        if allowed is not None:
-            self._allowed([name or self._active or ""], allowed)
+        target = name or self._active
+        if allowed is not None and target is not None:  # none: the 404 below says so
+            self._allowed([target], allowed)
         store = self.lm(name).datastore
         if store is None:
             raise NotFoundError("no datastore is active; the service runs parametric only")

@@ -24,7 +24,13 @@ from collections.abc import Sequence
 
 import torch
 
-from silo.knnlm import KnnParams, knn_log_probs, nearest_distance, target_neighbour_mass
+from silo.knnlm import (
+    KnnParams,
+    knn_log_probs,
+    mix,
+    nearest_distance,
+    target_neighbour_mass,
+)
 
 
 def columns(members: Sequence[KnnParams]) -> list[slice]:
@@ -55,25 +61,13 @@ def member_weights(distances: torch.Tensor, values: torch.Tensor,
     return w * lams
 
 
-def _mix(lm: torch.Tensor, knn: list[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
-    """log((1 - sum a_i) p_LM + sum a_i p_i): lm (n, X), knn M of (n, X), weights (n, M)."""
-    rest = torch.log1p(-weights.sum(1).clamp(max=1.0))  # -inf when the members take all
-    with torch.no_grad():
-        logw = torch.log(weights)  # -inf for a member without a share
-    parts = [lm + rest[:, None].to(lm.dtype)]
-    parts += [p + logw[:, i, None].to(p.dtype) for i, p in enumerate(knn)]
-    mixed = torch.logsumexp(torch.stack(parts), dim=0)
-    none = weights.sum(1) <= 0  # no member takes part: the LM's row bit for bit
-    return torch.where(none[:, None], lm, mixed)
-
-
 def combined_log_probs(lm: torch.Tensor, distances: torch.Tensor, values: torch.Tensor,
                        members: Sequence[KnnParams], vocab_size: int) -> torch.Tensor:
     """The mixture over the vocabulary: lm (n, V) -> (n, V) float32."""
     weights = member_weights(distances, values, members)
     knn = [knn_log_probs(distances[:, c], values[:, c], vocab_size, p.temperature)
            for c, p in zip(columns(members), members, strict=True)]
-    return _mix(lm, knn, weights)
+    return mix(lm, knn, weights)
 
 
 def combined_target_log_probs(lm_target: torch.Tensor, distances: torch.Tensor,
@@ -83,7 +77,7 @@ def combined_target_log_probs(lm_target: torch.Tensor, distances: torch.Tensor,
     weights = member_weights(distances, values, members)
     knn = [target_neighbour_mass(distances[:, c], values[:, c], targets, p.temperature)
            .sum(1).log()[:, None] for c, p in zip(columns(members), members, strict=True)]
-    return _mix(lm_target[:, None], knn, weights)[:, 0]
+    return mix(lm_target[:, None], knn, weights)[:, 0]
 
 
 def contributions(distances: torch.Tensor, values: torch.Tensor, targets: torch.Tensor,

@@ -21,6 +21,7 @@ survive in float32.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -79,12 +80,16 @@ def nearest_distance(distances: torch.Tensor, values: torch.Tensor) -> torch.Ten
     return d.amin(dim=1)
 
 
+def relevance_of(nearest: torch.Tensor, d0: float, temperature: float) -> torch.Tensor:
+    """w = sigmoid((d0 - d_1) / T) from the nearest distances d_1 (n,) -> (n,) float64;
+    0 where d_1 is inf (no neighbour)."""
+    return torch.sigmoid((d0 - nearest.double()) / temperature)
+
+
 def relevance_weights(distances: torch.Tensor, values: torch.Tensor, d0: float,
                       temperature: float) -> torch.Tensor:
-    """w = sigmoid((d0 - d_1) / T) per row (n,) float32; 0 for a row without neighbours."""
-    nearest = nearest_distance(distances, values)
-    w = torch.sigmoid((d0 - nearest) / temperature)  # inf -> sigmoid(-inf) = 0
-    return w.float()
+    """w per row (n,) float32 from the rows' neighbours (`relevance_of`)."""
+    return relevance_of(nearest_distance(distances, values), d0, temperature).float()
 
 
 def neighbour_log_weights(distances: torch.Tensor, values: torch.Tensor,
@@ -149,15 +154,26 @@ def interpolate(lm_log_probs: torch.Tensor, knn_log_probs: torch.Tensor,
 
 def _interpolate_rows(lm_log_probs: torch.Tensor, knn_log_probs: torch.Tensor,
                       lam: torch.Tensor, has_neighbours: torch.Tensor | None) -> torch.Tensor:
-    """`interpolate` with a weight per row."""
-    lam = lam.to(torch.float64)[:, None]
-    mixed = torch.logaddexp(lm_log_probs + torch.log1p(-lam).to(lm_log_probs.dtype),
-                            knn_log_probs + torch.log(lam).to(knn_log_probs.dtype))
-    mixed = torch.where(lam >= 1.0, knn_log_probs, mixed)
-    keep = lam <= 0.0
+    """`interpolate` with a weight per row: `mix` with one kNN distribution."""
+    weights = lam.to(torch.float64)
     if has_neighbours is not None:
-        keep = keep | ~has_neighbours[:, None]
-    return torch.where(keep, lm_log_probs, mixed)
+        weights = weights * has_neighbours
+    return mix(lm_log_probs, [knn_log_probs], weights[:, None])
+
+
+def mix(lm: torch.Tensor, knn: Sequence[torch.Tensor], weights: torch.Tensor,
+        ) -> torch.Tensor:
+    """log((1 - sum_i a_i) p_LM + sum_i a_i p_i), a weight a_i per row and distribution:
+    lm (n, X) and each of `knn` (n, X) log-probs, weights (n, M). A row where no a_i is
+    positive keeps the LM's row bit for bit (silo.combination mixes several datastores
+    with it, `interpolate` one with a weight per row)."""
+    rest = torch.log1p(-weights.sum(1).clamp(max=1.0))  # -inf when the kNN side takes all
+    logw = torch.log(weights)  # -inf for a distribution without a share
+    parts = [lm + rest[:, None].to(lm.dtype)]
+    parts += [p + logw[:, i, None].to(p.dtype) for i, p in enumerate(knn)]
+    mixed = torch.logsumexp(torch.stack(parts), dim=0)
+    none = weights.sum(1) <= 0
+    return torch.where(none[:, None], lm, mixed)
 
 
 def target_log_probs(lm_target: torch.Tensor, distances: torch.Tensor, values: torch.Tensor,

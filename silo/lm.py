@@ -213,10 +213,8 @@ class SiloLM:
             raise InvalidInputError(f"mode {options.mode.value!r} needs the datastore's BM25 "
                                     "index")
         d = self.defaults if options.relevance else self.uniform_defaults
-        knn = KnnParams(options.k or d.k, d.lam if options.lam is None else options.lam,
-                        options.knn_temperature or d.temperature,
-                        d.pointers if options.pointers is None else options.pointers,
-                        d.relevance, d.relevance_temperature)
+        knn = _resolved(d, options, d.pointers if options.pointers is None
+                        else options.pointers)
         return Plan(options.mode, knn, options.ric,
                     SearchFilter(options.license_classes, scope or AccessScope()),
                     options.attribution)
@@ -225,19 +223,12 @@ class SiloLM:
         """Each member's plan for the options, without pointers (they follow one
         datastore's entries), side by side."""
         plans = [m.plan(replace(options, pointers=0), scope) for _, m in self.members]
-        knns = tuple(self._set_knn(d, options) if d is not None and options.relevance
+        knns = tuple(_resolved(d, options, 0) if d is not None and options.relevance
                      else p.knn for p, d in zip(plans, self.set_defaults, strict=True))
         summary = KnnParams(sum(p.k for p in knns), max(p.lam for p in knns),
                             knns[0].temperature)
         return replace(plans[0], knn=summary, members=knns,
                        datastores=tuple(n for n, _ in self.members))
-
-    @staticmethod
-    def _set_knn(d: KnnParams, options: SiloOptions) -> KnnParams:
-        """A member's parameters as tuned for its set, under the request's overrides."""
-        return KnnParams(options.k or d.k, d.lam if options.lam is None else options.lam,
-                         options.knn_temperature or d.temperature, 0, d.relevance,
-                         d.relevance_temperature)
 
     def _plan_of(self, request: ScoreRequest | GenerationRequest) -> Plan:
         return request.plan or self.plan(request.options, request.scope)
@@ -290,3 +281,10 @@ class SiloLM:
             yield from self.step([state])[0]
         if state.error is not None:
             raise state.error
+
+
+def _resolved(d: KnnParams, options: SiloOptions, pointers: int) -> KnnParams:
+    """Tuned parameters `d` under a request's overrides (k, lambda, tau)."""
+    return KnnParams(options.k or d.k, d.lam if options.lam is None else options.lam,
+                     options.knn_temperature or d.temperature, pointers, d.relevance,
+                     d.relevance_temperature)

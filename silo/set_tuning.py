@@ -49,8 +49,10 @@ class SetReport:
     tuned: dict[str, float]
 
 
-def _combined(scores: Sequence[TargetScores], members: Sequence[KnnParams]) -> np.ndarray:
-    """The mixture's log-prob at each target from the members' cached neighbours."""
+def combined_logprob(scores: Sequence[TargetScores], members: Sequence[KnnParams],
+                     ) -> np.ndarray:
+    """The mixture's log-prob at each target from the members' cached neighbours
+    (`scores` in member order, for the same text)."""
     return combined_target_log_probs(
         torch.from_numpy(scores[0].lm_logprob),
         torch.from_numpy(np.concatenate([s.distances for s in scores], 1)),
@@ -82,7 +84,7 @@ def choose(scores: Mapping[str, Sequence[TargetScores]], members: Sequence[KnnPa
         raise InvalidInputError("tuning a set needs text of at least one domain")
 
     def ppl(ms: Sequence[KnnParams]) -> dict[str, float]:
-        return {d: perplexity(_combined(s, ms)) for d, s in scores.items()}
+        return {d: perplexity(combined_logprob(s, ms)) for d, s in scores.items()}
 
     def mean_log(p: dict[str, float]) -> float:
         return float(np.mean([math.log(v) for v in p.values()]))

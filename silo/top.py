@@ -15,7 +15,7 @@ import math
 import torch
 
 from silo.combination import columns, member_weights
-from silo.knnlm import KnnParams, neighbour_log_weights
+from silo.knnlm import KnnParams, nearest_distance, neighbour_log_weights
 from silo.request import Plan
 
 
@@ -42,8 +42,8 @@ def _weights(distances: torch.Tensor, values: torch.Tensor, plan: Plan,
     lam = plan.knn.row_lam(distances, values)
     a = (lam.double() if isinstance(lam, torch.Tensor)
          else torch.full((len(values),), float(lam), dtype=torch.float64))
-    has = torch.isfinite(neighbour_log_weights(distances, values, plan.knn.temperature)
-                         ).any(1)
+    # a row has a kNN distribution where it has a usable neighbour (knnlm)
+    has = torch.isfinite(nearest_distance(distances, values))
     return [plan.knn], [slice(0, values.shape[1])], (a * has)[:, None]
 
 
@@ -56,14 +56,15 @@ def mixture_top(lm: torch.Tensor, distances: torch.Tensor, values: torch.Tensor,
     top_lm = lm.topk(n, dim=1).indices
     cand = torch.cat([values.clamp(min=0), top_lm], dim=1)  # padding looks like token 0
     invalid = torch.cat([values < 0, torch.zeros_like(top_lm, dtype=torch.bool)], dim=1)
-    p = (1 - a.sum(1, keepdim=True).clamp(max=1.0)) * lm.gather(1, cand).double().exp()
+    lm_cand = lm.gather(1, cand).double()
+    p = (1 - a.sum(1, keepdim=True).clamp(max=1.0)) * lm_cand.exp()
     for i, (c, params) in enumerate(zip(cols, members, strict=True)):
         p = p + a[:, i, None] * voted_mass(distances[:, c], values[:, c],
                                            params.temperature, cand)
     with torch.no_grad():
         scores = torch.log(p)
     none = a.sum(1) <= 0  # no datastore takes part: the LM's log-probs as they are
-    scores = torch.where(none[:, None], lm.gather(1, cand).double(), scores)
+    scores = torch.where(none[:, None], lm_cand, scores)
     # each token once: of equal candidates only the first in sorted order counts
     ordered, order = cand.masked_fill(invalid, -1).sort(dim=1, stable=True)
     repeat = torch.zeros_like(invalid)

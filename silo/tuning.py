@@ -39,6 +39,7 @@ from silo.knnlm import (
     KnnParams,
     interpolate,
     nearest_distance,
+    relevance_of,
     target_neighbour_mass,
 )
 
@@ -132,9 +133,8 @@ def nearest_distances(scores: TargetScores, k: int) -> np.ndarray:
 
 
 def _relevance(nearest: np.ndarray, d0: float, temperature: float) -> np.ndarray:
-    """silo.knnlm.relevance_weights from the nearest distances (n,) -> (n,) float64."""
-    with np.errstate(over="ignore"):
-        return 1.0 / (1.0 + np.exp((nearest - d0) / temperature))
+    """silo.knnlm.relevance_of on numpy: (n,) -> (n,) float64."""
+    return relevance_of(torch.from_numpy(nearest), d0, temperature).numpy()
 
 
 def mixed_logprob(scores: TargetScores, params: KnnParams) -> np.ndarray:
