@@ -100,13 +100,16 @@ class ModelRunner:
         ids, mask = right_padded(rows, self.pad_id)
         hidden, logits, _ = self.head_input_and_logits(ids.to(self.device),
                                                        mask.to(self.device))
-        lp = torch.log_softmax(logits.float(), dim=-1).cpu()
-        hidden = hidden.float().cpu()
-        out_lp, out_h = [], []
-        for i, (r, s) in enumerate(zip(rows, scored, strict=True)):
-            out_lp.append(lp[i, len(r) - s:len(r)])
-            out_h.append(hidden[i, len(r) - s:len(r)])
-        return out_lp, out_h
+        # the distribution at the scored positions only: a RIC input predicts its last
+        # few positions from a long context, and log-softmax over all of them was most of
+        # its cost
+        picked = torch.cat([torch.arange(i * ids.shape[1] + len(r) - s, i * ids.shape[1]
+                                         + len(r)) for i, (r, s) in enumerate(
+                                             zip(rows, scored, strict=True))]).to(self.device)
+        lp = torch.log_softmax(logits.flatten(0, 1)[picked].float(), dim=-1).cpu()
+        hidden = hidden.flatten(0, 1)[picked].float().cpu()
+        sizes = list(scored)
+        return list(lp.split(sizes)), list(hidden.split(sizes))
 
     def run_groups(self, groups: list[Group], batch_size: int,
                    ) -> tuple[torch.Tensor, torch.Tensor]:
