@@ -176,6 +176,39 @@ def mix(lm: torch.Tensor, knn: Sequence[torch.Tensor], weights: torch.Tensor,
     return torch.where(none[:, None], lm, mixed)
 
 
+def mixed_log_probs(lm: torch.Tensor, distances: torch.Tensor, values: torch.Tensor,
+                    lam: float | torch.Tensor, temperature: float) -> torch.Tensor:
+    """`interpolate(lm, knn_log_probs(distances, values, V, temperature), lam, rows with
+    neighbours)` without the log of the (n, V) kNN distribution or an (n, V) logaddexp:
+    a token no neighbour voted for gets the LM's log-prob plus log(1 - lam) (exactly
+    what the mixture gives it), and the mixture is computed at the neighbours' tokens
+    alone, by the same formulas (equal up to the last bit of float32 rounding, since
+    torch's vectorised and scalar exp differ). lm (n, V) log-probs; lam a float or
+    (n,) per row."""
+    if not isinstance(lam, torch.Tensor) and lam == 0.0:
+        return lm
+    weights = neighbour_log_weights(distances, values, temperature).exp()
+    tokens = values.clamp(min=0)  # padding adds 0 to token 0, and reads token 0's mass
+    probs = torch.zeros_like(lm).scatter_add_(1, tokens, weights)
+    knn_at = probs.gather(1, tokens).log()  # (n, k) log p_kNN at the voted tokens
+    lm_at = lm.gather(1, tokens)
+    has = torch.isfinite(knn_at).any(dim=1)
+    if isinstance(lam, torch.Tensor):  # as _interpolate_rows and mix, on the candidates
+        w = lam.to(torch.float64) * has
+        rest = torch.log1p(-w.clamp(max=1.0))
+        logw = torch.log(w)
+        at = torch.logsumexp(torch.stack([lm_at + rest[:, None].to(lm.dtype),
+                                          knn_at + logw[:, None].to(lm.dtype)]), dim=0)
+        out = (lm + rest[:, None].to(lm.dtype)).scatter_(1, tokens, at)
+        return torch.where((w <= 0)[:, None], lm, out)
+    if lam == 1.0:
+        out = torch.full_like(lm, -math.inf).scatter_(1, tokens, knn_at)
+    else:
+        at = torch.logaddexp(lm_at + math.log1p(-lam), knn_at + math.log(lam))
+        out = (lm + math.log1p(-lam)).scatter_(1, tokens, at)
+    return torch.where(has[:, None], out, lm)
+
+
 def target_log_probs(lm_target: torch.Tensor, distances: torch.Tensor, values: torch.Tensor,
                      targets: torch.Tensor, lam: float | torch.Tensor, temperature: float,
                      ) -> torch.Tensor:

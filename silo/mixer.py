@@ -7,7 +7,7 @@ import torch
 
 from silo.batch import Chunk
 from silo.combination import combined_log_probs, combined_target_log_probs
-from silo.knnlm import interpolate, knn_log_probs, target_log_probs
+from silo.knnlm import mixed_log_probs, target_log_probs
 from silo.request import Plan
 from silo.top import mixture_top
 
@@ -30,11 +30,10 @@ class Mixer:
         if plan.members:  # several datastores
             return combined_log_probs(chunk.lm, chunk.distances, chunk.values, plan.members,
                                       self.vocab_size)
-        knn = knn_log_probs(chunk.distances, chunk.values, self.vocab_size,
-                            plan.knn.temperature)
-        # a row whose neighbours all have unusable distances has no kNN distribution
-        return interpolate(chunk.lm, knn, plan.knn.row_lam(chunk.distances, chunk.values),
-                           torch.isfinite(knn).any(1))
+        # computed at the neighbours' tokens (the (m, V) interpolation, float rounding aside)
+        return mixed_log_probs(chunk.lm, chunk.distances, chunk.values,
+                               plan.knn.row_lam(chunk.distances, chunk.values),
+                               plan.knn.temperature)
 
     def at_targets(self, chunk: Chunk, targets: torch.Tensor, plan: Plan) -> torch.Tensor:
         """(m,) log-probs of the plan's mixture at the chunk's targets (as `mixed`

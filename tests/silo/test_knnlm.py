@@ -13,6 +13,7 @@ from silo.knnlm import (
     KnnParams,
     interpolate,
     knn_log_probs,
+    mixed_log_probs,
     nearest_distance,
     neighbour_log_weights,
     relevance_weights,
@@ -164,3 +165,23 @@ def test_a_vanishing_temperature_is_a_vote_of_the_nearest_neighbours() -> None:
     d, v = torch.tensor([[2.0, 1.0, 1.0, 3.0]]), torch.tensor([[0, 1, 2, 3]])
     w = neighbour_log_weights(d, v, 1e-300).exp()
     assert torch.allclose(w, torch.tensor([[0.0, 0.5, 0.5, 0.0]]))
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.integers(1, 5), st.integers(1, 12), st.integers(1, 30), st.integers(0, 2**31),
+       st.sampled_from(["scalar", "rows", "zero", "one"]), st.sampled_from([0.5, 2.0, 80.0]))
+def test_the_mixture_at_the_neighbours_tokens_is_the_full_interpolation(
+        n: int, k: int, vocab: int, seed: int, lam_kind: str, tau: float) -> None:
+    g = torch.Generator().manual_seed(seed)
+    lm = torch.log_softmax(torch.randn(n, vocab, generator=g) * 3, dim=1)
+    dist = torch.rand(n, k, generator=g) * 200
+    values = torch.randint(-1, vocab, (n, k), generator=g)  # -1: padding, repeats
+    values[0] = -1  # a row with no neighbour
+    lam: float | torch.Tensor = {"scalar": 0.6, "zero": 0.0, "one": 1.0,
+                                 "rows": torch.rand(n, generator=g) * (torch.rand(
+                                     n, generator=g) > 0.3)}[lam_kind]
+    knn = knn_log_probs(dist, values, vocab, tau)
+    want = interpolate(lm, knn, lam, torch.isfinite(knn).any(1))
+    got = mixed_log_probs(lm, dist, values, lam, tau)
+    assert torch.equal(torch.isinf(got), torch.isinf(want))  # the same tokens ruled out
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
