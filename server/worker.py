@@ -8,8 +8,9 @@ Route handlers submit `Job`s and await them; one thread owns the model. Each tur
      many again; one that served a single job starts at once);
   2. scores every waiting scoring job in one `SiloLM.score` call (the LM groups them by
      options and pads them into shared forward passes);
-  3. advances every running generation by one token, rows of different requests that
-     share a SiloLM and a plan going through ONE forward pass (continuous batching).
+  3. advances every running generation by one token, the rows of all requests that
+     share a SiloLM in one `SiloLM.step` (continuous batching: one set of forward
+     passes whatever their modes, one search and mixture per plan, one sampler call).
 
 The queue is bounded: `submit` raises `CapacityError` (HTTP 429 with Retry-After) when
 `max_queue` jobs are waiting. A job holds the SiloLM it was submitted with, so a
@@ -211,12 +212,13 @@ class ModelWorker:
             job.done(exc)
 
     def _generate(self) -> None:
-        """Advance every running generation one token: one `SiloLM.step` per (SiloLM,
-        plan), so a failing step fails only its group; each job's events emitted."""
+        """Advance every running generation one token: one `SiloLM.step` per SiloLM
+        (requests in flight across a datastore swap hold the one they started with);
+        each job's events emitted."""
         self._running = [g for g in self._running if not g.job.cancelled.is_set()]
-        groups: dict[tuple[int, Any], list[_Generation]] = {}
+        groups: dict[int, list[_Generation]] = {}
         for g in self._running:
-            groups.setdefault((id(g.job.lm), g.state.plan), []).append(g)
+            groups.setdefault(id(g.job.lm), []).append(g)
         rows = sum(len(g.state.live) for g in self._running)
         self.on_batch("generate", rows)
         started = time.perf_counter()

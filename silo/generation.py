@@ -5,39 +5,42 @@ batching), each request failing alone.
     step(states)    -> events      one token for every live choice of every state
     finish(state)   -> result      the events collected and attributed
 
-Rows of states with equal plans share forward passes; each state samples with its own
-generator, so its tokens and log-probs are those of generating it alone.
+A step batches whatever its states ask for, whatever their plans: every input of every
+live row (its plain context, one per RIC passage) goes through one set of forward passes
+(silo.decoding: each over its own key/value cache where it has one), the rows of each
+plan through one kNN search and one mixture, and all rows through one sampler call. Each
+state samples with its own generator, so its tokens and log-probs are those of
+generating it alone.
 
 Isolation: a failure while stepping one state ends that state alone. Its exception is
 kept on the state (`state.error`; the state is then finished) and the other states of
-the step go on. Per-state work (retrieval, sampling, provenance, detokenising) is done
-state by state; when a shared forward pass or search fails, every state of that pass is
-put back as it was and stepped alone, so the failure lands on the states that cause it
-and the others get exactly the tokens they would have got without it.
+the step go on. A state's own work (its RIC retrieval, its sampled rows, provenance,
+detokenising) fails it alone; when a shared call (a forward pass, a search, a mixture)
+fails, every state of the step is put back as it was and stepped again in parts, by
+plan and then one by one, so the failure lands on the states that cause it and the
+others get exactly the tokens they would have got without it.
 
-Decoding is incremental (`SiloConfig.kv_cache`, on by default) in the modes without RIC:
-a state's first step reads its rows whole (the new states of a step in one right-padded
-pass) and keeps their keys/values; later steps feed one token per row, the rows of all
-states of a plan in one pass over their left-padded, masked caches (silo.runner). RIC
-modes (whose passages change the context) and rows longer than the context (whose window
-slides) re-read the context at every step.
+Decoding is incremental (`SiloConfig.kv_cache`, on by default) in every mode: an input
+that grew by the token just sampled is fed that token alone over its cache; one that
+changed otherwise is read whole (a first step, new RIC passages every `stride` tokens,
+a context longer than the model's window, which slides).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from silo.attribution import TokenProvenance
-from silo.batch import Chunk, plain
+from silo.batch import Chunk
 from silo.codec import Codec
 from silo.contexts import Contexts
+from silo.decoding import Cached, Decoder
+from silo.events import completion, token_event
 from silo.mixer import Mixer
 from silo.request import (
-    Completion,
     GenerationRequest,
     GenerationResult,
     Plan,
@@ -47,9 +50,9 @@ from silo.request import (
     TokenEvent,
 )
 from silo.retrieval import Retriever
-from silo.ric import Passage
-from silo.runner import Cache, ModelRunner
-from silo.sampling import sample
+from silo.ric import Passage, ensemble
+from silo.runner import ModelRunner
+from silo.sampling import Draw, choice_seed, sample_many
 from silo.scoring import Scorer
 
 
@@ -62,7 +65,7 @@ class GenerationState:
 
     request: GenerationRequest
     plan: Plan
-    generator: torch.Generator
+    generators: list[torch.Generator]  # per choice (silo.sampling.Draw)
     rows: list[list[int]]
     new: list[list[int]]
     texts: list[str]
@@ -71,10 +74,9 @@ class GenerationState:
     events: list[list[TokenEvent]]
     prompt: ScoreResult | None = None  # with echo
     steps: int = 0
-    # keys/values of every token but the last of the rows `cache_rows` (in that order);
-    # None before the first step, in RIC modes and once the rows outgrow the context
-    cache: Cache | None = None
-    cache_rows: list[int] = field(default_factory=list)
+    # per (choice, input: -1 the plain context, j its j-th RIC passage) the keys/values
+    # of the input read last step (silo.decoding); empty before the first step
+    caches: dict[tuple[int, int], Cached] = field(default_factory=dict)
     # per choice, the entry ids of its last position's neighbours (pointers follow them)
     neighbours: list[np.ndarray | None] = field(default_factory=list)
     error: BaseException | None = None
@@ -87,10 +89,7 @@ class GenerationState:
         """End this generation with `error`; its events so far stay."""
         self.error = error
         self.live = []
-        self.cache = None
-
-    def live_rows(self) -> list[list[int]]:
-        return [self.rows[r] for r in self.live]
+        self.caches = {}
 
 
 @dataclass(frozen=True)
@@ -99,15 +98,14 @@ class _Saved:
     sampling and events come after every shared pass, so they are never half done)."""
 
     passages: list[tuple[Passage, ...]]
-    cache: Cache | None
-    cache_rows: list[int]
+    caches: dict[tuple[int, int], Cached]
 
     @classmethod
     def of(cls, s: GenerationState) -> _Saved:
-        return cls(list(s.passages), s.cache, list(s.cache_rows))
+        return cls(list(s.passages), dict(s.caches))
 
     def restore(self, s: GenerationState) -> None:
-        s.passages, s.cache, s.cache_rows = list(self.passages), self.cache, list(self.cache_rows)
+        s.passages, s.caches = list(self.passages), dict(self.caches)
 
 
 class Generator:
@@ -123,6 +121,7 @@ class Generator:
         self.scorer = scorer
         self.codec = codec
         self.config = config
+        self.decoder = Decoder(runner, config.batch_size)
 
     def start(self, requests: Sequence[GenerationRequest], plans: Sequence[Plan],
               ) -> list[GenerationState]:
@@ -133,7 +132,8 @@ class Generator:
             seed = req.seed if req.seed is not None else int(torch.randint(2**31, ()).item())
             n = req.n
             states.append(GenerationState(
-                req, plan, torch.Generator().manual_seed(seed),
+                req, plan, [torch.Generator().manual_seed(choice_seed(seed, i))
+                            for i in range(n)],
                 [list(req.prompt_ids) for _ in range(n)], [[] for _ in range(n)], [""] * n,
                 [() for _ in range(n)], list(range(n)) if req.max_tokens else [],
                 [[] for _ in range(n)], neighbours=[None] * n))
@@ -146,161 +146,196 @@ class Generator:
         return states
 
     def step(self, states: Sequence[GenerationState]) -> list[tuple[TokenEvent, ...]]:
-        """One token for every live choice of `states`: the rows of states with equal
-        plans go through shared forward passes (continuous batching), then each state
-        samples its own rows with its own generator, so the tokens are those of stepping
-        it alone. Returns per state this step's events (empty once it is finished). A
-        state that fails gets `error` set and ends; the others go on (module docstring)."""
-        by_plan: dict[Plan, list[GenerationState]] = {}
-        for s in states:
-            if s.live:
-                by_plan.setdefault(s.plan, []).append(s)
-        out: dict[int, tuple[TokenEvent, ...]] = {}
-        for plan, group in by_plan.items():
-            out.update(self._advance_isolated(group, plan))
+        """One token for every live choice of `states`, whatever their plans: one set of
+        forward passes for all their inputs, one search and one mixture per plan, one
+        sampler call (module docstring). Returns per state this step's events (empty
+        once it is finished). A state that fails gets `error` set and ends; the others
+        go on."""
+        out = self._advance_isolated([s for s in states if s.live])
         return [out.get(id(s), ()) for s in states]
 
     def finish(self, state: GenerationState) -> GenerationResult:
         """The result of a state: per choice its events collected (and attributed)."""
-        choices = [self._completion(i, evs, state.request)
+        choices = [completion(i, evs, state.request, self.retriever)
                    for i, evs in enumerate(state.events)]
         return GenerationResult(tuple(choices), state.prompt)
 
     # ---- one step --------------------------------------------------------------------
 
-    def _advance_isolated(self, states: list[GenerationState], plan: Plan,
+    def _advance_isolated(self, states: list[GenerationState],
                           ) -> dict[int, tuple[TokenEvent, ...]]:
-        """`_advance`; if a shared pass fails, the states are put back as they were and
-        stepped one by one, so that the failure ends only the states that cause it."""
+        """`_advance`; if a shared call fails, the states are put back as they were and
+        stepped again in parts (by plan, then one by one), so that the failure ends only
+        the states that cause it."""
+        if not states:
+            return {}
         saved = [_Saved.of(s) for s in states]
         try:
-            return self._advance(states, plan)
+            return self._advance(states)
         except Exception as exc:
             for s, kept in zip(states, saved, strict=True):
                 kept.restore(s)
             if len(states) == 1:
                 states[0].fail(exc)
                 return {}
-        out: dict[int, tuple[TokenEvent, ...]] = {}
+        by_plan: dict[Plan, list[GenerationState]] = {}
         for s in states:
-            if s.live:  # one that failed on its own in the shared attempt stays failed
-                out.update(self._advance_isolated([s], plan))
+            by_plan.setdefault(s.plan, []).append(s)
+        parts = list(by_plan.values()) if len(by_plan) > 1 else [[s] for s in states]
+        out: dict[int, tuple[TokenEvent, ...]] = {}
+        for part in parts:
+            # one that failed on its own in the shared attempt stays failed
+            out.update(self._advance_isolated([s for s in part if s.live]))
         return out
 
-    def _advance(self, states: list[GenerationState], plan: Plan,
-                 ) -> dict[int, tuple[TokenEvent, ...]]:
-        """One token for every live row of `states` (all of one plan): retrieval per
-        state, the shared passes, then sampling and events per state. A state's own
-        failure ends it alone; a failure of a shared pass is raised. Per state id, its
-        events."""
+    def _advance(self, states: list[GenerationState]) -> dict[int, tuple[TokenEvent, ...]]:
+        """One token for every live row of `states`: retrieval, the shared passes, a
+        search and a mixture per plan, then one sampler call and the events per state.
+        A state's own failure ends it alone; a failure of a shared call is raised. Per
+        state id, its events."""
+        ready = self._retrieve(states)
+        if not ready:
+            return {}
+        lm, hidden = self._next_distributions(ready)
+        by_plan: dict[Plan, list[int]] = {}
+        for i, s in enumerate(ready):
+            by_plan.setdefault(s.plan, []).append(i)
+        offsets = np.cumsum([0, *(len(s.live) for s in ready)])
+        mixed: list[torch.Tensor | None] = [None] * len(ready)
+        chunks: list[Chunk | None] = [None] * len(ready)
+        for plan, members in by_plan.items():
+            rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in members])
+            group = [ready[i] for i in members]
+            chunk = Chunk(np.arange(len(rows)), lm[rows],
+                          passages=[s.passages[r] for s in group for r in s.live])
+            if plan.uses_knn:
+                self._search(chunk, group, hidden[rows], plan)
+            dist = self.mixer.mixed(chunk, plan)
+            at = 0
+            for i, s in zip(members, group, strict=True):
+                n = len(s.live)
+                chunks[i], mixed[i] = chunk.part(at, at + n), dist[at:at + n]
+                at += n
+        return self._commit_all(ready, [c for c in chunks if c is not None],
+                                [m for m in mixed if m is not None])
+
+    def _retrieve(self, states: list[GenerationState]) -> list[GenerationState]:
+        """RIC passages for the rows of states at a retrieval step (every `stride`
+        tokens); a state whose retrieval fails ends alone. The states ready to step."""
         ready = []
         for s in states:
             try:
-                if plan.uses_ric and s.steps % plan.ric.stride == 0:
+                if s.plan.uses_ric and s.steps % s.plan.ric.stride == 0:
                     for r in s.live:
-                        s.passages[r] = self.retriever.passages(s.rows[r], plan)
+                        s.passages[r] = self.retriever.passages(s.rows[r], s.plan)
                 ready.append(s)
             except Exception as exc:
                 s.fail(exc)
-        if not ready:
-            return {}
-        chunk = self._next_distributions(ready, plan)
-        mixed = self.mixer.mixed(chunk, plan)
-        out, at = {}, 0
-        for s in ready:
+        return ready
+
+    def _next_distributions(self, states: list[GenerationState],
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The LM (or RIC-LM) log-probs (m, V) of the next token of every live row of
+        `states`, in order, and the kNN queries (m, dim): the LM-head inputs of the
+        plain contexts (for a RIC plan with kNN too, whose keys were made without
+        passages). Every input of every row (its plain context where it is needed, one
+        per RIC passage) goes through the decoder together, each over its own cache."""
+        inputs: list[list[int]] = []
+        keys: list[tuple[GenerationState, int, int]] = []  # state, row, input (-1: plain)
+
+        def add(x: list[int], key: tuple[GenerationState, int, int]) -> int:
+            inputs.append(x)
+            keys.append(key)
+            return len(inputs) - 1
+
+        rows: list[tuple[list[int], torch.Tensor, int]] = []  # inputs, weights, query
+        for s in states:
+            for r in s.live:
+                row = s.rows[r]
+                plain_at = None
+                if not s.plan.uses_ric or s.plan.uses_knn:
+                    plain_at = add(row[-self.runner.max_length:], (s, r, -1))
+                if not s.plan.uses_ric:
+                    assert plain_at is not None
+                    rows.append(([plain_at], torch.zeros(1), plain_at))
+                    continue
+                group = self.contexts.ric_group(row, 1, s.passages[r], s.plan)
+                if group.passages:
+                    at = [add(x, (s, r, j)) for j, x in enumerate(group.inputs)]
+                else:  # no passage: the plain context
+                    at = [plain_at if plain_at is not None
+                          else add(group.inputs[0], (s, r, -1))]
+                rows.append((at, group.log_weights, at[0] if plain_at is None else plain_at))
+        keep = self.config.kv_cache
+        lp, hidden, caches = self.decoder.next(
+            inputs, [s.caches.get((r, j)) for s, r, j in keys], keep)
+        for s in states:
+            s.caches = {}
+        for (s, r, j), c in zip(keys, caches, strict=True):
+            if c is not None:
+                s.caches[(r, j)] = c
+        return (torch.cat([ensemble(lp[at][:, None], w) for at, w, _ in rows]),
+                hidden[[q for _, _, q in rows]])
+
+    def _search(self, chunk: Chunk, states: list[GenerationState], queries: torch.Tensor,
+                plan: Plan) -> None:
+        """The kNN neighbours of a plan's rows in one search, following pointers from
+        each row's last neighbours where the plan asks for them."""
+        last = None
+        if plan.knn.pointers:
+            last = np.full((len(queries), plan.knn.k), -1, np.int64)
+            previous = [s.neighbours[r] for s in states for r in s.live]
+            for i, prev in enumerate(previous):
+                if prev is not None:
+                    last[i, :len(prev)] = prev
+        tokens = np.array([s.rows[r][-1] for s in states for r in s.live], dtype=np.int64)
+        self.retriever.search(chunk, queries, plan, last, tokens)
+
+    def _commit_all(self, states: list[GenerationState], chunks: list[Chunk],
+                    mixed: list[torch.Tensor]) -> dict[int, tuple[TokenEvent, ...]]:
+        """Sample every state's rows in one sampler call (each with its own generator;
+        if the call fails, state by state), then each state's tokens and events; a
+        state whose own part fails ends alone."""
+        draws, at = [], 0
+        for s in states:
             n = len(s.live)
+            draws.append(Draw(at, at + n, s.request.temperature, s.request.top_p,
+                              tuple(s.generators[r] for r in s.live)))
+            at += n
+        tokens: list[torch.Tensor | Exception]
+        try:
+            tokens = list(sample_many(torch.cat(mixed), draws))
+        except Exception:
+            tokens = []
+            for m, s in zip(mixed, states, strict=True):
+                try:
+                    tokens.append(sample_alone(m, s))
+                except Exception as exc:
+                    tokens.append(exc)
+        out = {}
+        for s, chunk, m, t in zip(states, chunks, mixed, tokens, strict=True):
             try:
-                out[id(s)] = self._commit(s, chunk.part(at, at + n), mixed[at:at + n], plan)
+                if isinstance(t, Exception):
+                    raise t
+                out[id(s)] = self._commit(s, chunk, m, t)
             except Exception as exc:
                 s.fail(exc)
-            at += n
         return out
-
-    def _next_distributions(self, states: list[GenerationState], plan: Plan) -> Chunk:
-        """Next-token distributions (and neighbours) of the live rows of `states`, in
-        order: incrementally through their caches where the mode allows, following
-        pointers from each row's last neighbours where the plan asks for them."""
-        rows = [r for s in states for r in s.live_rows()]
-        passages = [s.passages[r] for s in states for r in s.live]
-        plain_groups = [plain(r[-self.runner.max_length:], 1) for r in rows]
-        if plan.uses_ric:
-            groups = [self.contexts.ric_group(r, 1, p, plan)
-                      for r, p in zip(rows, passages, strict=True)]
-            lp, hidden = self.runner.run_groups(groups, self.config.batch_size)
-        elif self.config.kv_cache:
-            lp, hidden = self._incremental(states)
-        else:
-            lp, hidden = self.runner.run_groups(plain_groups, self.config.batch_size)
-        chunk = Chunk(np.arange(len(rows)), lp,
-                      passages=passages if plan.uses_ric else [() for _ in rows])
-        if plan.uses_knn:
-            queries = self.runner.run_groups(plain_groups, self.config.batch_size)[1] \
-                if plan.uses_ric else hidden
-            last = None
-            if plan.knn.pointers:
-                last = np.full((len(rows), plan.knn.k), -1, np.int64)
-                previous = [s.neighbours[r] for s in states for r in s.live]
-                for i, prev in enumerate(previous):
-                    if prev is not None:
-                        last[i, :len(prev)] = prev
-            tokens = np.array([r[-1] for r in rows], dtype=np.int64)
-            self.retriever.search(chunk, queries, plan, last, tokens)
-        return chunk
-
-    def _incremental(self, states: list[GenerationState]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-probs (m, V) and LM-head inputs (m, dim) of the next token of every live
-        row of `states`, in order. A state's first step reads its rows whole (all new
-        states in one pass) and keeps their keys/values; later steps feed only each
-        row's last token, the rows of all cached states in one pass. Rows longer than
-        the context slide their window, which a cache cannot follow: those are read
-        whole at every step."""
-        out: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        cached, fresh = [], []
-        for s in states:
-            length = len(s.rows[s.live[0]])  # the live rows of a state advance together
-            if s.cache is not None and length <= self.runner.max_length:
-                cached.append(s)
-            elif length > self.runner.max_length:
-                s.cache = None
-                rows = [r[-self.runner.max_length:] for r in s.live_rows()]
-                row_lp, row_h = self.runner.forward(rows, [1] * len(rows))
-                out[id(s)] = torch.cat(row_lp), torch.cat(row_h)
-            else:
-                fresh.append(s)
-        for part in _batches(fresh, self.config.batch_size):
-            self._spread(part, *self.runner.prefill([s.live_rows() for s in part]), out)
-        for part in _batches(cached, self.config.batch_size):
-            caches = [_live_cache(s) for s in part]
-            self._spread(part, *self.runner.decode([s.live_rows() for s in part], caches), out)
-        return (torch.cat([out[id(s)][0] for s in states]),
-                torch.cat([out[id(s)][1] for s in states]))
-
-    @staticmethod
-    def _spread(states: list[GenerationState], lp: torch.Tensor, hidden: torch.Tensor,
-                caches: list[Cache], out: dict[int, tuple[torch.Tensor, torch.Tensor]],
-                ) -> None:
-        """One pass's results back to its states: their rows' distributions into `out`
-        and each state's new cache."""
-        at = 0
-        for s, cache in zip(states, caches, strict=True):
-            n = len(s.live)
-            out[id(s)] = lp[at:at + n], hidden[at:at + n]
-            s.cache, s.cache_rows = cache, list(s.live)
-            at += n
 
     # ---- a state's own work ----------------------------------------------------------
 
-    def _commit(self, s: GenerationState, chunk: Chunk, mixed: torch.Tensor, plan: Plan,
-                ) -> tuple[TokenEvent, ...]:
-        """Sample a state's rows from their (n, V) mixture, then append the tokens and
-        events; everything that can fail happens before the state is touched."""
-        tokens = sample(mixed, s.request.temperature, s.request.top_p, s.generator)
+    def _commit(self, s: GenerationState, chunk: Chunk, mixed: torch.Tensor,
+                tokens: torch.Tensor) -> tuple[TokenEvent, ...]:
+        """Append a state's sampled tokens (one per live row, drawn from its (n, V)
+        mixture) and their events; everything that can fail happens before the state is
+        touched."""
+        plan = s.plan
         provs = self.retriever.provenance(chunk, tokens, plan) if plan.attribution else None
         texts = list(s.texts)
         events = []
         for i, r in enumerate(s.live):
             token = int(tokens[i])
-            events.append(self._event(r, token, mixed[i], [*s.new[r], token], texts,
+            events.append(token_event(self.codec, r, token, mixed[i], [*s.new[r], token], texts,
                                       s.request, s.steps, None if provs is None else provs[i]))
         for i, (r, ev) in enumerate(zip(s.live, events, strict=True)):
             if chunk.entry_ids is not None:
@@ -313,61 +348,11 @@ class Generator:
         s.steps += 1
         return tuple(events)
 
-    def _event(self, choice: int, token: int, dist: torch.Tensor, new: list[int],
-               texts: list[str], request: GenerationRequest, step: int,
-               provenance: TokenProvenance | None) -> TokenEvent:
-        """The event for a chosen token, cutting the text at a stop sequence."""
-        full = self.codec.decode(new)
-        finish = None
-        if full.endswith("\ufffd"):  # an incomplete multi-byte character: wait for more
-            full = texts[choice]
-        cut = min((full.find(s) for s in request.stop if s in full), default=-1)
-        if cut >= 0:
-            full, finish = full[:cut], "stop"
-        elif token == self.codec.eos_id and not request.ignore_eos:
-            finish = "stop"
-        elif step == request.max_tokens - 1:
-            finish = "length"
-        delta = full[len(texts[choice]):] if full.startswith(texts[choice]) else ""
-        texts[choice] = full
-        top = None
-        if request.logprobs:
-            values, ids = dist.topk(min(request.logprobs, dist.shape[0]))
-            top = dict(zip(ids.tolist(), values.tolist(), strict=True))
-        return TokenEvent(choice, token, delta, float(dist[token]), top, provenance, finish)
 
-    def _completion(self, index: int, events: list[TokenEvent],
-                    request: GenerationRequest) -> Completion:
-        ids = [e.token_id for e in events]
-        text = "".join(e.text for e in events)
-        provs = tuple(e.provenance for e in events if e.provenance is not None)
-        attribution = None
-        if request.options.attribution and ids:
-            attribution = self.retriever.attribution(ids, provs)
-        return Completion(
-            index, tuple(ids), text, tuple(e.logprob for e in events),
-            tuple(e.top_logprobs or {} for e in events) if request.logprobs else None,
-            events[-1].finish_reason or "length" if events else "length",
-            provs if request.options.attribution else None, attribution)
-
-
-def _live_cache(s: GenerationState) -> Cache:
-    """A state's cache without the rows of choices that finished."""
-    assert s.cache is not None
-    keep = [s.cache_rows.index(r) for r in s.live]
-    if keep != list(range(len(s.cache_rows))):
-        index = torch.tensor(keep, device=s.cache[0][0].device)
-        s.cache = [(k.index_select(0, index), v.index_select(0, index)) for k, v in s.cache]
-    return s.cache
-
-
-def _batches(states: list[GenerationState], rows: int) -> Iterator[list[GenerationState]]:
-    """Consecutive runs of states with at most `rows` live rows (at least one state)."""
-    part: list[GenerationState] = []
-    for s in states:
-        if part and sum(len(p.live) for p in part) + len(s.live) > rows:
-            yield part
-            part = []
-        part.append(s)
-    if part:
-        yield part
+def sample_alone(mixed: torch.Tensor, s: GenerationState) -> torch.Tensor:
+    """A state's rows sampled by themselves (when the batch's sampler call failed)."""
+    (out,) = sample_many(mixed, [Draw(0, len(s.live), s.request.temperature,
+                                      s.request.top_p, tuple(s.generators[r] for r in s.live))])
+    if isinstance(out, Exception):
+        raise out
+    return out

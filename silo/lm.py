@@ -33,9 +33,10 @@ batching); `generate` is `start`, `step` until finished, `finish` of one request
         plans resolved, samplers seeded, echo prompts scored; a state is finished at once
         when max_tokens is 0.
     lm.step(states: Sequence[GenerationState]) -> list[tuple[TokenEvent, ...]]
-        one token for every live choice of every state; rows of states with equal plans
-        share forward passes, each state samples with its own generator, so the tokens
-        and log-probs are those of generating it alone. Per state, this step's events.
+        one token for every live choice of every state; the rows of all states share
+        forward passes (whatever their modes), the rows of each plan one search and one
+        mixture, and each state samples with its own generator, so the tokens and
+        log-probs are those of generating it alone. Per state, this step's events.
     state.finished -> bool;  lm.finish(state) -> GenerationResult
 
 A failure while stepping one state ends that state alone (`state.error`), and the other

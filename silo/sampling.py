@@ -14,33 +14,108 @@ The rules (the README's API section states them for clients):
 - a row with a nan, or with no finite log-probability, has no distribution to draw from:
   that is a bug upstream, raised as a plain ValueError (never a silent token).
 
-Each request draws with its own `torch.Generator`, so a seeded request samples the same
-tokens whatever else shares its batch.
+The draw is by inverse CDF: one uniform number per row from the request's own
+`torch.Generator`, and the first token whose cumulative weight exceeds it times the
+total. So a seeded request samples the same tokens whatever else shares its batch, and
+the rows of a whole batch are drawn in one call (`sample_many`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 GREEDY_BELOW = 1e-5
 
 
+@dataclass(frozen=True)
+class Draw:
+    """Rows start..end-1 of a batch, drawn under one request's settings, each row with
+    its generator (one per choice, so a choice's tokens do not depend on how many
+    choices the request asks for)."""
+
+    start: int
+    end: int
+    temperature: float
+    top_p: float
+    generators: tuple[torch.Generator, ...]
+
+
 def sample(log_probs: torch.Tensor, temperature: float, top_p: float,
            gen: torch.Generator) -> torch.Tensor:
     """(m, V) log-probs -> (m,) token ids under the rules above."""
-    if torch.isnan(log_probs).any() or not torch.isfinite(log_probs).any(dim=1).all():
-        raise ValueError("a next-token distribution has a nan or no finite log-probability")
-    if temperature < GREEDY_BELOW:
-        return log_probs.argmax(dim=1)
-    weights = nucleus_weights(log_probs.float() / temperature, top_p)
-    return torch.multinomial(weights, 1, generator=gen)[:, 0]
+    (out,) = sample_many(log_probs, [Draw(0, len(log_probs), temperature, top_p,
+                                          (gen,) * len(log_probs))])
+    if isinstance(out, Exception):
+        raise out
+    return out
 
 
-def nucleus_weights(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+def sample_many(log_probs: torch.Tensor, draws: Sequence[Draw],
+                ) -> list[torch.Tensor | Exception]:
+    """The rows of many requests at once: (m, V) log-probs -> per draw its (end - start,)
+    token ids, or the error that draw alone ends with (a ValueError for a row with no
+    distribution). Each draw takes one uniform number per row from its own generator and
+    the token is where it falls in the row's cumulative weights (inverse CDF); the
+    weights and the search are computed for all rows together, so a draw's tokens are
+    those of sampling it alone, and no draw touches another's generator."""
+    lp = log_probs.float()
+    top = lp.amax(dim=1)  # nan where a row has one (amax propagates it)
+    bad = (torch.isnan(top) | torch.isinf(top)).tolist()  # a nan, or no finite log-prob
+    rows = [i for d in draws for i in range(d.start, d.end)
+            if _sampled(d, bad[i])]
+    picked = lp.argmax(dim=1) if len(rows) < len(lp) else torch.empty(len(lp), dtype=torch.long)
+    unusable = [False] * len(lp)
+    if rows:
+        every = rows == list(range(len(lp)))
+        sampled = lp if every else lp[rows]
+        temps = torch.tensor([d.temperature for d in draws for i in range(d.start, d.end)
+                              if _sampled(d, bad[i])])
+        top_p = torch.tensor([d.top_p for d in draws for i in range(d.start, d.end)
+                              if _sampled(d, bad[i])])
+        cum = nucleus_weights(sampled / temps[:, None], top_p).cumsum(dim=1)
+        u = torch.cat([torch.rand(1, generator=g) for d in draws
+                       for i, g in zip(range(d.start, d.end), d.generators, strict=True)
+                       if _sampled(d, bad[i])])
+        total = cum[:, -1]
+        at = torch.searchsorted(cum, (u * total)[:, None], right=True)[:, 0]
+        # u * total may round up to the total: then the last token with weight, never one
+        # without (a token without weight adds nothing to the running sum)
+        last = cum.shape[1] - 1
+        for j in torch.nonzero(at > last)[:, 0].tolist():
+            at[j] = int(torch.nonzero(cum[j] < total[j])[-1]) + 1 if bool(
+                (cum[j] < total[j]).any()) else 0
+        picked[rows] = at
+        for i, ok in zip(rows, (torch.isfinite(total) & (total > 0)).tolist(), strict=True):
+            unusable[i] = not ok
+    out: list[torch.Tensor | Exception] = []
+    for d in draws:
+        if any(unusable[d.start:d.end]):  # settings no caller can send (a nan T)
+            out.append(RuntimeError(f"no weights to sample from at temperature "
+                                    f"{d.temperature} and top_p {d.top_p}"))
+        elif any(bad[d.start:d.end]):
+            out.append(ValueError("a next-token distribution has a nan or no finite "
+                                  "log-probability"))
+        else:
+            out.append(picked[d.start:d.end])
+    return out
+
+
+def _sampled(d: Draw, bad: bool) -> bool:
+    """Is a row drawn (rather than greedy, or an error)? A nan temperature is drawn, and
+    fails as a draw."""
+    return not d.temperature < GREEDY_BELOW and not bad
+
+
+def nucleus_weights(logits: torch.Tensor, top_p: float | torch.Tensor) -> torch.Tensor:
     """(m, V) logits -> (m, V) unnormalised weights in [0, 1]: exp(logit - row max),
-    zero outside the top-p nucleus. The row maximum always has weight 1."""
+    zero outside the top-p nucleus (`top_p` one value, or one per row). The row maximum
+    always has weight 1."""
     logits = logits - logits.max(dim=1, keepdim=True).values
-    if top_p >= 1.0:
+    p = torch.as_tensor(top_p, dtype=torch.float32).reshape(-1, 1)
+    if bool((p >= 1.0).all()):
         return logits.exp()  # -inf -> 0, the maximum -> 1 (sample rejects nan rows)
     # ranked by logit, not by weight: two logits an ulp apart may share a weight, and the
     # top token must be argmax's (ties to the lowest id)
@@ -48,7 +123,19 @@ def nucleus_weights(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     sorted_w = sorted_l.exp()
     total = sorted_w.sum(dim=1, keepdim=True)  # >= 1
     before = (sorted_w.cumsum(1) - sorted_w) / total  # mass ranked above, in [0, 1)
-    keep = before < top_p
+    keep = before < p
     keep[:, 0] = True  # the most likely token survives any top_p
     sorted_w = torch.where(keep, sorted_w, torch.zeros_like(sorted_w))
     return torch.zeros_like(logits).scatter(1, order, sorted_w)
+
+
+def choice_seed(seed: int, choice: int) -> int:
+    """The seed of a request's choice: the request's own for the first, and for the
+    others a mix of it with the choice's index (a splitmix64 step), so that no choice
+    repeats another request's stream at a neighbouring seed."""
+    if choice == 0:
+        return seed
+    x = (seed + choice * 0x9E3779B97F4A7C15) % 2**64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) % 2**64
+    return (x ^ (x >> 31)) % 2**63

@@ -153,3 +153,11 @@ def test_ignore_eos_generates_past_the_end_of_text_token(full: SiloLM) -> None:
     went_on = full.generate(request(seed, True)).choices[0]
     assert went_on.finish_reason == "length" and len(went_on.token_ids) == 40
     assert went_on.token_ids[:len(stopped.token_ids)] == stopped.token_ids
+
+
+def test_a_choice_samples_the_same_tokens_whatever_n_is(full: SiloLM) -> None:
+    ids = prompt_ids(full)[:4]
+    one = full.generate(GenerationRequest(ids, max_tokens=6, temperature=1.0, seed=9))
+    three = full.generate(GenerationRequest(ids, max_tokens=6, temperature=1.0, seed=9, n=3))
+    assert three.choices[0].token_ids == one.choices[0].token_ids
+    assert len({c.token_ids for c in three.choices}) > 1  # each choice its own stream

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from silo.sampling import GREEDY_BELOW, nucleus_weights, sample
+from silo.sampling import GREEDY_BELOW, Draw, nucleus_weights, sample, sample_many
 
 TINY = sys.float_info.min * sys.float_info.epsilon  # the smallest positive float (denormal)
 extreme_floats = st.one_of(
@@ -82,3 +82,52 @@ def test_a_row_without_a_finite_log_prob_or_with_a_nan_is_an_error_not_a_token()
     lp = torch.tensor([[-1.0, float("nan"), -2.0]])
     with pytest.raises(ValueError, match="nan"):
         sample(lp, 1.0, 1.0, torch.Generator())
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(st.lists(st.tuples(log_prob_rows(), extreme_floats, top_ps, st.integers(0, 2**31)),
+                min_size=1, max_size=5))
+def test_a_batch_of_draws_samples_what_each_draw_samples_alone(
+        cases: list[tuple[torch.Tensor, float, float, int]]) -> None:
+    width = max(lp.shape[1] for lp, *_ in cases)  # rows padded with -inf to one vocabulary
+    rows = [torch.nn.functional.pad(lp, (0, width - lp.shape[1]), value=-math.inf)
+            for lp, *_ in cases]
+    draws, at = [], 0
+    for (lp, t, p, seed), _ in zip(cases, rows, strict=True):
+        draws.append(Draw(at, at + len(lp), t, p, tuple(torch.Generator().manual_seed(seed + i)
+                                                       for i in range(len(lp)))))
+        at += len(lp)
+    together = sample_many(torch.cat(rows), draws)
+    for (lp, t, p, seed), row, got in zip(cases, rows, together, strict=True):
+        alone = sample_many(row, [Draw(0, len(lp), t, p, tuple(
+            torch.Generator().manual_seed(seed + i) for i in range(len(lp))))])[0]
+        assert isinstance(got, torch.Tensor) and isinstance(alone, torch.Tensor)
+        assert torch.equal(got, alone)
+
+
+def test_one_bad_draw_in_a_batch_fails_alone() -> None:
+    good = torch.log_softmax(torch.tensor([[0.0, 1.0, 2.0]]), dim=1)
+    bad = torch.tensor([[-1.0, float("nan"), -2.0]])
+    gens = [torch.Generator().manual_seed(3) for _ in range(3)]
+    out = sample_many(torch.cat([good, bad, good]),
+                      [Draw(i, i + 1, 1.0, 1.0, (gens[i],)) for i in range(3)])
+    assert isinstance(out[1], ValueError) and "nan" in str(out[1])
+    first = sample(good, 1.0, 1.0, torch.Generator().manual_seed(3))
+    assert torch.equal(out[0], first) and torch.equal(out[2], first)
+    nan_t = sample_many(good, [Draw(0, 1, float("nan"), 1.0, (gens[0],))])[0]
+    assert isinstance(nan_t, RuntimeError) and "temperature nan" in str(nan_t)
+
+
+def test_draws_follow_the_distribution_and_never_pick_a_token_without_weight() -> None:
+    p = torch.tensor([0.5, 0.0, 0.3, 0.2, 0.0])
+    lp = p.log()[None].expand(20_000, -1).contiguous()
+    gen = torch.Generator().manual_seed(0)
+    tokens = sample(lp, 1.0, 1.0, gen)
+    freq = torch.bincount(tokens, minlength=5).float() / len(tokens)
+    assert freq[1] == 0 and freq[4] == 0
+    # 20,000 draws: the standard error of a share near 0.5 is 0.0035
+    assert torch.allclose(freq, p, atol=0.02), freq
+    # top_p 0.75 keeps the tokens whose mass ranked above is below 0.75: 0.5 and 0.3
+    nucleus = torch.bincount(sample(lp, 1.0, 0.75, gen), minlength=5).float() / len(lp)
+    assert nucleus[3] == 0 and torch.allclose(nucleus[[0, 2]], torch.tensor([0.625, 0.375]),
+                                              atol=0.02)

@@ -1,0 +1,108 @@
+"""Incremental decoding: the next-token distributions of many inputs, each over its own
+key/value cache where it has one.
+
+    Cached          an input's tokens and the keys/values of all of them
+    Decoder.next    per input, the last position's log-probs and LM-head input
+
+An input that extends its cached tokens by exactly one token is fed that token alone
+(all such inputs in one pass over their left-padded, masked caches: silo.runner.decode);
+any other (a first step, a RIC input whose passage changed, a context whose window slid)
+is read whole (all of them in right-padded passes: silo.runner.prefill). Whether an
+input extends its cache is decided from the tokens themselves, so a caller never has to
+know when a passage or a window changed. Each input is its own run: rows of different
+requests, plans and lengths share the passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from silo.runner import Cache, ModelRunner
+
+
+@dataclass(frozen=True)
+class Cached:
+    """The keys/values of every token of `tokens` (per layer, one row)."""
+
+    tokens: tuple[int, ...]
+    cache: Cache
+
+    def extended_by_one(self, tokens: Sequence[int]) -> bool:
+        return len(tokens) == len(self.tokens) + 1 and tuple(tokens[:-1]) == self.tokens
+
+
+# padding a pass may add before its inputs go in two passes, in positions (a pass costs
+# about as much as this many more positions read whole, or fed over a cache)
+PREFILL_SLACK = 64
+DECODE_SLACK = 256
+
+
+class Decoder:
+    """Batches inputs into prefill and decode passes of at most `batch_size` rows."""
+
+    def __init__(self, runner: ModelRunner, batch_size: int) -> None:
+        self.runner = runner
+        self.batch_size = batch_size
+
+    def next(self, inputs: Sequence[Sequence[int]], cached: Sequence[Cached | None],
+             keep: bool = True) -> tuple[torch.Tensor, torch.Tensor, list[Cached | None]]:
+        """Per input (each at most the context long): the last position's log-probs
+        (m, V) and LM-head input (m, dim) float32, and its cache of all its tokens (None
+        for all without `keep`, and for an input that fills the context, whose window
+        slides at the next token)."""
+        m = len(inputs)
+        lp: list[torch.Tensor | None] = [None] * m
+        hidden: list[torch.Tensor | None] = [None] * m
+        out: list[Cached | None] = [None] * m
+        fed = [i for i in range(m) if keep and (c := cached[i]) is not None
+               and c.extended_by_one(inputs[i])]
+        whole = sorted(set(range(m)) - set(fed), key=lambda i: len(inputs[i]))
+        for part in _parts(whole, [len(inputs[i]) for i in whole], self.batch_size,
+                           PREFILL_SLACK):
+            p_lp, p_h, caches = self.runner.prefill([[list(inputs[i])] for i in part])
+            self._spread(part, inputs, p_lp, p_h, caches, lp, hidden, out, keep,
+                         self.runner.max_length)
+        fed.sort(key=lambda i: len(inputs[i]))
+        for part in _parts(fed, [len(inputs[i]) for i in fed], self.batch_size, DECODE_SLACK):
+            runs = [[list(inputs[i])] for i in part]
+            d_lp, d_h, caches = self.runner.decode(runs, [_cache(cached[i]) for i in part])
+            self._spread(part, inputs, d_lp, d_h, caches, lp, hidden, out, keep,
+                         self.runner.max_length)
+        return torch.stack(_all(lp)), torch.stack(_all(hidden)), out
+
+    @staticmethod
+    def _spread(part: list[int], inputs: Sequence[Sequence[int]], p_lp: torch.Tensor,
+                p_h: torch.Tensor, caches: list[Cache], lp: list[torch.Tensor | None],
+                hidden: list[torch.Tensor | None], out: list[Cached | None], keep: bool,
+                max_length: int) -> None:
+        for j, i in enumerate(part):
+            lp[i], hidden[i] = p_lp[j], p_h[j]
+            if keep and len(inputs[i]) < max_length:  # a full window slides next step
+                out[i] = Cached(tuple(inputs[i]), caches[j])
+
+
+def _cache(c: Cached | None) -> Cache:
+    assert c is not None
+    return c.cache
+
+
+def _all(xs: list[torch.Tensor | None]) -> list[torch.Tensor]:
+    assert all(x is not None for x in xs)
+    return [x for x in xs if x is not None]
+
+
+def _parts(items: list[int], lengths: list[int], size: int, slack: int) -> list[list[int]]:
+    """Items sorted by length in passes of at most `size`, a new pass where padding the
+    pass so far to the next item's length would add more than `slack` positions (a
+    short prompt padded to a RIC input's length costs as much as the RIC input)."""
+    parts: list[list[int]] = []
+    longest = 0
+    for i, n in zip(items, lengths, strict=True):
+        if not parts or len(parts[-1]) == size or len(parts[-1]) * (n - longest) > slack:
+            parts.append([])
+        parts[-1].append(i)
+        longest = n
+    return parts
