@@ -21,6 +21,9 @@ APP = "server.app:create_app"
 CORPUS = Path(__file__).resolve().parents[2] / "data" / "corpus" / "foldoc.jsonl.gz"
 DEFAULT_DOCUMENTS = 3000  # FOLDOC entries in the default datastore: a first start in minutes
 TUNE_TOKENS = 4096  # held-out FOLDOC validation tokens the default's k, lambda, tau are tuned on
+# the default's k: the smallest within this share of the best perplexity (collecting k
+# results is a large part of a fast-scan search; README, "Retune after a reindex")
+K_TOLERANCE = 0.015
 # text the default datastore does not cover (public domain and permissive: the pd+sw
 # validation split), on which its relevance weight is tuned to leave the LM alone
 OFF_DOMAIN = tuple(CORPUS.parent / f"{name}.jsonl.gz" for name in ("kjv", "wordnet", "pydoc"))
@@ -60,17 +63,20 @@ def default_datastore(model: Path) -> Path:
     from silo.tuning import has_relevance
 
     lm = load_lm(model)
-    folder = cache_dir() / "datastores" / f"foldoc-ivfpq-{lm.fingerprint[:12]}"
+    # the name says the index: a cache built with another one is not reused, but rebuilt
+    folder = cache_dir() / "datastores" / f"foldoc-ivfpq-fs-{lm.fingerprint[:12]}"
     manifest = folder / "manifest.json"
     if not (manifest.exists() and '"ready"' in manifest.read_text()):
         if not CORPUS.exists():
             raise NotFoundError(f"no corpus at {CORPUS} to build the default datastore from")
         typer.echo(f"building the default datastore in {folder} (once)", err=True)
         docs = islice(read_corpus([CORPUS]), DEFAULT_DOCUMENTS)
-        # IVF-PQ keeps kNN-LM scoring above half the parametric speed at this size (exact
-        # search: about a fifth); see docs/BENCHMARKS.md, "Default datastore".
-        config = DatastoreConfig(backend="faiss-ivfpq", name="foldoc", nlist=1024, m=64,
-                                 nprobe=8)
+        # IVF-PQ fast-scan (4-bit codes, one dimension per sub-quantizer) searches several
+        # times faster than 8-bit IVF-PQ at the same recall; exact search keeps only about a
+        # fifth of the parametric speed (docs/BENCHMARKS.md, "Default datastore")
+        config = DatastoreConfig(backend="faiss-ivfpq-fs", name="foldoc", nlist=1024,
+                                 m=lm.model.get_output_embeddings().weight.shape[1],
+                                 nbits=4, nprobe=8)
         Datastore.build(folder, docs, LMEncoder.from_loaded(lm), config, progress=True).close()
     # also after a start cut short while tuning, and for defaults tuned before the
     # relevance weight existed
@@ -98,7 +104,7 @@ def tune_default(folder: Path, model: Path) -> None:
     others = (d for d in read_corpus([p for p in OFF_DOMAIN if p.exists()])
               if split_of(d.doc_id) == "valid")
     off = domain_sequences(others, lm.encode, lm.eos_id, TUNE_TOKENS)
-    best, points, report = tune_for(lm, seqs, off, Grid())
+    best, points, report = tune_for(lm, seqs, off, Grid(), K_TOLERANCE)
     used = {d: sum(len(s) - 1 for s in ss) for d, ss in {**seqs, **off}.items()}
     write_defaults(folder, best, {d: p[0] for d, p in points.items()},
                    note=f"tuned at first start on held-out validation tokens {used}",
