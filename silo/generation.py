@@ -21,9 +21,10 @@ plan and then one by one, so the failure lands on the states that cause it and t
 others get exactly the tokens they would have got without it.
 
 Decoding is incremental (`SiloConfig.kv_cache`, on by default) in every mode: an input
-that grew by the token just sampled is fed that token alone over its cache; one that
-changed otherwise is read whole (a first step, new RIC passages every `stride` tokens,
-a context longer than the model's window, which slides).
+that grew by the token just sampled is fed that token alone over its cache; a RIC input
+with new passages (every `stride` tokens) is fed its context over its passage's
+keys/values, computed once for every input that retrieves that passage; any other is
+read whole (a first step, a context longer than the model's window, which slides).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from silo.request import (
     TokenEvent,
 )
 from silo.retrieval import Retriever
-from silo.ric import Passage, ensemble
+from silo.ric import Passage, ensemble, passage_head
 from silo.runner import ModelRunner
 from silo.sampling import Draw, choice_seed, sample_many
 from silo.scoring import Scorer
@@ -243,9 +244,12 @@ class Generator:
         inputs: list[list[int]] = []
         keys: list[tuple[GenerationState, int, int]] = []  # state, row, input (-1: plain)
 
-        def add(x: list[int], key: tuple[GenerationState, int, int]) -> int:
+        prefixes: list[int] = []  # per input, its passage's share (0: none)
+
+        def add(x: list[int], key: tuple[GenerationState, int, int], prefix: int = 0) -> int:
             inputs.append(x)
             keys.append(key)
+            prefixes.append(prefix)
             return len(inputs) - 1
 
         rows: list[tuple[list[int], torch.Tensor, int]] = []  # inputs, weights, query
@@ -261,14 +265,17 @@ class Generator:
                     continue
                 group = self.contexts.ric_group(row, 1, s.passages[r], s.plan)
                 if group.passages:
-                    at = [add(x, (s, r, j)) for j, x in enumerate(group.inputs)]
+                    at = [add(x, (s, r, j), len(passage_head(p.ids, row, self.runner.max_length,
+                                                             self.contexts.eos_id)))
+                          for j, (x, p) in enumerate(zip(group.inputs, group.passages,
+                                                         strict=True))]
                 else:  # no passage: the plain context
                     at = [plain_at if plain_at is not None
                           else add(group.inputs[0], (s, r, -1))]
                 rows.append((at, group.log_weights, at[0] if plain_at is None else plain_at))
         keep = self.config.kv_cache
         lp, hidden, caches = self.decoder.next(
-            inputs, [s.caches.get((r, j)) for s, r, j in keys], keep)
+            inputs, [s.caches.get((r, j)) for s, r, j in keys], keep, prefixes)
         for s in states:
             s.caches = {}
         for (s, r, j), c in zip(keys, caches, strict=True):

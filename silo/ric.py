@@ -79,11 +79,21 @@ def with_passage(passage: Sequence[int], context: Sequence[int], max_length: int
     leading EOS (a document start) doubles as the separator."""
     if not passage:
         return list(context[-max_length:])
+    head = passage_head(passage, context, max_length, eos_id)
+    keep = max_length - len(head)
+    return head + list(context[-keep:])
+
+
+def passage_head(passage: Sequence[int], context: Sequence[int], max_length: int,
+                 eos_id: int) -> list[int]:
+    """What `with_passage` puts before the context: the passage cut to its budget, and
+    the EOS that separates them unless the context's own leading EOS does. It depends on
+    the context only through that EOS and its length, so inputs with the same passage
+    mostly share it, and its keys/values (silo.decoding)."""
     head = list(passage[:passage_budget(max_length) - 1])
     if not context or context[0] != eos_id or len(context) > max_length - len(head):
         head.append(eos_id)
-    keep = max_length - len(head)
-    return head + list(context[-keep:])
+    return head
 
 
 def replug_log_weights(scores: Sequence[float], temperature: float) -> torch.Tensor:

@@ -161,33 +161,55 @@ class ModelRunner:
     @torch.inference_mode()
     def decode(self, runs: list[list[list[int]]], caches: list[Cache],
                ) -> tuple[torch.Tensor, torch.Tensor, list[Cache]]:
-        """The last token of every row of each run in one pass, each run over its cache
-        of the tokens before (caches left-padded to a common length, masked): (m, V),
-        (m, dim), and each run's cache grown by its tokens."""
+        """The tokens of every row of each run past its cache (the last token, after a
+        step; the context after a cached RIC passage) in one pass, each run over its
+        cache of the tokens before (caches left-padded to a common length, the new
+        tokens right-padded, both masked): the last position's log-probs (m, V) and
+        LM-head inputs (m, dim) of every row, and each run's cache grown by its tokens.
+        The rows of a run have equal lengths."""
         from transformers import DynamicCache
 
         self.check_rows([r for run in runs for r in run])
         device = self.device
         lengths = [c[0][0].shape[2] for c in caches for _ in range(c[0][0].shape[0])]
-        flat = [r[-1] for run in runs for r in run]
-        width = max(lengths)
-        past = [tuple(torch.cat([torch.nn.functional.pad(c[i][j], (0, 0, width - c[i][j]
-                                                                   .shape[2], 0))
-                                 for c in caches]) for j in (0, 1))
+        rows = [r for run in runs for r in run]
+        new = [list(r[n:]) for r, n in zip(rows, lengths, strict=True)]
+        assert all(new), "a row to decode needs a token past its cache"
+        width, fed = max(lengths), max(len(t) for t in new)
+        past = [(_left_padded([c[i][0] for c in caches], width),
+                 _left_padded([c[i][1] for c in caches], width))
                 for i in range(len(caches[0]))]
-        mask = torch.zeros((len(flat), width + 1), dtype=torch.long)
+        ids, tail = right_padded(new, self.pad_id)
+        mask = torch.zeros((len(rows), width + fed), dtype=torch.long)
         for i, n in enumerate(lengths):
-            mask[i, width - n:] = 1
+            mask[i, width - n:width] = 1
+        mask[:, width:] = tail
+        positions = torch.tensor(lengths)[:, None] + torch.arange(fed)[None]
         hidden, logits, cache = self.head_input_and_logits(
-            torch.tensor(flat, device=device)[:, None], mask.to(device),
-            position_ids=torch.tensor(lengths, device=device)[:, None],
+            ids.to(device), mask.to(device), position_ids=positions.to(device),
             cache=DynamicCache(past), use_cache=True)
+        last = torch.tensor([len(t) - 1 for t in new], device=device)
+        picked = torch.arange(len(rows), device=device)
         grown, at = [], 0
         for run in runs:
-            n, length = len(run), lengths[at]
-            grown.append([(layer.keys[at:at + n, :, width - length:],
-                           layer.values[at:at + n, :, width - length:])
+            n, length, added = len(run), lengths[at], len(new[at])
+            grown.append([(layer.keys[at:at + n, :, width - length:width + added],
+                           layer.values[at:at + n, :, width - length:width + added])
                           for layer in cache.layers])
             at += n
-        return (torch.log_softmax(logits[:, -1].float(), dim=-1).cpu(),
-                hidden[:, -1].float().cpu(), grown)
+        return (torch.log_softmax(logits[picked, last].float(), dim=-1).cpu(),
+                hidden[picked, last].float().cpu(), grown)
+
+
+def _left_padded(parts: list[torch.Tensor], width: int) -> torch.Tensor:
+    """Per-run (rows, heads, length, dim) tensors as one (all rows, heads, width, dim),
+    each left-padded with zeros: one copy of each into a buffer (padding then
+    concatenating copied twice, and strided slices copy slowly)."""
+    first = parts[0]
+    rows = sum(p.shape[0] for p in parts)
+    out = first.new_zeros((rows, first.shape[1], width, first.shape[3]))
+    at = 0
+    for p in parts:
+        out[at:at + p.shape[0], :, width - p.shape[2]:].copy_(p)
+        at += p.shape[0]
+    return out

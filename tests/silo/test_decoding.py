@@ -42,3 +42,31 @@ def test_passes_split_where_padding_would_cost_more_than_the_slack() -> None:
     assert _parts(list(range(5)), lengths, 16, 64) == [[0, 1, 2], [3, 4]]
     assert _parts(list(range(5)), lengths, 2, 10_000) == [[0, 1], [2, 3], [4]]
     assert _parts(list(range(5)), lengths, 16, 10_000) == [[0, 1, 2, 3, 4]]
+
+
+def test_inputs_with_a_shared_prefix_read_it_once(full: SiloLM) -> None:
+    runner = full.runner
+    ids = list(prompt_ids(full))
+    passage = ids[10:16]
+    inputs = [[*passage, *ids[:3]], [*passage, *ids[3:5]], [*passage, *ids[:2]]]
+    read: list[list[int]] = []  # the rows read whole
+    prefill = runner.prefill
+
+    def counted(runs: list[list[list[int]]]):  # type: ignore[no-untyped-def]
+        read.extend(r for run in runs for r in run)
+        return prefill(runs)
+
+    runner.prefill = counted  # type: ignore[method-assign]
+    try:
+        decoder = Decoder(runner, batch_size=4)
+        lp, hidden, caches = decoder.next(inputs, [None] * 3, prefixes=[len(passage)] * 3)
+        again, _, _ = decoder.next(inputs[:1], [None], prefixes=[len(passage)])
+    finally:
+        del runner.prefill
+    assert read == [passage]  # the passage once, and no input whole
+    for i, x in enumerate(inputs):
+        (want_lp,), (want_h,) = runner.forward([x], [1])
+        torch.testing.assert_close(lp[i], want_lp[0], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(hidden[i], want_h[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(again[0], lp[0], atol=1e-5, rtol=0)
+    assert [list(c.tokens) for c in caches if c is not None] == inputs

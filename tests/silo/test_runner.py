@@ -69,3 +69,24 @@ def test_the_rows_hook_sees_every_pass(tiny_lm: object, tiny_tokenizer: object) 
     runner.decode([[[*ROWS[2], 4]]], caches)
     runner.forward(ROWS[:1], [1])
     assert seen == [ROWS[2:], [[*ROWS[2], 4]], ROWS[:1]]
+
+
+def test_decode_feeds_every_token_past_a_cache(tiny_lm: object, tiny_tokenizer: object,
+                                               ) -> None:
+    """A cached prefix (a RIC passage) and several new tokens per row, of unequal
+    counts: as reading each row whole."""
+    runner = _runner(tiny_lm, tiny_tokenizer)
+    prefix = [7, 8, 9, 10]
+    _, _, (short,) = runner.prefill([[prefix[:2]]])
+    _, _, (long,) = runner.prefill([[prefix]])
+    rows = [[*prefix[:2], 30, 31, 32], [*prefix, 40]]
+    lp, hidden, grown = runner.decode([[rows[0]], [rows[1]]], [short, long])
+    whole_lp, whole_h = runner.forward(rows, [1, 1])
+    torch.testing.assert_close(lp, torch.cat(whole_lp), atol=1e-4, rtol=0)
+    torch.testing.assert_close(hidden, torch.cat(whole_h), atol=1e-4, rtol=0)
+    assert [c[0][0].shape[2] for c in grown] == [5, 5]
+    # and the grown caches carry on
+    rows = [[*r, 12] for r in rows]
+    lp, _, _ = runner.decode([[rows[0]], [rows[1]]], grown)
+    torch.testing.assert_close(lp, torch.cat(runner.forward(rows, [1, 1])[0]), atol=1e-4,
+                               rtol=0)
