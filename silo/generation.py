@@ -53,7 +53,7 @@ from silo.request import (
 from silo.retrieval import Retriever
 from silo.ric import Passage, ensemble, passage_head
 from silo.runner import ModelRunner
-from silo.sampling import Draw, choice_seed, sample_many
+from silo.sampling import Draw, choice_seed, sample_many, sample_one
 from silo.scoring import Scorer
 
 
@@ -358,8 +358,5 @@ class Generator:
 
 def sample_alone(mixed: torch.Tensor, s: GenerationState) -> torch.Tensor:
     """A state's rows sampled by themselves (when the batch's sampler call failed)."""
-    (out,) = sample_many(mixed, [Draw(0, len(s.live), s.request.temperature,
-                                      s.request.top_p, tuple(s.generators[r] for r in s.live))])
-    if isinstance(out, Exception):
-        raise out
-    return out
+    return sample_one(mixed, Draw(0, len(s.live), s.request.temperature, s.request.top_p,
+                                  tuple(s.generators[r] for r in s.live)))

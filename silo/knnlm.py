@@ -191,22 +191,12 @@ def mixed_log_probs(lm: torch.Tensor, distances: torch.Tensor, values: torch.Ten
     tokens = values.clamp(min=0)  # padding adds 0 to token 0, and reads token 0's mass
     probs = torch.zeros_like(lm).scatter_add_(1, tokens, weights)
     knn_at = probs.gather(1, tokens).log()  # (n, k) log p_kNN at the voted tokens
-    lm_at = lm.gather(1, tokens)
     has = torch.isfinite(knn_at).any(dim=1)
-    if isinstance(lam, torch.Tensor):  # as _interpolate_rows and mix, on the candidates
-        w = lam.to(torch.float64) * has
-        rest = torch.log1p(-w.clamp(max=1.0))
-        logw = torch.log(w)
-        at = torch.logsumexp(torch.stack([lm_at + rest[:, None].to(lm.dtype),
-                                          knn_at + logw[:, None].to(lm.dtype)]), dim=0)
-        out = (lm + rest[:, None].to(lm.dtype)).scatter_(1, tokens, at)
-        return torch.where((w <= 0)[:, None], lm, out)
-    if lam == 1.0:
-        out = torch.full_like(lm, -math.inf).scatter_(1, tokens, knn_at)
-    else:
-        at = torch.logaddexp(lm_at + math.log1p(-lam), knn_at + math.log(lam))
-        out = (lm + math.log1p(-lam)).scatter_(1, tokens, at)
-    return torch.where(has[:, None], out, lm)
+    at = interpolate(lm.gather(1, tokens), knn_at, lam, has)  # the mixture there
+    share = (lam.to(torch.float64) if isinstance(lam, torch.Tensor)
+             else torch.full((len(lm),), lam, dtype=torch.float64)) * has
+    rest = torch.log1p(-share.clamp(max=1.0)).to(lm.dtype)  # log(1 - lam), 0 without
+    return (lm + rest[:, None]).scatter_(1, tokens, at)
 
 
 def target_log_probs(lm_target: torch.Tensor, distances: torch.Tensor, values: torch.Tensor,

@@ -46,8 +46,13 @@ class Draw:
 def sample(log_probs: torch.Tensor, temperature: float, top_p: float,
            gen: torch.Generator) -> torch.Tensor:
     """(m, V) log-probs -> (m,) token ids under the rules above."""
-    (out,) = sample_many(log_probs, [Draw(0, len(log_probs), temperature, top_p,
-                                          (gen,) * len(log_probs))])
+    return sample_one(log_probs, Draw(0, len(log_probs), temperature, top_p,
+                                      (gen,) * len(log_probs)))
+
+
+def sample_one(log_probs: torch.Tensor, draw: Draw) -> torch.Tensor:
+    """`sample_many` of one draw over all of `log_probs`, raising its error."""
+    (out,) = sample_many(log_probs, [draw])
     if isinstance(out, Exception):
         raise out
     return out
@@ -64,29 +69,25 @@ def sample_many(log_probs: torch.Tensor, draws: Sequence[Draw],
     lp = log_probs.float()
     top = lp.amax(dim=1)  # nan where a row has one (amax propagates it)
     bad = (torch.isnan(top) | torch.isinf(top)).tolist()  # a nan, or no finite log-prob
-    rows = [i for d in draws for i in range(d.start, d.end)
-            if _sampled(d, bad[i])]
+    drawn = [(i, d, g) for d in draws
+             for i, g in zip(range(d.start, d.end), d.generators, strict=True)
+             if _sampled(d, bad[i])]  # rows drawn: (row, its draw, its generator)
+    rows = [i for i, _, _ in drawn]
     picked = lp.argmax(dim=1) if len(rows) < len(lp) else torch.empty(len(lp), dtype=torch.long)
     unusable = [False] * len(lp)
     if rows:
-        every = rows == list(range(len(lp)))
-        sampled = lp if every else lp[rows]
-        temps = torch.tensor([d.temperature for d in draws for i in range(d.start, d.end)
-                              if _sampled(d, bad[i])])
-        top_p = torch.tensor([d.top_p for d in draws for i in range(d.start, d.end)
-                              if _sampled(d, bad[i])])
+        sampled = lp if rows == list(range(len(lp))) else lp[rows]
+        temps = torch.tensor([d.temperature for _, d, _ in drawn])
+        top_p = torch.tensor([d.top_p for _, d, _ in drawn])
         cum = nucleus_weights(sampled / temps[:, None], top_p).cumsum(dim=1)
-        u = torch.cat([torch.rand(1, generator=g) for d in draws
-                       for i, g in zip(range(d.start, d.end), d.generators, strict=True)
-                       if _sampled(d, bad[i])])
+        u = torch.cat([torch.rand(1, generator=g) for _, _, g in drawn])
         total = cum[:, -1]
         at = torch.searchsorted(cum, (u * total)[:, None], right=True)[:, 0]
         # u * total may round up to the total: then the last token with weight, never one
-        # without (a token without weight adds nothing to the running sum)
-        last = cum.shape[1] - 1
-        for j in torch.nonzero(at > last)[:, 0].tolist():
-            at[j] = int(torch.nonzero(cum[j] < total[j])[-1]) + 1 if bool(
-                (cum[j] < total[j]).any()) else 0
+        # without (a token without weight adds nothing to the running sum, so the first
+        # position where the sum reaches the total is the last token with weight)
+        for j in torch.nonzero(at >= cum.shape[1])[:, 0].tolist():
+            at[j] = int((cum[j] < total[j]).sum())
         picked[rows] = at
         for i, ok in zip(rows, (torch.isfinite(total) & (total > 0)).tolist(), strict=True):
             unusable[i] = not ok
