@@ -42,9 +42,10 @@ def load_service(settings: Settings, metrics: Metrics) -> SiloService:
     from datastore.tlog.keys import read_key_file
     from silo.encoder import LMEncoder
     from silo.lm import SiloConfig, SiloLM
-    from silo.model import DEFAULT_MODEL, load_lm
+    from silo.model import DEFAULT_MODEL, load_lm, parse_dtype
 
-    loaded = load_lm(settings.model or DEFAULT_MODEL, device=settings.device)
+    loaded = load_lm(settings.model or DEFAULT_MODEL, device=settings.device,
+                     dtype=parse_dtype(settings.dtype))
     config = SiloConfig(batch_size=settings.max_batch_size)
 
     signer = read_key_file(settings.log_key_file) if settings.log_key_file else None

@@ -30,6 +30,9 @@ class Settings(BaseSettings):
         "unset: the active datastore."))
     default_mode: Mode = Mode.KNNLM
     device: str = "cpu"
+    dtype: str = Field(default="auto", description=(
+        "The model's dtype: auto (float32), float32, bfloat16 or float16; datastores built "
+        "in float32 serve any of them."))
 
     admin_key: SecretStr | None = None
     api_keys: SecretStr = SecretStr("")  # comma-separated user keys

@@ -23,7 +23,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from datastore.errors import NotFoundError
+from datastore.errors import InvalidInputError, NotFoundError
 from silo.config import get_preset
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "silo-small"
@@ -121,10 +121,28 @@ def fingerprint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> s
     return h.hexdigest()
 
 
+DTYPES = {"auto": torch.float32, "float32": torch.float32, "fp32": torch.float32,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    """A serving dtype by name, as vLLM's `--dtype` takes it; auto is float32 (the keys of
+    every datastore are computed in float32)."""
+    try:
+        return DTYPES[name.strip().lower()]
+    except KeyError:
+        raise InvalidInputError(f"dtype must be one of {', '.join(DTYPES)}; got {name!r}"
+                                ) from None
+
+
 def load_lm(
     path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> LoadedLM:
-    """Load a causal LM and its tokenizer from a local folder, in eval mode."""
+    """Load a causal LM and its tokenizer from a local folder, in eval mode, its weights
+    cast to `dtype`. The fingerprint is that of the float32 weights whatever the dtype:
+    it names the model on disk, so a datastore built in float32 serves a bfloat16 model
+    of the same weights (its queries are rounded; its keys and filter are not)."""
     folder = Path(path)
     if not (folder / "config.json").is_file():
         raise NotFoundError(
@@ -132,11 +150,10 @@ def load_lm(
             "save_pretrained (config.json, weights, tokenizer files)"
         )
     model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
-        str(folder), dtype=dtype, local_files_only=True
+        str(folder), dtype=torch.float32, local_files_only=True
     )
     tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    model.to(device)  # type: ignore[arg-type]
+    weights = fingerprint(model, tokenizer)
+    model.to(device=device, dtype=dtype)  # type: ignore[call-arg]
     model.eval()
-    return LoadedLM(
-        model=model, tokenizer=tokenizer, path=folder, fingerprint=fingerprint(model, tokenizer)
-    )
+    return LoadedLM(model=model, tokenizer=tokenizer, path=folder, fingerprint=weights)

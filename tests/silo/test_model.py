@@ -4,9 +4,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM
 
-from datastore.errors import NotFoundError
+from datastore.errors import InvalidInputError, NotFoundError
 from silo.config import PRESETS, ModelPreset
-from silo.model import build_lm, fingerprint, load_lm
+from silo.model import build_lm, fingerprint, load_lm, parse_dtype
 
 
 def test_presets_build_llama_with_expected_shape() -> None:
@@ -66,3 +66,26 @@ def test_any_hf_causal_lm_loads_through_the_same_code(tmp_path: Path, tiny_token
 def test_missing_model_folder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(NotFoundError, match="no model at"):
         load_lm(tmp_path / "absent")
+
+
+def test_a_model_served_in_bfloat16_keeps_the_float32_fingerprint(
+        tmp_path: Path, tiny_lm, tiny_tokenizer) -> None:
+    tiny_lm.save_pretrained(str(tmp_path))
+    tiny_tokenizer.save_pretrained(str(tmp_path))
+    full = load_lm(tmp_path)
+    half = load_lm(tmp_path, dtype=parse_dtype("bfloat16"))
+    assert {p.dtype for p in half.model.parameters()} == {torch.bfloat16}
+    # the fingerprint names the weights on disk: a float32-built datastore opens for both
+    assert half.fingerprint == full.fingerprint
+    ids = torch.tensor([tiny_tokenizer("And God said", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        a = full.model(input_ids=ids).logits
+        b = half.model(input_ids=ids).logits.float()
+    assert not torch.equal(a, b) and torch.allclose(a, b, atol=0.1)
+
+
+def test_dtype_names() -> None:
+    assert parse_dtype("auto") is torch.float32
+    assert parse_dtype("BF16") is torch.bfloat16 and parse_dtype("half") is torch.float16
+    with pytest.raises(InvalidInputError, match="dtype must be one of"):
+        parse_dtype("int4")

@@ -15,7 +15,8 @@ def test_serve_checks_its_model_and_datastore_before_starting(tmp_path: Path) ->
              (["serve", "--model", tmp_path], "no config.json"),
              (["serve", "--model", model, "--datastore", "/nonexistent"],
               "no such datastore folder"),
-             (["serve", "--model", model, "--datastore", tmp_path], "manifest.json")]
+             (["serve", "--model", model, "--datastore", tmp_path], "manifest.json"),
+             (["serve", "--model", model, "--dtype", "int4"], "dtype must be one of")]
     for args, needle in cases:
         result = silo(*[str(a) for a in args])
         output = result.stdout + result.stderr
