@@ -3,7 +3,8 @@ under a request's plan, with the top-N alternatives and attribution where asked.
 
 Positions are served a few groups at a time (`chunks`): the forward passes (plain
 windows, or one input per RIC passage), then for kNN-LM the neighbours of each position
-(searched, or with pointers followed along each group), then the mixture. Without top
+(searched, or with pointers followed along each group, on a search thread while the
+next groups go through the model), then the mixture. Without top
 logprobs the mixture is computed at the targets only, with no (m, V) tensor.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 
 import numpy as np
@@ -25,6 +27,17 @@ from silo.retrieval import Retriever
 from silo.runner import ModelRunner
 from silo.tuning import TargetScores
 
+# a scored batch that fits one forward pass is cut into this many passes: its kNN searches
+# then overlap the next passes, and on CPU four 4-row passes of 400 tokens took 0.8-0.9x
+# the time of one 16-row pass even without a search (docs/BENCHMARKS.md, "Served scoring
+# at 2.7M entries")
+SCORE_PARTS = 4
+
+
+def _searched(chunk: Chunk, search: Future[None]) -> Chunk:
+    search.result()  # the search's exception, if any, raised here
+    return chunk
+
 
 class Scorer:
     """Scores prompts with the parts SiloLM shares with generation."""
@@ -36,6 +49,7 @@ class Scorer:
         self.mixer = mixer
         self.contexts = contexts
         self.config = config
+        self._searcher: ThreadPoolExecutor | None = None
 
     def score(self, requests: Sequence[ScoreRequest], plans: Sequence[Plan],
               ) -> list[ScoreResult]:
@@ -76,7 +90,9 @@ class Scorer:
 
     def chunks(self, seqs: Sequence[Sequence[int]], plan: Plan) -> Iterator[Chunk]:
         """The LM side and the kNN neighbours of every predicted position, a few groups at
-        a time (so (m, V) tensors stay small)."""
+        a time (so (m, V) tensors stay small). A part's kNN search runs on the search
+        thread while the next part's forward pass runs here; a batch that fits one pass is
+        cut into `SCORE_PARTS` parts."""
         queries = None
         if plan.uses_knn and plan.uses_ric:  # kNN queries come from the plain context
             plain = [h for _, h in self._iter_groups(self.contexts.plain_groups(seqs))]
@@ -84,19 +100,44 @@ class Scorer:
         groups = self.contexts.ric_groups(seqs, plan) if plan.uses_ric \
             else self.contexts.plain_groups(seqs)
         targets = np.array([t for s in seqs for t in list(s)[1:]], dtype=np.int64)
-        for at in range(0, len(groups), self.config.batch_size):
-            part = groups[at:at + self.config.batch_size]
+        size = self.config.batch_size
+        if len(groups) <= size:
+            size = max(1, math.ceil(len(groups) / SCORE_PARTS))
+        searching: tuple[Chunk, Future[None]] | None = None
+        for at in range(0, len(groups), size):
+            part = groups[at:at + size]
             lp, hidden = self.runner.run_groups([g for _, g in part], self.config.batch_size)
             index = np.concatenate([np.arange(i, i + g.scored) for i, g in part])
             chunk = Chunk(index, lp, passages=[g.passages for _, g in part
                                                for _ in range(g.scored)])
-            if plan.uses_knn:
-                q = hidden if queries is None else queries[torch.from_numpy(index)]
-                if plan.knn.pointers:
-                    self._search_along(chunk, q, [g.scored for _, g in part], targets, plan)
-                else:
-                    self.retriever.search(chunk, q, plan)
-            yield chunk
+            if not plan.uses_knn:
+                yield chunk
+                continue
+            q = hidden if queries is None else queries[torch.from_numpy(index)]
+            lengths = [g.scored for _, g in part]
+            found = self._search_thread().submit(self._search, chunk, q, lengths, targets, plan)
+            if searching is not None:
+                yield _searched(*searching)
+            searching = chunk, found
+        if searching is not None:
+            yield _searched(*searching)
+
+    def _search(self, chunk: Chunk, queries: torch.Tensor, lengths: list[int],
+                targets: np.ndarray, plan: Plan) -> None:
+        """A chunk's neighbours, searched or with pointers followed (on the search thread)."""
+        if plan.knn.pointers:
+            self._search_along(chunk, queries, lengths, targets, plan)
+        else:
+            self.retriever.search(chunk, queries, plan)
+
+    def _search_thread(self) -> ThreadPoolExecutor:
+        """One thread for the searches, with the torch threads of the thread that made it
+        (torch's thread count is per thread; the model thread's is configured)."""
+        if self._searcher is None:
+            self._searcher = ThreadPoolExecutor(
+                1, thread_name_prefix="silo-score-search", initializer=torch.set_num_threads,
+                initargs=(torch.get_num_threads(),))
+        return self._searcher
 
     def _iter_groups(self, groups: list[tuple[int, Group]],
                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -384,3 +384,47 @@ def test_incremental_decoding_equals_rereading_the_context(full: SiloLM,
             assert [c.token_ids for c in got.choices] == [c.token_ids for c in w.choices]
             for a, b in zip(got.choices, w.choices, strict=True):
                 np.testing.assert_allclose(a.token_logprobs, b.token_logprobs, atol=1e-4)
+
+
+@pytest.mark.parametrize("pointers", [0, 2])
+def test_searches_beside_the_forward_passes_change_nothing(full: SiloLM, monkeypatch,
+                                                           pointers: int) -> None:
+    import silo.scoring
+
+    ids = prompt_ids(full, TEXT + " " + TEXT)
+    lm = SiloLM(full.model, full.tokenizer, full.datastore, SiloConfig(batch_size=16))
+    opts = replace(ALL[1], pointers=pointers)
+    requests = [ScoreRequest(ids[:n], top_logprobs=2, options=opts) for n in (30, 7, 19, 12)]
+    monkeypatch.setattr(silo.scoring, "SCORE_PARTS", 1)  # one pass, then its search
+    whole = lm.score(requests)
+    monkeypatch.setattr(silo.scoring, "SCORE_PARTS", 4)  # parts, searched beside
+    parts = lm.score(requests)
+    for a, b in zip(whole, parts, strict=True):
+        np.testing.assert_allclose(np.array(a.token_logprobs[1:], float),
+                                   np.array(b.token_logprobs[1:], float), atol=1e-5)
+        assert [list(t) for t in a.top_logprobs[1:]] == [list(t) for t in b.top_logprobs[1:]]
+
+
+def test_a_search_that_fails_beside_a_forward_pass_fails_the_score(full: SiloLM) -> None:
+    from datastore.errors import UnavailableError
+
+    assert full.datastore is not None
+    lm = SiloLM(full.model, full.tokenizer, full.datastore, SiloConfig(batch_size=16))
+    ids = prompt_ids(full)
+    requests = [ScoreRequest(ids[:n], options=ALL[1]) for n in (9, 8, 7, 6)]
+    search, calls = full.datastore.knn_search, []
+
+    def second_fails(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("index file unreadable")
+        return search(*args, **kwargs)
+
+    full.datastore.knn_search = second_fails  # the datastore is outside the unit under test
+    try:
+        with pytest.raises(UnavailableError, match="kNN search failed"):
+            lm.score(requests)
+    finally:
+        full.datastore.knn_search = search
+    assert len(calls) >= 2
+    assert len(lm.score(requests)) == 4  # the thread goes on searching
