@@ -3,13 +3,14 @@ parametric against kNN-LM, with any model folder and datastores.
 
     OMP_NUM_THREADS=1 python bench/scoring_load.py --model MODEL --datastore STORE \
         [--datastore OTHER ...] [--corpus data/corpus/foldoc.jsonl.gz --skip 3000]
-        [--tokens 400] [--logprobs 1] [--rounds 3]
+        [--tokens 400] [--logprobs 1] [--rounds 3] [--dtype float32 --dtype bfloat16]
 
 The server is its own process per datastore (bench/served.py; one torch thread). The
 texts are 16 documents of the corpus past the first `--skip` (not in a datastore built
 from those), each cut to `--tokens` tokens; every client sends one as a scoring request
 (`echo`, `max_tokens` 0, `logprobs`), all 16 at once, in each mode; modes interleaved
-over `--rounds` rounds, medians, and kNN-LM against parametric within the run.
+over `--rounds` rounds, medians, and kNN-LM against parametric within the run. Each
+`--dtype` (SILO_DTYPE) is its own server, for every datastore.
 """
 
 from __future__ import annotations
@@ -74,26 +75,35 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=400)
     ap.add_argument("--logprobs", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--dtype", action="append", default=None,
+                    help="float32 (default), bfloat16 or float16; repeat for several")
     args = ap.parse_args()
     texts = _texts(args.model, args.corpus, args.skip, args.tokens)
     print(f"model {args.model}; {CLIENTS} concurrent requests of {args.tokens} tokens, "
           f"logprobs {args.logprobs}, {args.rounds} rounds, medians")
-    print("| datastore | parametric tokens/s | kNN-LM tokens/s | kNN-LM / parametric |")
-    print("|---|---:|---:|---:|")
+    print("| datastore | dtype | parametric tokens/s | kNN-LM tokens/s | kNN-LM / parametric |")
+    print("|---|---|---:|---:|---:|")
     for store in args.datastore:
-        rates: dict[str, list[float]] = {"parametric": [], "knnlm": []}
-        proc, url = serve(args.model, store, 1, 4 * CLIENTS * (args.rounds + 1) + 10,
-                          torch_threads=1)
-        try:
-            _round(url, texts[:2], "knnlm", args.logprobs)  # warm up
-            for _ in range(args.rounds):
-                for mode in rates:
-                    rates[mode].append(_round(url, texts, mode, args.logprobs))
-        finally:
-            stop(proc)
-        p, k = (statistics.median(v) for v in rates.values())
-        print(f"| {store} | {p:,.0f} | {k:,.0f} | {k / p:.2f}x |")
+        for dtype in args.dtype or ["float32"]:
+            p, k = _rates(args, store, dtype, texts)
+            print(f"| {store} | {dtype} | {p:,.0f} | {k:,.0f} | {k / p:.2f}x |", flush=True)
 
+
+def _rates(args: argparse.Namespace, store: Path, dtype: str,
+           texts: list[list[int]]) -> tuple[float, float]:
+    """Median parametric and kNN-LM tokens/s of one server, modes interleaved."""
+    rates: dict[str, list[float]] = {"parametric": [], "knnlm": []}
+    proc, url = serve(args.model, store, 1, 4 * CLIENTS * (args.rounds + 1) + 10,
+                      torch_threads=1, dtype=dtype)
+    try:
+        _round(url, texts[:2], "knnlm", args.logprobs)  # warm up
+        for _ in range(args.rounds):
+            for mode in rates:
+                rates[mode].append(_round(url, texts, mode, args.logprobs))
+    finally:
+        stop(proc)
+    p, k = (statistics.median(v) for v in rates.values())
+    return p, k
 
 if __name__ == "__main__":
     main()
