@@ -129,7 +129,7 @@ def serve(
     ] = False,
     dtype: Annotated[str | None, typer.Option(
         help="The model's dtype: auto (float32), float32, bfloat16 or float16 "
-             "(SILO_DTYPE); bfloat16 is faster on CPUs with AVX512-BF16 or AMX."
+             "(SILO_DTYPE); bfloat16 pays only on CPUs with AVX512-BF16 or AMX, or a GPU."
     )] = None,
 ) -> None:
     """Serve the OpenAI-compatible API, the admin API and the page."""
@@ -139,8 +139,9 @@ def serve(
 
     model = model or Path(os.environ.get("SILO_MODEL", DEFAULT_MODEL))
     check_model_dir(model)
-    if dtype is not None:
-        parse_dtype(dtype)  # a bad name fails here, before any datastore is built
+    dtype = dtype or os.environ.get("SILO_DTYPE")
+    if dtype is not None:  # a bad name, given or in the environment, fails here
+        parse_dtype(dtype)  # (before any datastore is built), not in the server's start
         os.environ["SILO_DTYPE"] = dtype
     if no_datastore:
         if datastore is not None:

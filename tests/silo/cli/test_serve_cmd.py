@@ -24,6 +24,16 @@ def test_serve_checks_its_model_and_datastore_before_starting(tmp_path: Path) ->
         assert needle in output and "Traceback" not in output
 
 
+def test_a_bad_dtype_in_the_environment_fails_before_the_server_starts(
+        tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    monkeypatch.setenv("SILO_DTYPE", "int4")  # the subprocess inherits it
+    result = silo("serve", "--model", str(tmp_path))
+    output = result.stdout + result.stderr
+    assert result.returncode == 2 and "dtype must be one of" in output, output
+    assert "Traceback" not in output
+
+
 def test_serve_without_a_datastore_answers_with_the_parametric_lm(tmp_path: Path) -> None:
     import socket
     import time
