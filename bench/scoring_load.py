@@ -105,5 +105,6 @@ def _rates(args: argparse.Namespace, store: Path, dtype: str,
     p, k = (statistics.median(v) for v in rates.values())
     return p, k
 
+
 if __name__ == "__main__":
     main()
