@@ -17,10 +17,16 @@ token and store:
     merged          the one merged store at its tuned k, lambda, tau
     massiveds       the three stores' top k merged by raw distance (MassiveDS), one
                     kNN distribution at the merged store's parameters
-    uniform         the combination with w_i = 1 / n
-    weighted        the combination with each store's relevance weight (the default)
-    weighted, tuned as a set   the same, tuned as `silo tune-set` tunes it on the
-                    three domains' validation text (silo.set_tuning)
+    uniform         the combination with w_i = 1 / n, with either vote
+                    (silo.combination: separate distributions, or one joint vote)
+    weighted        the combination with each store's relevance weight, either vote
+    tuned as a set  the same, tuned as `silo tune-set` tunes it on the three domains'
+                    validation text (silo.set_tuning): with the separate vote alone,
+                    the joint vote alone, and either vote with the pd+sw validation
+                    text kept within 1% of the LM (`--off-domain`; stored and served)
+
+Besides the three domains' perplexities, each method's perplexity over the LM's on the
+test split of the pd+sw text no store covers (KJV, WordNet, the Python docs).
 
     python bench/combination.py --docs 2000 --tokens 4096 --out runs/combination
     python bench/combination.py --ric --tokens 1024 --out runs/combination
@@ -200,6 +206,7 @@ def speed(args: argparse.Namespace, paths: dict[str, Path]) -> None:
 
 def evaluate(args: argparse.Namespace, paths: dict[str, Path]) -> None:
 
+    from silo.combination import DEFAULT_VOTE, VOTES
     from silo.evaluate import domain_sequences
     from silo.knnlm import KnnParams
     from silo.lm import SiloLM, SiloOptions
@@ -225,6 +232,7 @@ def evaluate(args: argparse.Namespace, paths: dict[str, Path]) -> None:
 
     valid = seqs((*DOMAINS, *OFF), "valid")
     test = seqs(DOMAINS, "test")
+    test_off = seqs(OFF, "test")
     tuned: dict[str, KnnParams] = {}
     for name in (*DOMAINS, "merged"):
         lm = open_lm(paths[name])
@@ -240,24 +248,31 @@ def evaluate(args: argparse.Namespace, paths: dict[str, Path]) -> None:
     lms = {n: open_lm(paths[n]) for n in (*DOMAINS, "merged")}
     scores: dict[tuple[str, str], TargetScores] = {}
     for n, lm in lms.items():
-        for d, ss in test.items():
+        for d, ss in {**test, **test_off}.items():
             scores[(n, d)] = lm.target_scores(ss, SiloOptions("knnlm"), tuned[n].k)
     members = [tuned[n] for n in DOMAINS]
     plain = [KnnParams(p.k, p.lam, p.temperature) for p in members]
     # the combination tuned as a set on the validation text of its domains, as
-    # `silo tune-set` tunes it (silo.set_tuning)
+    # `silo tune-set` tunes it (silo.set_tuning): with either vote, with both, and with
+    # both keeping the pd+sw text within 1% of the LM (`silo tune-set --off-domain`)
     held = {d: [lms[n].target_scores(valid[d], SiloOptions("knnlm"), tuned[n].k)
-                for n in DOMAINS] for d in DOMAINS}
-    as_set = list(choose(held, members).members)
-    print("tuned as a set: " + ", ".join(
-        f"{n} lambda {p.lam} d0 {p.relevance:.0f} T {p.relevance_temperature:.0f}"
-        for n, p in zip(DOMAINS, as_set, strict=True)))
+                for n in DOMAINS] for d in (*DOMAINS, *OFF)}
+    on = {d: held[d] for d in DOMAINS}
+    sets = {"separate": choose(on, members, votes=("separate",)),
+            "joint": choose(on, members, votes=("joint",)),
+            "off": choose(on, members, {d: held[d] for d in OFF})}
+    for label, rep in sets.items():
+        print(f"tuned as a set ({label}): vote {rep.vote}, " + ", ".join(
+            f"{n} lambda {p.lam} d0 {p.relevance:.0f} T {p.relevance_temperature:.0f}"
+            for n, p in zip(DOMAINS, rep.members, strict=True))
+            + "".join(f", {d} {r:.3f}" for d, r in rep.off.items()), flush=True)
+    as_set = list(sets["off"].members)
 
-    def combined(d: str, params: Sequence[KnnParams]) -> np.ndarray:
-        return combined_logprob([scores[(n, d)] for n in DOMAINS], params)
+    def combined(d: str, params: Sequence[KnnParams], vote: str) -> np.ndarray:
+        return combined_logprob([scores[(n, d)] for n in DOMAINS], params, vote)
 
     rows: dict[str, dict[str, np.ndarray]] = {}
-    for d in test:
+    for d in (*test, *test_off):
         lm_side = scores[(DOMAINS[0], d)].lm_logprob
         out = {"parametric": lm_side}
         for n in (*DOMAINS, "merged"):
@@ -271,18 +286,23 @@ def evaluate(args: argparse.Namespace, paths: dict[str, Path]) -> None:
                                           scores[(DOMAINS[0], d)].targets)
         out["massiveds"] = mixed_logprob(merged_by_distance, KnnParams(m.k, m.lam,
                                                                        m.temperature))
-        for label, params in (("uniform", plain), ("weighted", members),
-                              ("weighted, tuned as a set", as_set)):
-            out[label] = combined(d, params)
+        for vote in VOTES[::-1]:
+            out[f"uniform, {vote}"] = combined(d, plain, vote)
+            out[f"weighted, {vote}"] = combined(d, members, vote)
+        for label, rep in sets.items():
+            out[f"tuned as a set, {label}"] = combined(d, rep.members, rep.vote)
         rows[d] = out
     methods = list(next(iter(rows.values())))
-    print("| method | " + " | ".join(test) + " | mixed |")
-    print("| --- " * (len(test) + 2) + "|")
+    print("| method | " + " | ".join(test) + " | mixed | "
+          + " | ".join(f"{d} / LM" for d in test_off) + " |")
+    print("| --- " * (len(test) + len(test_off) + 2) + "|")
     for meth in methods:
         ppl = [math.exp(-rows[d][meth].mean()) for d in test]
         mixed = math.exp(-np.concatenate([rows[d][meth] for d in test]).mean())
-        print(f"| {meth} | " + " | ".join(f"{p:.2f}" for p in ppl) + f" | {mixed:.2f} |",
-              flush=True)
+        ratio = [math.exp(rows[d]["parametric"].mean() - rows[d][meth].mean())
+                 for d in test_off]
+        print(f"| {meth} | " + " | ".join(f"{p:.2f}" for p in ppl) + f" | {mixed:.2f} | "
+              + " | ".join(f"{r:.3f}" for r in ratio) + " |", flush=True)
     # the served path: SiloLM.combine scoring the mixed test set equals the table's row
     both = SiloLM.combine([(n, lms[n]) for n in DOMAINS])
     from silo.lm import ScoreRequest
@@ -292,10 +312,10 @@ def evaluate(args: argparse.Namespace, paths: dict[str, Path]) -> None:
             [ScoreRequest(s, options=SiloOptions("knnlm")) for s in test[d]])
             for x in r.token_logprobs[1:] if x is not None])
 
-    for label, lm in (("weighted", both), ("weighted, tuned as a set", None)):
+    for label, lm in ((f"weighted, {DEFAULT_VOTE}", both), ("tuned as a set, off", None)):
         if lm is None:  # stored as `silo tune-set` stores it, then combined again
             for n, p in zip(DOMAINS, as_set, strict=True):
-                write_set(paths[n], DOMAINS, p)
+                write_set(paths[n], DOMAINS, p, sets["off"].vote)
             lm = SiloLM.combine([(n, open_lm(paths[n])) for n in DOMAINS])
         table = np.concatenate([rows[d][label] for d in test])
         got = served(lm)

@@ -1,8 +1,8 @@
 """Several datastores in one mixture (c-BTM for datastores). Pure functions over torch
 tensors, as silo.knnlm for one datastore.
 
-    p    = (1 - sum_i a_i) p_LM + sum_i a_i p_i          a_i = lam_i w_i
-    w_i  = e^{s_i} / (1 + sum_j e^{s_j})                 s_i = (d0_i - d_1i) / T_i
+    p    = (1 - sum_i b_i) p_LM + sum_i b_i p_i
+    a_i  = lam_i w_i,   w_i = e^{s_i} / (1 + sum_j e^{s_j}),   s_i = (d0_i - d_1i) / T_i
 
 p_i is datastore i's kNN distribution for the position (its k_i neighbours at its tau_i),
 d_1i the distance to its nearest allowed neighbour, and d0_i, T_i its tuned relevance
@@ -13,8 +13,19 @@ datastore w = sigmoid(s), its weight alone. When a member has no relevance weigh
 the request turns it off) the weights are uniform, w_i = 1 / n. A member without an
 allowed neighbour for a row takes no part in it (w_i = 0).
 
-The neighbours of the members sit side by side in one (n, sum_i k_i) block, member i's
-k_i columns after those of the members before it (`columns`).
+How the kNN side's share sum_i a_i is divided among the datastores is the vote:
+
+    separate   b_i = a_i: each datastore's neighbours vote among themselves, and the
+               datastores' distributions are mixed at their weights
+    joint      one vote over every member's neighbours, neighbour j of datastore i at
+               logit -d_ij / tau_i + log a_i (its relevance as an offset on the
+               distances): b_i = (sum_k a_k) a_i Z_i / sum_k a_k Z_k with
+               Z_i = sum_j e^{-d_ij / tau_i}, so a datastore with nearer neighbours
+               takes more of the share, as in one merged store (MassiveDS)
+
+With one datastore the two are the same. The neighbours of the members sit side by side
+in one (n, sum_i k_i) block, member i's k_i columns after those of the members before it
+(`columns`).
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ from collections.abc import Sequence
 
 import torch
 
+from datastore.errors import InvalidInputError
 from silo.knnlm import (
     KnnParams,
     knn_log_probs,
@@ -42,11 +54,29 @@ def columns(members: Sequence[KnnParams]) -> list[slice]:
     return out
 
 
+VOTES = ("joint", "separate")
+DEFAULT_VOTE = "joint"  # measured against "separate" in docs/BENCHMARKS.md
+
+
+def check_vote(vote: str) -> str:
+    if vote not in VOTES:
+        raise InvalidInputError(f"vote must be one of {list(VOTES)}, got {vote!r}")
+    return vote
+
+
 def member_weights(distances: torch.Tensor, values: torch.Tensor,
-                   members: Sequence[KnnParams]) -> torch.Tensor:
-    """a_i = lam_i w_i per row and member: (n, sum k) each -> (n, M) float64."""
+                   members: Sequence[KnnParams], vote: str = DEFAULT_VOTE) -> torch.Tensor:
+    """b_i per row and member under the vote: (n, sum k) each -> (n, M) float64."""
     cols = columns(members)
     nearest = torch.stack([nearest_distance(distances[:, c], values[:, c]) for c in cols], 1)
+    shares = relevance_shares(nearest, members)
+    if check_vote(vote) == "separate":
+        return shares
+    return joint_shares(distances, values, members, shares, nearest)
+
+
+def relevance_shares(nearest: torch.Tensor, members: Sequence[KnnParams]) -> torch.Tensor:
+    """a_i = lam_i w_i per row and member from the nearest distances (n, M)."""
     present = torch.isfinite(nearest)
     lams = torch.tensor([p.lam for p in members], dtype=torch.float64)
     if all(p.relevance is not None for p in members):
@@ -61,10 +91,44 @@ def member_weights(distances: torch.Tensor, values: torch.Tensor,
     return w * lams
 
 
+def joint_shares(distances: torch.Tensor, values: torch.Tensor, members: Sequence[KnnParams],
+                 shares: torch.Tensor, nearest: torch.Tensor) -> torch.Tensor:
+    """b_i of the joint vote from the shares a_i (n, M) and the nearest distances."""
+    log_z = torch.stack([_log_mass(distances[:, c], values[:, c], p.temperature, nearest[:, i])
+                         for i, (c, p) in enumerate(zip(columns(members), members, strict=True))],
+                        1)
+    total = shares.sum(1, keepdim=True)
+    logits = torch.log(shares) + log_z
+    # every logit -inf with a share somewhere: tau so small that -d_1 / tau overflows;
+    # the limit tau -> 0 gives it all to the nearest by d_1 / tau (compared as logs)
+    lost = ~torch.isfinite(logits).any(1, keepdim=True) & (total > 0)
+    if lost.any():
+        taus = torch.tensor([p.temperature for p in members], dtype=torch.float64)
+        ratio = (nearest.log() - taus.log()).masked_fill(shares <= 0, math.inf)
+        logits = torch.where(lost, torch.where(ratio == ratio.amin(1, keepdim=True),
+                                               torch.log(shares), -math.inf), logits)
+    split = torch.softmax(logits, dim=1).nan_to_num(nan=0.0)
+    return total * split
+
+
+def _log_mass(distances: torch.Tensor, values: torch.Tensor, temperature: float,
+              nearest: torch.Tensor) -> torch.Tensor:
+    """log Z = log sum_j e^{-d_j / tau} over each row's valid neighbours (n,) float64,
+    summed from the nearest (d_1, `nearest`) so that the sum cannot underflow; -inf for
+    a row without a neighbour."""
+    d = distances.to(torch.float64, copy=True)
+    d.masked_fill_((values < 0) | torch.isnan(distances), math.inf)
+    none = ~torch.isfinite(nearest)
+    rest = torch.logsumexp(d.sub_(nearest.masked_fill(none, 0.0)[:, None])
+                           .div_(-temperature), dim=1)
+    return (rest - nearest / temperature).masked_fill(none, -math.inf)
+
+
 def combined_log_probs(lm: torch.Tensor, distances: torch.Tensor, values: torch.Tensor,
-                       members: Sequence[KnnParams], vocab_size: int) -> torch.Tensor:
+                       members: Sequence[KnnParams], vocab_size: int,
+                       vote: str = DEFAULT_VOTE) -> torch.Tensor:
     """The mixture over the vocabulary: lm (n, V) -> (n, V) float32."""
-    weights = member_weights(distances, values, members)
+    weights = member_weights(distances, values, members, vote)
     knn = [knn_log_probs(distances[:, c], values[:, c], vocab_size, p.temperature)
            for c, p in zip(columns(members), members, strict=True)]
     return mix(lm, knn, weights)
@@ -72,19 +136,21 @@ def combined_log_probs(lm: torch.Tensor, distances: torch.Tensor, values: torch.
 
 def combined_target_log_probs(lm_target: torch.Tensor, distances: torch.Tensor,
                               values: torch.Tensor, targets: torch.Tensor,
-                              members: Sequence[KnnParams]) -> torch.Tensor:
+                              members: Sequence[KnnParams], vote: str = DEFAULT_VOTE,
+                              ) -> torch.Tensor:
     """The mixture at each row's target only: lm_target (n,) -> (n,)."""
-    weights = member_weights(distances, values, members)
+    weights = member_weights(distances, values, members, vote)
     knn = [target_neighbour_mass(distances[:, c], values[:, c], targets, p.temperature)
            .sum(1).log()[:, None] for c, p in zip(columns(members), members, strict=True)]
     return mix(lm_target[:, None], knn, weights)[:, 0]
 
 
 def contributions(distances: torch.Tensor, values: torch.Tensor, targets: torch.Tensor,
-                  members: Sequence[KnnParams]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each neighbour's share of its row's target in the mixture, a_i times its kNN
-    mass: (n, sum k) float64; and the weights a_i (n, M)."""
-    weights = member_weights(distances, values, members)
+                  members: Sequence[KnnParams], vote: str = DEFAULT_VOTE,
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each neighbour's share of its row's target in the mixture, b_i times its kNN
+    mass: (n, sum k) float64; and the weights b_i (n, M)."""
+    weights = member_weights(distances, values, members, vote)
     mass = torch.cat([target_neighbour_mass(distances[:, c], values[:, c], targets,
                                             p.temperature).double() * weights[:, i, None]
                       for i, (c, p) in enumerate(zip(columns(members), members, strict=True))],

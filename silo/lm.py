@@ -74,6 +74,7 @@ from datastore.errors import InvalidInputError
 from datastore.filter import AccessScope, SearchFilter
 from datastore.store.datastore import Datastore
 from silo.codec import Codec
+from silo.combination import DEFAULT_VOTE
 from silo.contexts import Contexts
 from silo.generation import GenerationState, Generator
 from silo.knnlm import KnnParams
@@ -126,6 +127,7 @@ class SiloLM:
         self.runner = ModelRunner(model, tokenizer, self.codec.pad_id)
         self.members: tuple[tuple[str, SiloLM], ...] = ()  # over several datastores
         self.set_defaults: tuple[KnnParams | None, ...] = ()
+        self.set_vote = DEFAULT_VOTE
         self._assemble(Retriever(datastore, self.codec))
 
     def _assemble(self, retriever: Retriever) -> None:
@@ -168,8 +170,12 @@ class SiloLM:
         lm.members = tuple(members)
         names = [n for n, _ in members]
         # the set's own tuning, where `silo tune-set` stored one (silo.set_tuning)
-        lm.set_defaults = tuple(read_set(m.datastore.folder, names)  # type: ignore[union-attr]
-                                for _, m in members)
+        stored = [read_set(m.datastore.folder, names)  # type: ignore[union-attr]
+                  for _, m in members]
+        lm.set_defaults = tuple(None if s is None else s[0] for s in stored)
+        votes = {s[1] for s in stored if s is not None}
+        if len(votes) == 1 and None not in lm.set_defaults:
+            lm.set_vote = votes.pop()
         lm._assemble(CombinedRetriever([(n, m.retriever) for n, m in members], lm.codec))
         return lm
 
@@ -229,7 +235,8 @@ class SiloLM:
         summary = KnnParams(sum(p.k for p in knns), max(p.lam for p in knns),
                             knns[0].temperature)
         return replace(plans[0], knn=summary, members=knns,
-                       datastores=tuple(n for n, _ in self.members))
+                       datastores=tuple(n for n, _ in self.members),
+                       vote=self.set_vote if options.relevance else DEFAULT_VOTE)
 
     def _plan_of(self, request: ScoreRequest | GenerationRequest) -> Plan:
         return request.plan or self.plan(request.options, request.scope)

@@ -29,7 +29,7 @@ class Mixer:
             return chunk.lm
         if plan.members:  # several datastores
             return combined_log_probs(chunk.lm, chunk.distances, chunk.values, plan.members,
-                                      self.vocab_size)
+                                      self.vocab_size, plan.vote)
         # computed at the neighbours' tokens (the (m, V) interpolation, float rounding aside)
         return mixed_log_probs(chunk.lm, chunk.distances, chunk.values,
                                plan.knn.row_lam(chunk.distances, chunk.values),
@@ -43,7 +43,7 @@ class Mixer:
             return lm
         if plan.members:
             return combined_target_log_probs(lm, chunk.distances, chunk.values, targets,
-                                             plan.members)
+                                             plan.members, plan.vote)
         return target_log_probs(lm, chunk.distances, chunk.values, targets,
                                 plan.knn.row_lam(chunk.distances, chunk.values),
                                 plan.knn.temperature)

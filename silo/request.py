@@ -21,6 +21,7 @@ from datastore.document import LicenseClass
 from datastore.errors import InvalidInputError
 from datastore.filter import AccessScope, SearchFilter
 from silo.attribution import Attribution, TokenProvenance
+from silo.combination import DEFAULT_VOTE
 from silo.knnlm import KnnParams
 from silo.mode import MODES, Mode
 from silo.ric import RicParams
@@ -63,6 +64,7 @@ class Plan:
     # its name, in the order of their neighbours' columns; `knn` then sums them up
     members: tuple[KnnParams, ...] = ()
     datastores: tuple[str, ...] = ()
+    vote: str = DEFAULT_VOTE  # how the members' neighbours vote (silo.combination)
 
     @property
     def uses_knn(self) -> bool:

@@ -38,7 +38,8 @@ def _weights(distances: torch.Tensor, values: torch.Tensor, plan: Plan,
     weighs them (one datastore: lam, or lam w with the relevance weight)."""
     if plan.members:
         members = list(plan.members)
-        return members, columns(members), member_weights(distances, values, members)
+        return members, columns(members), member_weights(distances, values, members,
+                                                          plan.vote)
     lam = plan.knn.row_lam(distances, values)
     a = (lam.double() if isinstance(lam, torch.Tensor)
          else torch.full((len(values),), float(lam), dtype=torch.float64))

@@ -45,6 +45,14 @@ def _counts(text: str, name: str) -> list[int]:
     return values
 
 
+OffDomainOpt = Annotated[list[Path] | None, typer.Option(
+    "--off-domain", help="Corpus files or folders of text outside the datastores' domains: "
+                         "the relevance weights keep it near the LM alone.")]
+ToleranceOpt = Annotated[float, typer.Option(
+    help="Largest perplexity increase over the LM alone the datastores may cause on "
+         "off-domain text.")]
+
+
 def tune(
     corpus: Annotated[list[Path], typer.Option("--corpus", help="Corpus files or folders.")],
     datastore: StoreOpt,
@@ -61,12 +69,8 @@ def tune(
     k_tolerance: Annotated[float, typer.Option(
         help="Take the smallest k within this perplexity increase of the best (a "
              "smaller k searches faster); 0: the best.")] = 0.0,
-    off_domain: Annotated[list[Path] | None, typer.Option(
-        "--off-domain", help="Corpus files or folders of text outside the datastore's "
-                             "domain: also tune the relevance weight on them.")] = None,
-    relevance_tolerance: Annotated[float, typer.Option(
-        help="Largest perplexity increase over the LM alone the datastore may cause on "
-             "off-domain text.")] = 0.01,
+    off_domain: OffDomainOpt = None,
+    relevance_tolerance: ToleranceOpt = 0.01,
 ) -> None:
     """Tune kNN-LM's k, lambda and temperature per domain (and with --off-domain the
     relevance weight); store the best with the datastore as its defaults."""
@@ -154,9 +158,12 @@ def tune_set(
     model: ModelOpt = None,
     split: Annotated[str, typer.Option(help="Split to tune on.")] = "valid",
     max_tokens: Annotated[int, typer.Option(help="Tokens per domain.")] = 4096,
+    off_domain: OffDomainOpt = None,
+    relevance_tolerance: ToleranceOpt = 0.01,
 ) -> None:
-    """Tune several datastores as a set for requests that combine them (each member's
-    relevance weight shifted and scaled alike, one lambda); stored with every member."""
+    """Tune several datastores as a set for requests that combine them (the vote, each
+    member's relevance weight shifted and scaled alike, one lambda); stored with every
+    member."""
     from datastore.store.datastore import Datastore
     from silo.corpus.jsonl import read_corpus, split_of
     from silo.evaluate import domain_sequences
@@ -172,20 +179,33 @@ def tune_set(
     if len(named) < 2:
         raise SiloError("--datastore must name at least two datastores, got "
                         f"{len(named)}")
+    if relevance_tolerance < 0:
+        raise SiloError(f"--relevance-tolerance must be >= 0, got {relevance_tolerance}")
     loaded = load_lm(model or DEFAULT_MODEL)
     members = [(n, SiloLM(loaded.model, loaded.tokenizer,
                           Datastore.open(f, encoder_fingerprint=loaded.fingerprint)))
                for n, f in sorted(named.items())]
-    docs = (d for d in read_corpus(corpus) if split_of(d.doc_id) == split)
-    seqs = domain_sequences(docs, members[0][1].encode, members[0][1].eos_id, max_tokens)
-    if not seqs:
-        raise SiloError(f"no {split} documents in {[str(c) for c in corpus]}")
-    report = tune(members, seqs)
+    first = members[0][1]
+
+    def texts(files: list[Path]) -> dict[str, list[tuple[int, ...]]]:
+        docs = (d for d in read_corpus(files) if split_of(d.doc_id) == split)
+        seqs = domain_sequences(docs, first.encode, first.eos_id, max_tokens)
+        if not seqs:
+            raise SiloError(f"no {split} documents in {[str(c) for c in files]}")
+        return seqs
+
+    report = tune(members, texts(corpus), texts(off_domain) if off_domain else None,
+                  relevance_tolerance)
     for d in report.own:
         console.print(f"{d}: ppl {report.own[d]:.2f} with each datastore's own weight, "
                       f"{report.tuned[d]:.2f} tuned as a set")
+    for d, ratio in report.off.items():
+        console.print(f"{d} (off-domain): {ratio:.3f} of the LM alone" + (
+            "" if ratio <= 1 + relevance_tolerance else
+            f" (no setting keeps it within {relevance_tolerance:.0%}; the closest)"))
+    console.print(f"vote: {report.vote}")
     for (name, lm), params in zip(members, report.members, strict=True):
         assert lm.datastore is not None
-        write_set(lm.datastore.folder, list(named), params)
+        write_set(lm.datastore.folder, list(named), params, report.vote)
         console.print(f"{name}: lambda={params.lam} relevance d0={params.relevance} "
                       f"T={params.relevance_temperature:g}")

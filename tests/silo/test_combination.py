@@ -17,6 +17,7 @@ from silo.combination import (
     combined_target_log_probs,
     contributions,
     member_weights,
+    relevance_shares,
 )
 from silo.knnlm import KnnParams, interpolate, knn_log_probs
 from silo.lm import GenerationRequest, ScoreRequest, SiloConfig, SiloLM, SiloOptions
@@ -41,17 +42,72 @@ def test_one_member_is_the_single_datastore_mixture() -> None:
     lm = _lm_side()
     for p in (KnnParams(2, 0.4, 2.0), KnnParams(2, 0.7, 1.0, relevance=3.0,
                                                 relevance_temperature=0.5)):
-        got = combined_log_probs(lm, D[:, :2], V[:, :2], [p], 6)
         knn = knn_log_probs(D[:, :2], V[:, :2], 6, p.temperature)
         want = interpolate(lm, knn, p.row_lam(D[:, :2], V[:, :2]), torch.isfinite(knn).any(1))
-        torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
-        assert torch.equal(got[2], lm[2])  # no neighbour: the LM's row bit for bit
+        for vote in ("joint", "separate"):  # one datastore: the two votes are one
+            got = combined_log_probs(lm, D[:, :2], V[:, :2], [p], 6, vote)
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+            assert torch.equal(got[2], lm[2])  # no neighbour: the LM's row bit for bit
+
+
+def _joint_by_hand(lm: torch.Tensor, members: list[KnnParams]) -> np.ndarray:
+    """One softmax over every member's neighbours at logit -d / tau_i + log a_i, given
+    the kNN side's whole share sum_i a_i."""
+    a = member_weights(D, V, members, "separate").numpy()
+    out = (1 - a.sum(1, keepdims=True)) * lm.exp().double().numpy()
+    for row in range(len(D)):
+        logits, tokens = [], []
+        for i, c in enumerate((slice(0, 2), slice(2, 4))):
+            for d, v in zip(D[row, c].tolist(), V[row, c].tolist(), strict=True):
+                if v >= 0 and a[row, i] > 0:
+                    logits.append(-d / members[i].temperature + math.log(a[row, i]))
+                    tokens.append(v)
+        if logits:
+            w = np.exp(np.array(logits) - max(logits))
+            for t, x in zip(tokens, w / w.sum(), strict=True):
+                out[row, t] += a[row].sum() * x
+    return out
+
+
+def test_the_joint_vote_is_one_vote_over_every_neighbour() -> None:
+    lm = _lm_side()
+    for members in ([KnnParams(2, 0.5, 1.0, relevance=4.0), KnnParams(2, 0.8, 2.0,
+                                                                     relevance=2.0)],
+                    [KnnParams(2, 0.6, 3.0), KnnParams(2, 0.6, 3.0)]):
+        got = combined_log_probs(lm, D, V, members, 6, "joint")
+        np.testing.assert_allclose(got.exp().numpy(), _joint_by_hand(lm, members), atol=1e-6)
+        # the same share in all as the separate vote, divided by the members' neighbours
+        joint, separate = (member_weights(D, V, members, v) for v in ("joint", "separate"))
+        torch.testing.assert_close(joint.sum(1), separate.sum(1))
+        assert not torch.allclose(joint, separate)
+    # equal shares and temperatures: the vote of one store holding every neighbour
+    same = [KnnParams(2, 0.6, 3.0), KnnParams(2, 0.6, 3.0)]
+    merged = interpolate(lm, knn_log_probs(D, V, 6, 3.0), 0.6)
+    torch.testing.assert_close(combined_log_probs(lm[:2], D[:2], V[:2], same, 6, "joint"),
+                               merged[:2], atol=1e-6, rtol=0)
+    with pytest.raises(InvalidInputError, match="vote must be one of"):
+        member_weights(D, V, same, "best")
+
+
+def test_the_joint_vote_survives_extreme_temperatures() -> None:
+    # -d_1 / tau overflows float64 for every member: the limit gives it all to the
+    # member nearest by d_1 / tau, as the kNN softmax itself tends to its nearest
+    for tau in (1e-320, 5e-324):
+        members = [KnnParams(2, 0.5, tau), KnnParams(2, 0.8, tau)]
+        w = member_weights(D + 1.0, V, members, "joint")
+        assert torch.isfinite(w).all()
+        torch.testing.assert_close(w.sum(1), member_weights(D + 1.0, V, members,
+                                                            "separate").sum(1))
+        assert w[0, 0] > 0 and w[0, 1] == 0 and w[1, 1] > 0 and w[1, 0] == 0
+        assert w[2, 0] == 0  # no neighbour in a: all to b
+    near = torch.tensor([[math.inf, math.inf]], dtype=torch.float64)
+    assert relevance_shares(near, [KnnParams(2, 0.5, 1.0)] * 2).sum() == 0
 
 
 def test_weights_are_a_softmax_with_the_lm_at_score_zero() -> None:
     a = KnnParams(2, 0.5, 1.0, relevance=4.0, relevance_temperature=1.0)
     b = KnnParams(2, 0.8, 1.0, relevance=2.0, relevance_temperature=0.5)
-    w = member_weights(D, V, [a, b])
+    w = member_weights(D, V, [a, b], "separate")
     s = np.array([[4.0 - 0.0, (2.0 - 9.0) / 0.5], [4.0 - 9.0, (2.0 - 0.5) / 0.5],
                   [-np.inf, (2.0 - 1.0) / 0.5]])
     e = np.exp(s)
@@ -59,15 +115,17 @@ def test_weights_are_a_softmax_with_the_lm_at_score_zero() -> None:
     np.testing.assert_allclose(w.numpy(), want, rtol=1e-12)
     assert (w.sum(1) <= 0.8).all()
     # without relevance weights: uniform, and a member without neighbours takes no part
-    plain = member_weights(D, V, [KnnParams(2, 0.5, 1.0), KnnParams(2, 0.8, 1.0)])
+    plain = member_weights(D, V, [KnnParams(2, 0.5, 1.0), KnnParams(2, 0.8, 1.0)],
+                           "separate")
     np.testing.assert_allclose(plain.numpy(), [[0.25, 0.4], [0.25, 0.4], [0.0, 0.4]])
 
 
-def test_the_mixture_by_hand_and_at_the_targets() -> None:
+@pytest.mark.parametrize("vote", ["joint", "separate"])
+def test_the_mixture_by_hand_and_at_the_targets(vote: str) -> None:
     lm = _lm_side()
     members = [KnnParams(2, 0.5, 1.0, relevance=4.0), KnnParams(2, 0.8, 2.0, relevance=2.0)]
-    got = combined_log_probs(lm, D, V, members, 6)
-    w = member_weights(D, V, members).numpy()
+    got = combined_log_probs(lm, D, V, members, 6, vote)
+    w = member_weights(D, V, members, vote).numpy()
     p_a = knn_log_probs(D[:, :2], V[:, :2], 6, 1.0).exp().double().numpy()
     p_b = knn_log_probs(D[:, 2:], V[:, 2:], 6, 2.0).exp().double().numpy()
     want = ((1 - w.sum(1, keepdims=True)) * lm.exp().double().numpy()
@@ -76,9 +134,9 @@ def test_the_mixture_by_hand_and_at_the_targets() -> None:
     np.testing.assert_allclose(got.exp().sum(1).numpy(), 1.0, atol=1e-5)
     targets = torch.tensor([1, 4, 5])
     at = combined_target_log_probs(lm.gather(1, targets[:, None])[:, 0], D, V, targets,
-                                   members)
+                                   members, vote)
     torch.testing.assert_close(at, got.gather(1, targets[:, None])[:, 0], atol=1e-6, rtol=0)
-    mass, weights = contributions(D, V, targets, members)
+    mass, weights = contributions(D, V, targets, members, vote)
     lm_t = lm.exp().gather(1, targets[:, None])[:, 0].double()
     mixed = (1 - weights.sum(1)) * lm_t + mass.sum(1)
     torch.testing.assert_close(mixed.log().float(), at, atol=1e-6, rtol=0)
@@ -125,7 +183,13 @@ def test_a_combination_scores_the_mixture_of_its_members(members: dict[str, Silo
     s = np.stack([(m.defaults.relevance - nearest_distances(sc, 4))  # type: ignore[operator]
                   / m.defaults.relevance_temperature
                   for m, sc in zip((a, b), scores, strict=True)], 1)
-    w = np.exp(s) / (1 + np.exp(s).sum(1, keepdims=True)) * 0.6
+    a_i = np.exp(s) / (1 + np.exp(s).sum(1, keepdims=True)) * 0.6
+    # the joint vote: each member's share of sum a_i in proportion to a_i Z_i
+    d = [np.where(sc.values[:, :4] >= 0, sc.distances[:, :4], np.inf).astype(np.float64)
+         for sc in scores]
+    low = np.minimum(*(x.min(1) for x in d))[:, None]
+    z = np.stack([np.exp(-(x - low) / 2.0).sum(1) for x in d], 1)
+    w = a_i.sum(1, keepdims=True) * a_i * z / (a_i * z).sum(1, keepdims=True)
     p = [knn_target_prob(sc, 4, 2.0) for sc in scores]
     want = np.log((1 - w.sum(1)) * p_lm + w[:, 0] * p[0] + w[:, 1] * p[1])
     np.testing.assert_allclose(got, want, atol=1e-5)

@@ -34,12 +34,12 @@ def test_a_set_is_tuned_past_each_members_caution() -> None:
     scores = {"a": [_member(300, 0.0, True, 1), _member(300, 4.0, False, 2)],
               "b": [_member(300, 4.0, False, 3), _member(300, 0.0, True, 4)]}
     report = choose(scores, own)
-    assert len(candidates(own)) == 8 * 4 * 4
+    assert len(candidates(own)) == 2 * 8 * 4 * 4  # two votes
     assert all(report.tuned[d] < 0.8 * report.own[d] for d in scores)
     assert {p.lam for p in report.members} == {0.95}
     assert report.members[0].relevance > 0.2 and report.members[0].pointers == 0
     unweighted = [KnnParams(4, 0.5, 1.0)] * 2
-    assert [c[0].lam for c in candidates(unweighted)] == [0.5, 0.6, 0.8, 0.95]
+    assert [c[0].lam for _, c in candidates(unweighted)] == [0.5, 0.6, 0.8, 0.95] * 2
     with pytest.raises(ValueError, match="at least one domain"):
         choose({}, own)
 
@@ -47,9 +47,34 @@ def test_a_set_is_tuned_past_each_members_caution() -> None:
 def test_stored_set_parameters_round_trip(tmp_path: Path) -> None:
     assert read_set(tmp_path, ["a", "b"]) is None
     p = KnnParams(8, 0.8, 20.0, 0, relevance=3.0, relevance_temperature=2.0)
-    write_set(tmp_path, ["b", "a"], p)
-    assert read_set(tmp_path, ["a", "b"]) == p and set_key(["b", "a"]) == "a,b"
+    write_set(tmp_path, ["b", "a"], p, "separate")
+    assert read_set(tmp_path, ["a", "b"]) == (p, "separate") and set_key(["b", "a"]) == "a,b"
     assert read_set(tmp_path, ["a", "c"]) is None
+    with pytest.raises(ValueError, match="vote must be one of"):
+        write_set(tmp_path, ["a", "b"], p, "merged")
+    # a set stored before the vote existed was tuned with separate votes
+    path = tmp_path / "silo_knnlm.json"
+    data = json.loads(path.read_text())
+    del data["sets"]["a,b"]["vote"]
+    path.write_text(json.dumps(data))
+    assert read_set(tmp_path, ["a", "b"]) == (p, "separate")
+
+
+def test_text_no_member_covers_bounds_the_set() -> None:
+    # both members are near the off-domain text and vote wrongly on it: tuned without
+    # it, the set takes the largest weights; with it, only settings that leave it
+    # within the tolerance of the LM compete
+    own = [KnnParams(4, 0.5, 1.0, relevance=0.2, relevance_temperature=0.5)] * 2
+    scores = {"a": [_member(300, 0.0, True, 1), _member(300, 4.0, False, 2)],
+              "b": [_member(300, 4.0, False, 3), _member(300, 0.0, True, 4)]}
+    off = {"x": [_member(300, 1.0, False, 5), _member(300, 1.0, False, 6)]}
+    free = choose(scores, own)
+    bounded = choose(scores, own, off, tolerance=0.01)
+    assert bounded.off["x"] <= 1.01 < choose(scores, own, off, tolerance=10.0).off["x"]
+    assert free.off == {} and bounded.tuned["a"] >= free.tuned["a"]
+    assert bounded.vote in ("joint", "separate")
+    alone = choose(scores, own, votes=("separate",))
+    assert alone.vote == "separate" and alone.tuned["a"] >= free.tuned["a"] - 1e-9
 
 
 def test_tune_set_command_stores_what_the_combination_uses(
@@ -78,7 +103,8 @@ def test_tune_set_command_stores_what_the_combination_uses(
     members = [(n, SiloLM(loaded.model, loaded.tokenizer, Datastore.open(
         tmp_path / n, encoder_fingerprint=enc.fingerprint))) for n in ("bible", "dict")]
     both = SiloLM.combine(members)
-    assert both.plan(SiloOptions("knnlm")).members == tuple(stored)
+    assert both.plan(SiloOptions("knnlm")).members == tuple(s[0] for s in stored)
+    assert both.plan(SiloOptions("knnlm")).vote == stored[0][1]
     # a request that turns the weight off takes each member's own parameters
     assert both.plan(SiloOptions("knnlm", relevance=False)).members == tuple(
         m.plan(SiloOptions("knnlm", relevance=False, pointers=0)).knn for _, m in members)
@@ -91,3 +117,9 @@ def test_tune_set_command_stores_what_the_combination_uses(
     none = CliRunner().invoke(app, [*args[:5], "--corpus", str(empty), "--model",
                                     str(model_dir)])
     assert none.exit_code == 2 and "no valid documents" in none.output
+    bad = CliRunner().invoke(app, [*args, "--relevance-tolerance", "-1"])
+    assert bad.exit_code == 2 and "--relevance-tolerance must be >= 0" in bad.output
+    # text no member covers, as `silo tune --off-domain` takes it
+    off = CliRunner().invoke(app, [*args, "--off-domain", str(corpus_file)])
+    assert off.exit_code == 0, off.output
+    assert "(off-domain)" in off.output and "of the LM alone" in off.output

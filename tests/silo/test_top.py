@@ -18,9 +18,9 @@ from silo.top import mixture_top, voted_mass
 V = 40
 
 
-def _plan(knn: KnnParams, members: tuple[KnnParams, ...] = ()) -> Plan:
+def _plan(knn: KnnParams, members: tuple[KnnParams, ...] = (), vote: str = "joint") -> Plan:
     return Plan(Mode.KNNLM, knn, RicParams(), SearchFilter(), False, members,
-                tuple(f"s{i}" for i in range(len(members))))
+                tuple(f"s{i}" for i in range(len(members))), vote)
 
 
 def test_voted_mass_sums_the_weights_of_each_token() -> None:
@@ -48,7 +48,8 @@ def cases(draw: st.DrawFn) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Pl
                    KnnParams(k - half, 0.5, 0.5, relevance=4.0)) if k > 1 else ()
         if members and members[0].relevance is None:
             members = (members[0], KnnParams(k - half, 0.5, 0.5))
-        plan = _plan(KnnParams(k, max(lam, 0.5), 1.0), members)
+        plan = _plan(KnnParams(k, max(lam, 0.5), 1.0), members,
+                     draw(st.sampled_from(["joint", "separate"])))
     else:
         plan = _plan(KnnParams(k, lam, 2.0, relevance=draw(st.sampled_from([None, 3.0]))))
     return lm, d, v, plan, draw(st.integers(1, 6))
