@@ -41,6 +41,7 @@ from silo.knnlm import (
     knn_log_probs,
     mix,
     nearest_distance,
+    relative_logits,
     target_neighbour_mass,
 )
 
@@ -94,9 +95,8 @@ def relevance_shares(nearest: torch.Tensor, members: Sequence[KnnParams]) -> tor
 def joint_shares(distances: torch.Tensor, values: torch.Tensor, members: Sequence[KnnParams],
                  shares: torch.Tensor, nearest: torch.Tensor) -> torch.Tensor:
     """b_i of the joint vote from the shares a_i (n, M) and the nearest distances."""
-    log_z = torch.stack([_log_mass(distances[:, c], values[:, c], p.temperature, nearest[:, i])
-                         for i, (c, p) in enumerate(zip(columns(members), members, strict=True))],
-                        1)
+    log_z = torch.stack([_log_mass(distances[:, c], values[:, c], p.temperature)
+                         for c, p in zip(columns(members), members, strict=True)], 1)
     total = shares.sum(1, keepdim=True)
     logits = torch.log(shares) + log_z
     # every logit -inf with a share somewhere: tau so small that -d_1 / tau overflows;
@@ -112,16 +112,13 @@ def joint_shares(distances: torch.Tensor, values: torch.Tensor, members: Sequenc
 
 
 def _log_mass(distances: torch.Tensor, values: torch.Tensor, temperature: float,
-              nearest: torch.Tensor) -> torch.Tensor:
+              ) -> torch.Tensor:
     """log Z = log sum_j e^{-d_j / tau} over each row's valid neighbours (n,) float64,
-    summed from the nearest (d_1, `nearest`) so that the sum cannot underflow; -inf for
-    a row without a neighbour."""
-    d = distances.to(torch.float64, copy=True)
-    d.masked_fill_((values < 0) | torch.isnan(distances), math.inf)
-    none = ~torch.isfinite(nearest)
-    rest = torch.logsumexp(d.sub_(nearest.masked_fill(none, 0.0)[:, None])
-                           .div_(-temperature), dim=1)
-    return (rest - nearest / temperature).masked_fill(none, -math.inf)
+    summed from the nearest so that the sum cannot underflow; -inf for a row without a
+    neighbour."""
+    logits, nearest, none = relative_logits(distances, values, temperature, torch.float64)
+    rest = torch.logsumexp(logits, dim=1, keepdim=True)
+    return (rest - nearest / temperature).masked_fill(none, -math.inf)[:, 0]
 
 
 def combined_log_probs(lm: torch.Tensor, distances: torch.Tensor, values: torch.Tensor,

@@ -101,18 +101,28 @@ def neighbour_log_weights(distances: torch.Tensor, values: torch.Tensor,
     """
     # below FLOAT32_TAU, float64, so that tau keeps its value down to the smallest
     # denormal (in float32 a tau below 1e-45 is 0 and d / tau is nan)
-    d = distances.to(torch.float32 if temperature >= FLOAT32_TAU else torch.float64,
-                     copy=True)
+    logits, _, none = relative_logits(
+        distances, values, temperature,
+        torch.float32 if temperature >= FLOAT32_TAU else torch.float64)
+    out = torch.log_softmax(logits, dim=1).masked_fill_(none, -math.inf)
+    return out.float()
+
+
+def relative_logits(distances: torch.Tensor, values: torch.Tensor, temperature: float,
+                    dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-(d - d_1) / tau per neighbour in `dtype`, measured from each row's nearest valid
+    neighbour d_1: (n, k) logits (-inf at padding), d_1 (n, 1) (inf without one) and the
+    rows without a valid neighbour (n, 1) bool, whose logits are not meaningful."""
+    d = distances.to(dtype, copy=True)
     d.masked_fill_((values < 0) | torch.isnan(distances), math.inf)
     # measured from the nearest valid neighbour, whose logit is then exactly 0: however
     # small tau (or large d), the nearest keeps its weight instead of all of them
     # underflowing to -inf; tau -> 0 tends to a vote of the nearest neighbours alone
     nearest = d.amin(dim=1, keepdim=True)
     none = ~torch.isfinite(nearest)  # rows with no valid neighbour
-    # padding: inf - nearest = inf, a logit of -inf; rows of `none` are refilled below
+    # padding: inf - nearest = inf, a logit of -inf
     logits = d.sub_(nearest.masked_fill(none, 0.0)).div_(-temperature)
-    out = torch.log_softmax(logits, dim=1).masked_fill_(none, -math.inf)
-    return out.float()
+    return logits, nearest, none
 
 
 def knn_log_probs(distances: torch.Tensor, values: torch.Tensor, vocab_size: int,

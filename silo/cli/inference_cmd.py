@@ -13,13 +13,16 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from datastore.errors import InvalidInputError, SiloError
 from silo.cli.console import console, out
 from silo.mode import Mode
+
+if TYPE_CHECKING:
+    from silo.lm import SiloLM
 
 ModelOpt = Annotated[Path | None, typer.Option(
     help="LM folder (save_pretrained layout); default: the shipped models/silo-small.")]
@@ -53,6 +56,20 @@ ToleranceOpt = Annotated[float, typer.Option(
          "off-domain text.")]
 
 
+def _split_texts(files: list[Path], split: str, lm: SiloLM, max_tokens: int,
+                 ) -> dict[str, list[tuple[int, ...]]]:
+    """The `split` documents of the corpus files as token sequences per domain, up to
+    `max_tokens` each; none is a CLI error naming the files."""
+    from silo.corpus.jsonl import read_corpus, split_of
+    from silo.evaluate import domain_sequences
+
+    docs = (d for d in read_corpus(files) if split_of(d.doc_id) == split)
+    seqs = domain_sequences(docs, lm.encode, lm.eos_id, max_tokens)
+    if not seqs:
+        raise SiloError(f"no {split} documents in {[str(c) for c in files]}")
+    return seqs
+
+
 def tune(
     corpus: Annotated[list[Path], typer.Option("--corpus", help="Corpus files or folders.")],
     datastore: StoreOpt,
@@ -74,8 +91,6 @@ def tune(
 ) -> None:
     """Tune kNN-LM's k, lambda and temperature per domain (and with --off-domain the
     relevance weight); store the best with the datastore as its defaults."""
-    from silo.corpus.jsonl import read_corpus, split_of
-    from silo.evaluate import domain_sequences
     from silo.lm import SiloLM
     from silo.model import DEFAULT_MODEL
     from silo.tuning import Grid, tune_for, tune_pointers, write_defaults
@@ -88,16 +103,8 @@ def tune(
     grid = Grid(tuple(int(k) for k in _floats(ks, "ks")), _floats(lams, "lams"),
                 _floats(temperatures, "temperatures"))
     lm = SiloLM.from_dirs(model or DEFAULT_MODEL, datastore)
-    docs = (d for d in read_corpus(corpus) if split_of(d.doc_id) == split)
-    seqs = domain_sequences(docs, lm.encode, lm.eos_id, max_tokens)
-    if not seqs:
-        raise SiloError(f"no {split} documents in {[str(c) for c in corpus]}")
-    off = None
-    if off_domain:
-        off_docs = (d for d in read_corpus(off_domain) if split_of(d.doc_id) == split)
-        off = domain_sequences(off_docs, lm.encode, lm.eos_id, max_tokens)
-        if not off:
-            raise SiloError(f"no {split} documents in {[str(c) for c in off_domain]}")
+    seqs = _split_texts(corpus, split, lm, max_tokens)
+    off = _split_texts(off_domain, split, lm, max_tokens) if off_domain else None
     best, points, report = tune_for(lm, seqs, off, grid, k_tolerance, relevance_tolerance)
     for name, p in points.items():
         console.print(f"{name}: k={p[0].k} lambda={p[0].lam} tau={p[0].temperature:g} "
@@ -165,8 +172,6 @@ def tune_set(
     member's relevance weight shifted and scaled alike, one lambda); stored with every
     member."""
     from datastore.store.datastore import Datastore
-    from silo.corpus.jsonl import read_corpus, split_of
-    from silo.evaluate import domain_sequences
     from silo.lm import SiloLM
     from silo.model import DEFAULT_MODEL, load_lm
     from silo.set_tuning import tune_set as tune
@@ -186,15 +191,8 @@ def tune_set(
                           Datastore.open(f, encoder_fingerprint=loaded.fingerprint)))
                for n, f in sorted(named.items())]
     first = members[0][1]
-
-    def texts(files: list[Path]) -> dict[str, list[tuple[int, ...]]]:
-        docs = (d for d in read_corpus(files) if split_of(d.doc_id) == split)
-        seqs = domain_sequences(docs, first.encode, first.eos_id, max_tokens)
-        if not seqs:
-            raise SiloError(f"no {split} documents in {[str(c) for c in files]}")
-        return seqs
-
-    report = tune(members, texts(corpus), texts(off_domain) if off_domain else None,
+    report = tune(members, _split_texts(corpus, split, first, max_tokens),
+                  _split_texts(off_domain, split, first, max_tokens) if off_domain else None,
                   relevance_tolerance)
     for d in report.own:
         console.print(f"{d}: ppl {report.own[d]:.2f} with each datastore's own weight, "
