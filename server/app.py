@@ -74,12 +74,14 @@ def check_datastores(paths: dict[str, Path], default: list[str] | None,
                      fingerprint: str) -> None:
     """Refuse to start when a listed datastore's keys come from another model (any
     request may combine them, so all must share the model) or when the default set
-    names a datastore that is not listed. Folders without a manifest yet are checked
-    when they open."""
+    names a datastore that is not listed, or a set stored with a datastore does not
+    read back. Folders without a manifest yet are checked when they open."""
     from datastore.errors import ModelMismatchError, NotFoundError
     from datastore.manifest import MANIFEST_FILE, read_manifest
+    from silo.set_tuning import check_sets
 
     for name, path in paths.items():
+        check_sets(path)
         if (Path(path) / MANIFEST_FILE).exists():
             theirs = read_manifest(path).model_fingerprint
             if theirs != fingerprint:

@@ -151,8 +151,28 @@ def read_set(folder: Path, names: Sequence[str]) -> tuple[KnnParams, str] | None
     if not path.is_file():
         return None
     found = json.loads(path.read_text()).get("sets", {}).get(set_key(names))
-    if found is None:
-        return None
+    return None if found is None else _parse_set(found)
+
+
+def _parse_set(found: dict[str, Any]) -> tuple[KnnParams, str]:
     found = dict(found)
     vote = check_vote(found.pop("vote", "separate"))
     return KnnParams(**found), vote
+
+
+def check_sets(folder: Path) -> None:
+    """Raise InvalidInputError, naming the file and the set, unless every set stored with
+    the datastore reads back (a known vote, valid parameters): a service checks this at
+    start, where a bad entry would otherwise fail the first request over its set."""
+    path = Path(folder) / DEFAULTS_FILE
+    if not path.is_file():
+        return
+    try:
+        sets = json.loads(path.read_text()).get("sets", {})
+    except (ValueError, AttributeError) as e:
+        raise InvalidInputError(f"{path}: not a JSON object of tuned parameters ({e})") from None
+    for key, found in sets.items():
+        try:
+            _parse_set(found)
+        except (InvalidInputError, TypeError, ValueError) as e:
+            raise InvalidInputError(f"{path}: the set {key!r} does not read back: {e}") from None

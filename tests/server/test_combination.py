@@ -142,3 +142,29 @@ def test_datastores_of_another_model_are_refused_at_start(
                        datastores=_listed(stores, "bible"), default_datastores="bible,gone")
     with pytest.raises(NotFoundError, match="'gone'"):
         load_service(unknown, Metrics(lambda: {}))
+
+
+def test_a_stored_set_that_does_not_read_back_fails_the_start(
+        model_dir: Path, tmp_path: Path) -> None:
+    from datastore.errors import InvalidInputError
+    from server.app import load_service
+    from silo.knnlm import KnnParams
+    from silo.set_tuning import write_set
+    from silo.tuning import DEFAULTS_FILE
+
+    store = build_store(model_dir, tmp_path / "code", [
+        d for d in make_documents() if d.source == "stdlib"])
+    write_set(store, ["code", "dict"], KnnParams(k=8, lam=0.3), "joint")
+    settings = Settings(model=model_dir, audit_log=tmp_path / "audit.jsonl",
+                        datastores=f"code={store}")
+    load_service(settings, Metrics(lambda: {}))  # a good set starts
+    path = store / DEFAULTS_FILE
+    data = json.loads(path.read_text())
+    data["sets"]["code,dict"]["vote"] = "plurality"
+    path.write_text(json.dumps(data))
+    with pytest.raises(InvalidInputError, match=f"{path}.*'code,dict'.*plurality"):
+        load_service(settings, Metrics(lambda: {}))
+    data["sets"]["code,dict"] = {"k": 8, "lam": 3.0, "vote": "joint"}
+    path.write_text(json.dumps(data))
+    with pytest.raises(InvalidInputError, match="'code,dict'.*lam must be in"):
+        load_service(settings, Metrics(lambda: {}))
