@@ -20,10 +20,15 @@ import argparse
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from silo.corpus.jsonl import read_corpus, split_of  # noqa: E402
+
+if TYPE_CHECKING:
+    from silo.lm import SiloLM
+    from silo.request import SiloOptions
 
 # SmolLM2's document separator in pretraining (its GGUF names <|im_start|> as BOS)
 SEPARATOR = "<|endoftext|>"
@@ -39,20 +44,31 @@ def texts_of(corpus: Path, docs: int, chars: int) -> list[str]:
 def bits_per_byte(model: Path, datastore: Path | None, mode: str, texts: list[str],
                   k: int | None = None, lam: float | None = None) -> float:
     from silo.lm import SiloLM
-    from silo.request import ScoreRequest, SiloOptions
+    from silo.request import SiloOptions
 
     lm = SiloLM.from_dirs(model, datastore)
-    tok = lm.tokenizer
+    nats = nats_of(lm, texts, SiloOptions(mode=mode, k=k, lam=lam))
+    return nats / math.log(2) / sum(len(t.encode()) for t in texts)
+
+
+def start_token(tok: Any) -> int:
+    """The token a document follows: `<|endoftext|>` where the vocabulary has it, else
+    BOS, else EOS."""
     start = tok.get_vocab().get(SEPARATOR, tok.bos_token_id)
-    if start is None:
-        start = tok.eos_token_id
-    requests = [ScoreRequest((start, *lm.encode(t)), options=SiloOptions(mode=mode, k=k, lam=lam))
-                for t in texts]
+    return tok.eos_token_id if start is None else int(start)
+
+
+def nats_of(lm: SiloLM, texts: list[str], options: SiloOptions) -> float:
+    """The summed -ln p of every token of each text, after the model's start token."""
+    from silo.request import ScoreRequest
+
+    start = start_token(lm.tokenizer)
+    requests = [ScoreRequest((start, *lm.encode(t)), options=options) for t in texts]
     nats = 0.0
     for at in range(0, len(requests), 16):
         for res in lm.score(requests[at:at + 16]):
             nats -= sum(lp for lp in res.token_logprobs[1:] if lp is not None)
-    return nats / math.log(2) / sum(len(t.encode()) for t in texts)
+    return nats
 
 
 def main() -> None:
