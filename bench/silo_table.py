@@ -505,7 +505,7 @@ def write_results(args: argparse.Namespace, r: dict[str, Any]) -> None:
     ]
     old = args.results.read_text() if args.results.exists() else ""
     kept = old[old.index(KEPT_SECTION):] if KEPT_SECTION in old else ""
-    args.results.write_text("\n".join(lines) + kept)
+    args.results.write_text("\n".join(lines) + ("\n" + kept if kept else ""))
 
 
 def plot(path: Path, r: dict[str, Any]) -> None:
