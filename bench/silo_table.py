@@ -128,6 +128,15 @@ def trained(args: argparse.Namespace) -> Path | None:
     return args.work / "full" / "index.faiss" if args.backend == "faiss-ivfpq" else None
 
 
+def load_oracle(path: Path, tokenizer: Any, config: SiloConfig | None = None) -> SiloLM:
+    """The oracle LM alone; it must share the parametric LM's `tokenizer`, so that their
+    perplexities are over the same tokens."""
+    oracle = load_lm(path)
+    if oracle.tokenizer.backend_tokenizer.to_str() != tokenizer.backend_tokenizer.to_str():
+        raise SystemExit(f"{path}: the oracle must share the parametric model's tokenizer")
+    return SiloLM(oracle.model, oracle.tokenizer, None, config)
+
+
 def gap_closed(param: float, method: float, oracle: float) -> float:
     return (param - method) / (param - oracle) if param != oracle else float("nan")
 
@@ -206,10 +215,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     store = build(args.work / "full", store_docs, encoder, args, bm25=True)
     cfg = SiloConfig(batch_size=16)
     lm = SiloLM(loaded.model, loaded.tokenizer, store, cfg)
-    oracle = load_lm(args.oracle)
-    oracle_lm = SiloLM(oracle.model, oracle.tokenizer, None, cfg)
-    if oracle.tokenizer.backend_tokenizer.to_str() != loaded.tokenizer.backend_tokenizer.to_str():
-        raise SystemExit("the oracle must share the parametric model's tokenizer")
+    oracle_lm = load_oracle(args.oracle, loaded.tokenizer, cfg)
 
     search = "exact search (faiss-flat)" if args.backend == "faiss-flat" else (
         f"faiss IVF-PQ search (nlist {args.nlist}, M {args.m}, 8 bits, nprobe {args.nprobe})")

@@ -38,6 +38,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 from bits_per_byte import nats_of  # noqa: E402
 from combination import DOMAINS, held_docs  # noqa: E402
 from silo_table import KEPT_SECTION as HEADING  # noqa: E402
+from silo_table import gap_closed, load_oracle  # noqa: E402
 
 from datastore.manifest import read_manifest  # noqa: E402
 from silo.evaluate import domain_sequences  # noqa: E402
@@ -60,18 +61,11 @@ METHODS = {
 }
 
 
-def gap(param: float, method: float, oracle: float) -> float:
-    return (param - method) / (param - oracle) if param != oracle else math.nan
-
-
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     results = json.loads((args.stores / "results.json").read_text())
     loaded = load_lm(args.model)
     base = SiloLM(loaded.model, loaded.tokenizer)
-    oracle = load_lm(args.oracle)
-    if oracle.tokenizer.backend_tokenizer.to_str() != loaded.tokenizer.backend_tokenizer.to_str():
-        raise SystemExit(f"{args.oracle}: the oracle must share the parametric LM's tokenizer")
-    oracle_lm = SiloLM(oracle.model, oracle.tokenizer)
+    oracle_lm = load_oracle(args.oracle, loaded.tokenizer)
     docs = [d for n in DOMAINS for d in held_docs(n, "test")]
     test = domain_sequences(docs, base.encode, base.eos_id, args.tokens)
     reference = SiloLM.from_dirs(args.reference) if args.reference else None
@@ -130,20 +124,21 @@ def report(r: dict[str, Any]) -> list[str]:
         "the parametric LM's shape, tokenizer, schedule, seed and token budget "
         "(configs/small-20m-oracle.toml). In brackets: the share of the gap closed, "
         "(ppl_param - ppl_method) / (ppl_param - ppl_oracle).",
-        "","| method | " + " | ".join(f"{n} ({r[n]['tokens']:,} tokens)" for n in names)
-             + f" | mixed ({total['tokens']:,}) |",
-             "| --- " + "| ---: " * len(cols) + "|"]
+        "",
+        "| method | " + " | ".join(f"{n} ({r[n]['tokens']:,} tokens)" for n in names)
+        + f" | mixed ({total['tokens']:,}) |",
+        "| --- " + "| ---: " * len(cols) + "|"]
     for method, label in [*METHODS.items(), ("oracle", "oracle (trained on everything)")]:
         cells = []
         for c in cols:
             p = ppl(method, c)
-            share = gap(ppl("parametric", c), p, ppl("oracle", c))
+            share = gap_closed(ppl("parametric", c), p, ppl("oracle", c))
             cells.append(f"{p:.1f}" if method in ("parametric", "oracle")
                          else f"{p:.1f} ({share:.0%})")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     ratio = {n: ppl("oracle", n) / ppl("parametric", n) for n in names}
     above = [n for n, v in ratio.items() if v > 1 / 3]
-    knn_gap = {n: gap(ppl("parametric", n), ppl(n, n), ppl("oracle", n)) for n in names}
+    knn_gap = {n: gap_closed(ppl("parametric", n), ppl(n, n), ppl("oracle", n)) for n in names}
     lines += ["", "The oracle's perplexity over the parametric LM's (at most 1/3 counts as "
               "having learned the domain): " + ", ".join(f"{n} {v:.3f}" for n, v in ratio.items())
               + (f"; above 1/3 on {', '.join(above)}." if above else
