@@ -168,10 +168,10 @@ def check_sets(folder: Path) -> None:
     if not path.is_file():
         return
     try:
-        sets = json.loads(path.read_text()).get("sets", {})
+        sets = list(json.loads(path.read_text()).get("sets", {}).items())
     except (ValueError, AttributeError) as e:
         raise InvalidInputError(f"{path}: not a JSON object of tuned parameters ({e})") from None
-    for key, found in sets.items():
+    for key, found in sets:
         try:
             _parse_set(found)
         except (InvalidInputError, TypeError, ValueError) as e:
