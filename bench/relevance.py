@@ -10,7 +10,7 @@ datastore's own domain the share of the one-weight gain the weight keeps (in log
 perplexity). Then the greedy continuation of a prompt outside the domain, both ways.
 
 With --tolerances, the trade-off: for each tolerance the weight is tuned again on the
-validation split (`silo.tuning.tune_relevance` at the stored k and tau, from the grid's
+validation split (`silo.relevance_tuning.tune_relevance` at the stored k and tau, from the grid's
 one-weight lambda) and measured on the test split (`silo.tuning.mixed_logprob`, the
 mixture SiloLM computes, on one k-neighbour search per token).
 
@@ -32,12 +32,8 @@ from silo.cli.serve_cmd import CORPUS, DEFAULT_DOCUMENTS, OFF_DOMAIN  # noqa: E4
 from silo.corpus.jsonl import read_corpus, split_of  # noqa: E402
 from silo.evaluate import domain_sequences  # noqa: E402
 from silo.lm import GenerationRequest, ScoreRequest, SiloLM, SiloOptions  # noqa: E402
-from silo.tuning import (  # noqa: E402
-    GridPoint,
-    mixed_logprob,
-    perplexity,
-    tune_relevance,
-)
+from silo.relevance_tuning import tune_relevance  # noqa: E402
+from silo.tuning import GridPoint, mixed_logprob, perplexity  # noqa: E402
 
 PROMPT = "The Lord said unto Moses,"
 

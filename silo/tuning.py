@@ -13,11 +13,8 @@ within 2% of the full search's perplexity is stored with the others.
 SILO's grid stops at tau = 40; small models have larger key distances relative to
 their spread, so the default grid reaches further (tau up to 320, lam up to 0.95).
 
-With text from outside the datastore's domain (`tune_relevance`), the relevance weight
-(silo.knnlm: w = sigmoid((d0 - d_1) / T)) is tuned too: d0 and T over the spread of the
-nearest-neighbour distances, lam again with them, so that the datastore makes no
-off-domain text worse than the parametric LM by more than a tolerance while keeping as
-much of its gain on its own domain as it can.
+With text from outside the datastore's domain, the relevance weight is tuned too
+(silo.relevance_tuning).
 """
 
 from __future__ import annotations
@@ -27,7 +24,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,9 +36,11 @@ from silo.knnlm import (
     KnnParams,
     interpolate,
     nearest_distance,
-    relevance_of,
     target_neighbour_mass,
 )
+
+if TYPE_CHECKING:
+    from silo.relevance_tuning import RelevanceReport
 
 DEFAULTS_FILE = "silo_knnlm.json"
 
@@ -97,7 +96,7 @@ class GridPoint:
     perplexity: float
     pointers: int = 0  # chosen after the grid (choose_pointers); 0: search every token
     searched: float = 1.0  # the share of tokens that needed a search at that setting
-    relevance: float | None = None  # d0 of the relevance weight (tune_relevance); None: off
+    relevance: float | None = None  # d0 of the relevance weight (relevance_tuning); None: off
     relevance_temperature: float = 1.0
 
     @property
@@ -114,7 +113,7 @@ def knn_target_prob(scores: TargetScores, k: int, temperature: float) -> np.ndar
     return mass.sum(1).double().numpy()
 
 
-def _mix(lm_logprob: np.ndarray, p_knn: np.ndarray, has: np.ndarray,
+def mix_at_targets(lm_logprob: np.ndarray, p_knn: np.ndarray, has: np.ndarray,
          lam: float | np.ndarray) -> np.ndarray:
     """silo.knnlm.interpolate on the targets only: (n,) each -> (n,) float64; `lam` a
     float or a weight per token (n,)."""
@@ -132,11 +131,6 @@ def nearest_distances(scores: TargetScores, k: int) -> np.ndarray:
                             torch.from_numpy(scores.values[:, :k])).numpy()
 
 
-def _relevance(nearest: np.ndarray, d0: float, temperature: float) -> np.ndarray:
-    """silo.knnlm.relevance_of on numpy: (n,) -> (n,) float64."""
-    return relevance_of(torch.from_numpy(nearest), d0, temperature).numpy()
-
-
 def mixed_logprob(scores: TargetScores, params: KnnParams) -> np.ndarray:
     """log((1 - lam w) p_LM(target) + lam w p_kNN(target)) per token, (n,) float64;
     tokens without any neighbour keep the LM's log-prob."""
@@ -144,7 +138,7 @@ def mixed_logprob(scores: TargetScores, params: KnnParams) -> np.ndarray:
     p_knn = knn_target_prob(scores, params.k, params.temperature)
     lam = params.row_lam(torch.from_numpy(scores.distances[:, :params.k]),
                          torch.from_numpy(scores.values[:, :params.k]))
-    return _mix(scores.lm_logprob, p_knn, has,
+    return mix_at_targets(scores.lm_logprob, p_knn, has,
                 lam if isinstance(lam, float) else lam.double().numpy())
 
 
@@ -160,8 +154,8 @@ def grid_search(scores: TargetScores, grid: Grid) -> list[GridPoint]:
         for t in grid.temperatures:
             p_knn = knn_target_prob(scores, k, t)
             for lam in grid.lams:
-                points.append(GridPoint(k, lam, t,
-                                        perplexity(_mix(scores.lm_logprob, p_knn, has, lam))))
+                ppl = perplexity(mix_at_targets(scores.lm_logprob, p_knn, has, lam))
+                points.append(GridPoint(k, lam, t, ppl))
     return sorted(points, key=lambda p: p.perplexity)
 
 
@@ -281,85 +275,15 @@ def tune_pointers(lm: Any, seqs: Mapping[str, Sequence[Sequence[int]]], best: Gr
     return choose_pointers(score, best, candidates, tolerance)
 
 
-# ---- relevance ------------------------------------------------------------------------
-
-RELEVANCE_QUANTILES = tuple(float(q) for q in np.linspace(0.05, 0.95, 19))
-RELEVANCE_SPREADS = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)  # T as a share of the distances' IQR
-
-
-@dataclass(frozen=True)
-class RelevanceReport:
-    """What `tune_relevance` measured, per domain: the parametric LM's perplexity, the
-    datastore's at one weight everywhere (the grid's best point), and at the choice."""
-
-    choice: GridPoint
-    uniform_point: GridPoint  # the grid's best, at one weight everywhere
-    parametric: dict[str, float]
-    uniform: dict[str, float]
-    weighted: dict[str, float]
-    feasible: bool  # every off-domain perplexity within the tolerance of the LM's
-
-
-def relevance_grid(nearest: np.ndarray) -> list[tuple[float, float]]:
-    """(d0, T) candidates: d0 at quantiles of the nearest distances, T shares of their
-    interquartile range."""
-    finite = nearest[np.isfinite(nearest)]
-    if not len(finite):
-        raise InvalidInputError("no token has a neighbour to tune the relevance weight on")
-    d0s = np.quantile(finite, RELEVANCE_QUANTILES)
-    q1, q3 = np.quantile(finite, [0.25, 0.75])
-    spread = float(q3 - q1) or float(np.abs(finite).mean()) or 1.0
-    return [(float(d0), spread * f) for d0 in d0s for f in RELEVANCE_SPREADS]
-
-
-def tune_relevance(own: Mapping[str, TargetScores], off: Mapping[str, TargetScores],
-                   best: GridPoint, lams: Sequence[float] = Grid().lams,
-                   tolerance: float = 0.01) -> RelevanceReport:
-    """Choose d0, T and lam at `best`'s k and tau: among the settings that keep every
-    off-domain perplexity within `tolerance` of the parametric LM's, the one with the
-    lowest mean log-perplexity over the `own` domains; when none does, the one whose
-    worst off-domain ratio is lowest."""
-    if not own or not off:
-        raise InvalidInputError("tuning the relevance weight needs text of the datastore's "
-                                "own domains and text from outside them")
-    domains = {**{f"own:{d}": s for d, s in own.items()}, **{f"off:{d}": s
-                                                            for d, s in off.items()}}
-    parts = {}
-    for name, s in domains.items():
-        has = np.asarray((s.values[:, :best.k] >= 0).any(1))
-        parts[name] = (s.lm_logprob, knn_target_prob(s, best.k, best.temperature), has,
-                       nearest_distances(s, best.k))
-    pooled = np.concatenate([p[3] for p in parts.values()])
-    parametric = {n: perplexity(p[0]) for n, p in parts.items()}
-    uniform = {n: perplexity(_mix(p[0], p[1], p[2], best.lam)) for n, p in parts.items()}
-    own_names = [n for n in parts if n.startswith("own:")]
-    off_names = [n for n in parts if n.startswith("off:")]
-    ranked = []
-    for d0, t in relevance_grid(pooled):
-        weights = {n: _relevance(p[3], d0, t) for n, p in parts.items()}
-        for lam in lams:
-            ppl = {n: perplexity(_mix(p[0], p[1], p[2], lam * weights[n]))
-                   for n, p in parts.items()}
-            worst = max(ppl[n] / parametric[n] for n in off_names)
-            own_log = float(np.mean([math.log(ppl[n]) for n in own_names]))
-            ranked.append((worst <= 1 + tolerance, worst, own_log, d0, t, lam, ppl))
-    feasible = [r for r in ranked if r[0]]
-    pick = (min(feasible, key=lambda r: r[2]) if feasible
-            else min(ranked, key=lambda r: (r[1], r[2])))
-    _, _, own_log, d0, t, lam, ppl = pick
-    choice = replace(best, lam=lam, relevance=d0, relevance_temperature=t,
-                     perplexity=float(np.exp(own_log)))
-    return RelevanceReport(choice, best, parametric, uniform, ppl, bool(feasible))
-
-
 def tune_for(lm: Any, own: Mapping[str, Sequence[Sequence[int]]],
              off: Mapping[str, Sequence[Sequence[int]]] | None, grid: Grid,
              k_tolerance: float = 0.0, relevance_tolerance: float = 0.01,
              ) -> tuple[GridPoint, dict[str, list[GridPoint]], RelevanceReport | None]:
     """The whole search for a SiloLM over token sequences per domain: the grid on the
     `own` domains (`best_overall`), then with `off`-domain text the relevance weight
-    (`tune_relevance`). Returns the choice, each own domain's grid (best first) and the
+    (silo.relevance_tuning). Returns the choice, each own domain's grid (best first) and the
     relevance report (None without `off`)."""
+    from silo.relevance_tuning import tune_relevance  # it builds on this module
     from silo.request import Mode, SiloOptions
 
     scores = {d: lm.target_scores(s, SiloOptions(Mode.KNNLM), grid.k_max)
