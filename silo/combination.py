@@ -5,13 +5,15 @@ tensors, as silo.knnlm for one datastore.
     a_i  = lam_i w_i,   w_i = e^{s_i} / (1 + sum_j e^{s_j}),   s_i = (d0_i - d_1i) / T_i
 
 p_i is datastore i's kNN distribution for the position (its k_i neighbours at its tau_i),
-d_1i the distance to its nearest allowed neighbour, and d0_i, T_i its tuned relevance
-weight (silo.knnlm.KnnParams.relevance). The weights are a softmax over the options, the
-parametric LM at score 0 and each datastore at s_i, so relevance is absolute, not only a
-share among datastores: a context far from every datastore gets the LM alone. With one
-datastore w = sigmoid(s), its weight alone. When a member has no relevance weight (or
-the request turns it off) the weights are uniform, w_i = 1 / n. A member without an
-allowed neighbour for a row takes no part in it (w_i = 0).
+d_1i the distance to its nearest allowed neighbour (or, where the member's relevance
+decay is set, the context's distance to it: silo.relevance, passed in as `context`),
+and d0_i, T_i its tuned relevance weight (silo.knnlm.KnnParams.relevance). The weights
+are a softmax over the options, the parametric LM at score 0 and each datastore at s_i,
+so relevance is absolute, not only a share among datastores: a context far from every
+datastore gets the LM alone. With one datastore w = sigmoid(s), its weight alone. When
+a member has no relevance weight (or the request turns it off) the weights are uniform,
+w_i = 1 / n. A member without an allowed neighbour for a row takes no part in it
+(w_i = 0).
 
 How the kNN side's share sum_i a_i is divided among the datastores is the vote:
 
@@ -55,6 +57,14 @@ def columns(members: Sequence[KnnParams]) -> list[slice]:
     return out
 
 
+def member_nearest(distances: torch.Tensor, values: torch.Tensor,
+                   members: Sequence[KnnParams]) -> torch.Tensor:
+    """d_1 of each member's neighbours: (n, sum k) each -> (n, M) float64 (inf where a
+    member has no neighbour in the row)."""
+    return torch.stack([nearest_distance(distances[:, c], values[:, c])
+                        for c in columns(members)], 1)
+
+
 VOTES = ("joint", "separate")
 DEFAULT_VOTE = "joint"  # measured against "separate" in docs/BENCHMARKS.md
 
@@ -66,19 +76,25 @@ def check_vote(vote: str) -> str:
 
 
 def member_weights(distances: torch.Tensor, values: torch.Tensor,
-                   members: Sequence[KnnParams], vote: str = DEFAULT_VOTE) -> torch.Tensor:
-    """b_i per row and member under the vote: (n, sum k) each -> (n, M) float64."""
-    cols = columns(members)
-    nearest = torch.stack([nearest_distance(distances[:, c], values[:, c]) for c in cols], 1)
-    shares = relevance_shares(nearest, members)
+                   members: Sequence[KnnParams], vote: str = DEFAULT_VOTE,
+                   context: torch.Tensor | None = None) -> torch.Tensor:
+    """b_i per row and member under the vote: (n, sum k) each -> (n, M) float64;
+    `context` (n, M) the distances relevance is measured from, where not d_1."""
+    nearest = member_nearest(distances, values, members)
+    shares = relevance_shares(nearest, members, context)
     if check_vote(vote) == "separate":
         return shares
     return joint_shares(distances, values, members, shares, nearest)
 
 
-def relevance_shares(nearest: torch.Tensor, members: Sequence[KnnParams]) -> torch.Tensor:
-    """a_i = lam_i w_i per row and member from the nearest distances (n, M)."""
+def relevance_shares(nearest: torch.Tensor, members: Sequence[KnnParams],
+                     context: torch.Tensor | None = None) -> torch.Tensor:
+    """a_i = lam_i w_i per row and member from the nearest distances (n, M), or from
+    the `context` distances (n, M) where given; a member without a neighbour in the row
+    (nearest inf) has no share either way."""
     present = torch.isfinite(nearest)
+    if context is not None:
+        nearest = context.to(torch.float64)
     lams = torch.tensor([p.lam for p in members], dtype=torch.float64)
     if all(p.relevance is not None for p in members):
         d0 = torch.tensor([p.relevance for p in members], dtype=torch.float64)
@@ -123,9 +139,10 @@ def _log_mass(distances: torch.Tensor, values: torch.Tensor, temperature: float,
 
 def combined_log_probs(lm: torch.Tensor, distances: torch.Tensor, values: torch.Tensor,
                        members: Sequence[KnnParams], vocab_size: int,
-                       vote: str = DEFAULT_VOTE) -> torch.Tensor:
+                       vote: str = DEFAULT_VOTE, context: torch.Tensor | None = None,
+                       ) -> torch.Tensor:
     """The mixture over the vocabulary: lm (n, V) -> (n, V) float32."""
-    weights = member_weights(distances, values, members, vote)
+    weights = member_weights(distances, values, members, vote, context)
     knn = [knn_log_probs(distances[:, c], values[:, c], vocab_size, p.temperature)
            for c, p in zip(columns(members), members, strict=True)]
     return mix(lm, knn, weights)
@@ -134,9 +151,9 @@ def combined_log_probs(lm: torch.Tensor, distances: torch.Tensor, values: torch.
 def combined_target_log_probs(lm_target: torch.Tensor, distances: torch.Tensor,
                               values: torch.Tensor, targets: torch.Tensor,
                               members: Sequence[KnnParams], vote: str = DEFAULT_VOTE,
-                              ) -> torch.Tensor:
+                              context: torch.Tensor | None = None) -> torch.Tensor:
     """The mixture at each row's target only: lm_target (n,) -> (n,)."""
-    weights = member_weights(distances, values, members, vote)
+    weights = member_weights(distances, values, members, vote, context)
     knn = [target_neighbour_mass(distances[:, c], values[:, c], targets, p.temperature)
            .sum(1).log()[:, None] for c, p in zip(columns(members), members, strict=True)]
     return mix(lm_target[:, None], knn, weights)[:, 0]
@@ -144,10 +161,10 @@ def combined_target_log_probs(lm_target: torch.Tensor, distances: torch.Tensor,
 
 def contributions(distances: torch.Tensor, values: torch.Tensor, targets: torch.Tensor,
                   members: Sequence[KnnParams], vote: str = DEFAULT_VOTE,
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+                  context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Each neighbour's share of its row's target in the mixture, b_i times its kNN
     mass: (n, sum k) float64; and the weights b_i (n, M)."""
-    weights = member_weights(distances, values, members, vote)
+    weights = member_weights(distances, values, members, vote, context)
     mass = torch.cat([target_neighbour_mass(distances[:, c], values[:, c], targets,
                                             p.temperature).double() * weights[:, i, None]
                       for i, (c, p) in enumerate(zip(columns(members), members, strict=True))],

@@ -20,6 +20,10 @@ fails, every state of the step is put back as it was and stepped again in parts,
 plan and then one by one, so the failure lands on the states that cause it and the
 others get exactly the tokens they would have got without it.
 
+Where a plan measures relevance from the context (silo.relevance), each choice carries
+the running sums of its context's distances: from its prompt's positions (scored at
+start) and then one position per step, so its weights are those scoring its text gives.
+
 Decoding is incremental (`SiloConfig.kv_cache`, on by default) in every mode: an input
 that grew by the token just sampled is fed that token alone over its cache; a RIC input
 with new passages (every `stride` tokens) is fed its context over its passage's
@@ -37,10 +41,12 @@ import torch
 
 from silo.batch import Chunk
 from silo.codec import Codec
+from silo.combination import member_nearest
 from silo.contexts import Contexts
 from silo.decoding import Cached, Decoder
 from silo.events import completion, token_event
 from silo.mixer import Mixer
+from silo.relevance import Trace, advance, context_distance
 from silo.request import (
     GenerationRequest,
     GenerationResult,
@@ -80,6 +86,9 @@ class GenerationState:
     caches: dict[tuple[int, int], Cached] = field(default_factory=dict)
     # per choice, the entry ids of its last position's neighbours (pointers follow them)
     neighbours: list[np.ndarray | None] = field(default_factory=list)
+    # per choice, its context's distance sums so far (silo.relevance), where the plan
+    # measures relevance from the context
+    traces: list[Trace | None] = field(default_factory=list)
     error: BaseException | None = None
 
     @property
@@ -132,12 +141,14 @@ class Generator:
         for req, plan in zip(requests, plans, strict=True):
             seed = req.seed if req.seed is not None else int(torch.randint(2**31, ()).item())
             n = req.n
+            trace = (self.scorer.context_trace(req.prompt_ids, plan)
+                     if plan.decays is not None and req.max_tokens else None)
             states.append(GenerationState(
                 req, plan, [torch.Generator().manual_seed(choice_seed(seed, i))
                             for i in range(n)],
                 [list(req.prompt_ids) for _ in range(n)], [[] for _ in range(n)], [""] * n,
                 [() for _ in range(n)], list(range(n)) if req.max_tokens else [],
-                [[] for _ in range(n)], neighbours=[None] * n))
+                [[] for _ in range(n)], neighbours=[None] * n, traces=[trace] * n))
         echo = [s for s in states if s.request.echo]
         scored = self.scorer.score([ScoreRequest(s.request.prompt_ids, s.request.logprobs,
                                                  s.request.options, s.request.scope)
@@ -211,6 +222,8 @@ class Generator:
                           passages=[s.passages[r] for s in group for r in s.live])
             if plan.uses_knn:
                 self._search(chunk, group, hidden[rows], plan)
+            if plan.decays is not None:
+                self._context(chunk, group, plan, plan.decays)
             dist = self.mixer.mixed(chunk, plan)
             at = 0
             for i, s in zip(members, group, strict=True):
@@ -298,6 +311,19 @@ class Generator:
         tokens = np.array([s.rows[r][-1] for s in states for r in s.live], dtype=np.int64)
         self.retriever.search(chunk, queries, plan, last, tokens)
 
+    @staticmethod
+    def _context(chunk: Chunk, states: list[GenerationState], plan: Plan,
+                 decays: tuple[float, ...]) -> None:
+        """The context distances of a plan's rows: each row's trace one position on
+        (kept on the chunk until the state commits its token)."""
+        assert chunk.distances is not None and chunk.values is not None
+        nearest = member_nearest(chunk.distances, chunk.values, plan.members or (plan.knn,))
+        before = [s.traces[r] or Trace.empty(len(decays)) for s in states for r in s.live]
+        num, den = advance(np.stack([t.num for t in before]), np.stack([t.den for t in before]),
+                           nearest.numpy(), decays)
+        chunk.context = torch.from_numpy(context_distance(num, den))
+        chunk.trace = num, den
+
     def _commit_all(self, states: list[GenerationState], chunks: list[Chunk],
                     mixed: list[torch.Tensor]) -> dict[int, tuple[TokenEvent, ...]]:
         """Sample every state's rows in one sampler call (each with its own generator;
@@ -347,6 +373,8 @@ class Generator:
         for i, (r, ev) in enumerate(zip(s.live, events, strict=True)):
             if chunk.entry_ids is not None:
                 s.neighbours[r] = chunk.entry_ids[i]
+            if chunk.trace is not None:
+                s.traces[r] = Trace(chunk.trace[0][i], chunk.trace[1][i])
             s.rows[r].append(ev.token_id)
             s.new[r].append(ev.token_id)
             s.events[r].append(ev)

@@ -3,13 +3,15 @@ neighbour gave to a token (for attribution). Pure functions over torch tensors.
 
     p_kNN(y) = sum over neighbours i with value v_i = y of softmax_i(-d_i / tau)
     p(y)     = (1 - lam w) * p_LM(y) + lam w * p_kNN(y)    (lam weights the kNN side)
-    w        = sigmoid((d0 - d_1) / T)                     (relevance; w = 1 when off)
+    w        = sigmoid((d0 - r) / T)                       (relevance; w = 1 when off)
 
 w says how relevant the datastore is to this context: d_1 is the squared distance of the
 query to its nearest neighbour, d0 the distance at which the datastore gets half its
 weight, T how sharply the weight falls. It is a softmax over two options, the datastore
 at distance d_1 and the parametric LM at a fixed d0, so a context far from everything in
 the datastore gets the LM alone. d0 and T are tuned with k, lam and tau (silo.tuning).
+r is d_1, or with a relevance decay beta > 0 the context's distance: d_1 averaged over
+the sequence's positions so far (silo.relevance), which the caller passes in as `nearest`.
 
 d_i are squared L2 distances, as every datastore backend returns them; neighbours padded
 with entry id -1 (fewer than k allowed entries) take no part. A row with no neighbour at
@@ -46,6 +48,8 @@ class KnnParams:
     pointers: int = 0
     relevance: float | None = None  # d0 of the relevance weight; None: w = 1 everywhere
     relevance_temperature: float = 1.0  # T of the relevance weight
+    # beta of the context's distance (silo.relevance); 0: the position's own d_1
+    relevance_decay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -62,14 +66,28 @@ class KnnParams:
         if not (math.isfinite(self.relevance_temperature) and self.relevance_temperature > 0):
             raise InvalidInputError(f"relevance_temperature must be > 0, got "
                                     f"{self.relevance_temperature}")
+        if not 0.0 <= self.relevance_decay <= 1.0:
+            raise InvalidInputError(f"relevance_decay must be in [0, 1], got "
+                                    f"{self.relevance_decay}")
 
-    def row_lam(self, distances: torch.Tensor, values: torch.Tensor) -> float | torch.Tensor:
+    @property
+    def smooths(self) -> bool:
+        """Whether the weight is measured from the context's distance (silo.relevance)
+        rather than the position's own nearest neighbour."""
+        return self.relevance is not None and self.relevance_decay > 0
+
+    def row_lam(self, distances: torch.Tensor, values: torch.Tensor,
+                nearest: torch.Tensor | None = None) -> float | torch.Tensor:
         """The kNN side's weight per row: lam, or with relevance on lam * w (n,) float32,
-        from the rows' neighbours (distances (n, k), values (n, k), -1 = padding)."""
+        from the rows' neighbours (distances (n, k), values (n, k), -1 = padding), or
+        from `nearest` (n,) where given: the distance to measure it from (the context's,
+        silo.relevance)."""
         if self.relevance is None or self.lam == 0.0:
             return self.lam
-        return self.lam * relevance_weights(distances, values, self.relevance,
-                                            self.relevance_temperature)
+        if nearest is None:
+            nearest = nearest_distance(distances, values)
+        return self.lam * relevance_of(nearest, self.relevance,
+                                       self.relevance_temperature).float()
 
 
 def nearest_distance(distances: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

@@ -121,7 +121,8 @@ class SiloLM:
         plain = (read_defaults(datastore.folder, relevance=False)
                  if datastore is not None and defaults is None else None)
         self.uniform_defaults = plain or replace(self.defaults, relevance=None,
-                                                 relevance_temperature=1.0)
+                                                 relevance_temperature=1.0,
+                                                 relevance_decay=0.0)
         self.codec = Codec(tokenizer)
         self.eos_id, self.pad_id = self.codec.eos_id, self.codec.pad_id
         self.runner = ModelRunner(model, tokenizer, self.codec.pad_id)
@@ -295,4 +296,4 @@ def _resolved(d: KnnParams, options: SiloOptions, pointers: int) -> KnnParams:
     """Tuned parameters `d` under a request's overrides (k, lambda, tau)."""
     return KnnParams(options.k or d.k, d.lam if options.lam is None else options.lam,
                      options.knn_temperature or d.temperature, pointers, d.relevance,
-                     d.relevance_temperature)
+                     d.relevance_temperature, d.relevance_decay)

@@ -29,10 +29,11 @@ class Mixer:
             return chunk.lm
         if plan.members:  # several datastores
             return combined_log_probs(chunk.lm, chunk.distances, chunk.values, plan.members,
-                                      self.vocab_size, plan.vote)
+                                      self.vocab_size, plan.vote, chunk.context)
         # computed at the neighbours' tokens (the (m, V) interpolation, float rounding aside)
         return mixed_log_probs(chunk.lm, chunk.distances, chunk.values,
-                               plan.knn.row_lam(chunk.distances, chunk.values),
+                               plan.knn.row_lam(chunk.distances, chunk.values,
+                                                chunk.context_of(0)),
                                plan.knn.temperature)
 
     def at_targets(self, chunk: Chunk, targets: torch.Tensor, plan: Plan) -> torch.Tensor:
@@ -43,9 +44,10 @@ class Mixer:
             return lm
         if plan.members:
             return combined_target_log_probs(lm, chunk.distances, chunk.values, targets,
-                                             plan.members, plan.vote)
+                                             plan.members, plan.vote, chunk.context)
         return target_log_probs(lm, chunk.distances, chunk.values, targets,
-                                plan.knn.row_lam(chunk.distances, chunk.values),
+                                plan.knn.row_lam(chunk.distances, chunk.values,
+                                                 chunk.context_of(0)),
                                 plan.knn.temperature)
 
     def top(self, chunk: Chunk, plan: Plan, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,4 +60,4 @@ class Mixer:
             # a small vocabulary: the whole mixture is as cheap (docs/BENCHMARKS.md)
             values, ids = self.mixed(chunk, plan).topk(min(n, self.vocab_size), dim=1)
             return values, ids
-        return mixture_top(chunk.lm, chunk.distances, chunk.values, plan, n)
+        return mixture_top(chunk.lm, chunk.distances, chunk.values, plan, n, chunk.context)

@@ -74,6 +74,15 @@ class Plan:
     def uses_ric(self) -> bool:
         return self.mode.uses_ric
 
+    @property
+    def decays(self) -> tuple[float, ...] | None:
+        """Each datastore's relevance decay where the plan measures relevance from the
+        context (silo.relevance), in the order of its columns; None where none does."""
+        members = self.members or (self.knn,)
+        if not self.uses_knn or not any(p.smooths for p in members):
+            return None
+        return tuple(p.relevance_decay for p in members)
+
 
 def _check_ids(ids: Sequence[int], name: str) -> None:
     if not all(isinstance(t, int) and t >= 0 for t in ids):

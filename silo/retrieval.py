@@ -147,7 +147,7 @@ class Retriever:
         neighbours: list[tuple[Neighbour, ...]] = [() for _ in range(len(targets))]
         if chunk.values is not None and chunk.distances is not None:
             assert chunk.entry_ids is not None
-            lam = plan.knn.row_lam(chunk.distances, chunk.values)
+            lam = plan.knn.row_lam(chunk.distances, chunk.values, chunk.context_of(0))
             if isinstance(lam, torch.Tensor):
                 lam = lam[:, None]
             mass = lam * target_neighbour_mass(chunk.distances, chunk.values, targets,

@@ -90,7 +90,7 @@ class CombinedRetriever(Retriever):
         if chunk.distances is None or chunk.values is None or chunk.entry_ids is None:
             return [TokenProvenance((), r) for r in refs]  # RIC-LM alone
         mass, weights = contributions(chunk.distances, chunk.values, targets, plan.members,
-                                      plan.vote)
+                                      plan.vote, chunk.context)
         found: list[list[Neighbour]] = [[] for _ in range(len(targets))]
         for c, name, r in zip(columns(plan.members), self.names, self.members, strict=True):
             assert r.datastore is not None

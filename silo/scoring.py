@@ -5,7 +5,9 @@ Positions are served a few groups at a time (`chunks`): the forward passes (plai
 windows, or one input per RIC passage), then for kNN-LM the neighbours of each position
 (searched, or with pointers followed along each group, on a search thread while the
 next groups go through the model), then the mixture. Without top
-logprobs the mixture is computed at the targets only, with no (m, V) tensor.
+logprobs the mixture is computed at the targets only, with no (m, V) tensor. Where the
+plan measures relevance from the context (silo.relevance), each chunk's context distances
+are carried on from the positions before it, in order, as the chunks come.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ import torch
 
 from silo.attribution import TokenProvenance
 from silo.batch import Chunk, Group
+from silo.combination import member_nearest
 from silo.contexts import Contexts
 from silo.mixer import Mixer
+from silo.relevance import Trace, smooth
 from silo.request import Plan, ScoreRequest, ScoreResult, SiloConfig
 from silo.retrieval import Retriever
 from silo.runner import ModelRunner
@@ -34,9 +38,27 @@ from silo.tuning import TargetScores
 SCORE_PARTS = 4
 
 
-def _searched(chunk: Chunk, search: Future[None]) -> Chunk:
-    search.result()  # the search's exception, if any, raised here
-    return chunk
+class ContextDistances:
+    """The context distances of the predicted positions of `seqs` (silo.relevance),
+    set on their chunks in order (`apply`); `trace` the sums after the last one."""
+
+    def __init__(self, seqs: Sequence[Sequence[int]], plan: Plan) -> None:
+        assert plan.decays is not None
+        self.decays = plan.decays
+        self.members = plan.members or (plan.knn,)
+        n_pred = np.array([max(0, len(s) - 1) for s in seqs], dtype=np.int64)
+        self.first = np.zeros(int(n_pred.sum()), dtype=bool)
+        starts = np.concatenate([[0], np.cumsum(n_pred)[:-1]])
+        self.first[starts[n_pred > 0]] = True
+        self.trace = Trace.empty(len(self.decays))
+
+    def apply(self, chunk: Chunk) -> Chunk:
+        """Set the chunk's context distances; its rows follow the last chunk's."""
+        assert chunk.distances is not None and chunk.values is not None
+        nearest = member_nearest(chunk.distances, chunk.values, self.members).numpy()
+        r, self.trace = smooth(nearest, self.first[chunk.index], self.decays, self.trace)
+        chunk.context = torch.from_numpy(r)
+        return chunk
 
 
 class Scorer:
@@ -84,15 +106,30 @@ class Scorer:
             if chunk.distances is not None and chunk.values is not None:
                 dist[chunk.index] = chunk.distances.numpy()
                 vals[chunk.index] = chunk.values.numpy()
-        return TargetScores(lp, dist, vals, targets.numpy())
+        sizes = [max(0, len(s) - 1) for s in seqs]
+        first = np.zeros(len(targets), dtype=bool)
+        first[np.cumsum([0, *sizes[:-1]])[np.asarray(sizes) > 0]] = True
+        return TargetScores(lp, dist, vals, targets.numpy(), first)
+
+    def context_trace(self, seq: Sequence[int], plan: Plan) -> Trace:
+        """The context distances' running sums over the predicted positions of `seq`
+        (silo.relevance): where generation after `seq` starts from."""
+        context = ContextDistances([seq], plan)
+        for _ in self.chunks([seq], plan, context):
+            pass
+        return context.trace
 
     # ---- distributions over sequences ------------------------------------------------
 
-    def chunks(self, seqs: Sequence[Sequence[int]], plan: Plan) -> Iterator[Chunk]:
+    def chunks(self, seqs: Sequence[Sequence[int]], plan: Plan,
+               context: ContextDistances | None = None) -> Iterator[Chunk]:
         """The LM side and the kNN neighbours of every predicted position, a few groups at
         a time (so (m, V) tensors stay small). A part's kNN search runs on the search
         thread while the next part's forward pass runs here; a batch that fits one pass is
-        cut into `SCORE_PARTS` parts."""
+        cut into `SCORE_PARTS` parts. Where the plan measures relevance from the context,
+        each chunk carries its context distances (`context`, a new one when None)."""
+        if context is None and plan.decays is not None:
+            context = ContextDistances(seqs, plan)
         queries = None
         if plan.uses_knn and plan.uses_ric:  # kNN queries come from the plain context
             plain = [h for _, h in self._iter_groups(self.contexts.plain_groups(seqs))]
@@ -117,10 +154,17 @@ class Scorer:
             lengths = [g.scored for _, g in part]
             found = self._search_thread().submit(self._search, chunk, q, lengths, targets, plan)
             if searching is not None:
-                yield _searched(*searching)
+                yield self._ready(*searching, context)
             searching = chunk, found
         if searching is not None:
-            yield _searched(*searching)
+            yield self._ready(*searching, context)
+
+    @staticmethod
+    def _ready(chunk: Chunk, search: Future[None], context: ContextDistances | None,
+               ) -> Chunk:
+        """A chunk once its search is done, with its context distances where asked."""
+        search.result()  # the search's exception, if any, raised here
+        return chunk if context is None else context.apply(chunk)
 
     def _search(self, chunk: Chunk, queries: torch.Tensor, lengths: list[int],
                 targets: np.ndarray, plan: Plan) -> None:

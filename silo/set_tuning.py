@@ -33,7 +33,8 @@ import torch
 from datastore.errors import InvalidInputError
 from silo.combination import DEFAULT_VOTE, VOTES, check_vote, combined_target_log_probs
 from silo.knnlm import KnnParams
-from silo.tuning import DEFAULTS_FILE, TargetScores, perplexity
+from silo.relevance_tuning import Documents
+from silo.tuning import DEFAULTS_FILE, TargetScores, context_distances, perplexity
 
 SHIFTS = (-1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)  # of each member's T
 SCALES = (0.5, 1.0, 2.0, 4.0)
@@ -58,15 +59,29 @@ class SetReport:
     off: dict[str, float] = field(default_factory=dict)
 
 
+def member_contexts(scores: Sequence[TargetScores], members: Sequence[KnnParams],
+                    ) -> torch.Tensor | None:
+    """The members' context distances (silo.relevance) for the same text (n, M), where
+    one measures relevance from it; they depend on each member's k and decay alone."""
+    if not any(p.smooths for p in members):
+        return None
+    return torch.from_numpy(np.stack([context_distances(s, p.k, p.relevance_decay)
+                                      for s, p in zip(scores, members, strict=True)], 1))
+
+
 def combined_logprob(scores: Sequence[TargetScores], members: Sequence[KnnParams],
-                     vote: str = DEFAULT_VOTE) -> np.ndarray:
+                     vote: str = DEFAULT_VOTE, context: torch.Tensor | None = None,
+                     ) -> np.ndarray:
     """The mixture's log-prob at each target from the members' cached neighbours
-    (`scores` in member order, for the same text)."""
+    (`scores` in member order, for the same text); `context` their context distances
+    where already computed (`member_contexts`)."""
+    if context is None:
+        context = member_contexts(scores, members)
     return combined_target_log_probs(
         torch.from_numpy(scores[0].lm_logprob),
         torch.from_numpy(np.concatenate([s.distances for s in scores], 1)),
         torch.from_numpy(np.concatenate([s.values for s in scores], 1)),
-        torch.from_numpy(scores[0].targets), members, vote).double().numpy()
+        torch.from_numpy(scores[0].targets), members, vote, context).double().numpy()
 
 
 def candidates(members: Sequence[KnnParams], votes: Sequence[str] = VOTES,
@@ -90,35 +105,48 @@ def candidates(members: Sequence[KnnParams], votes: Sequence[str] = VOTES,
 
 def choose(scores: Mapping[str, Sequence[TargetScores]], members: Sequence[KnnParams],
            off: Mapping[str, Sequence[TargetScores]] | None = None,
-           tolerance: float = OFF_TOLERANCE, votes: Sequence[str] = VOTES) -> SetReport:
+           tolerance: float = OFF_TOLERANCE, votes: Sequence[str] = VOTES,
+           document_tolerance: float | None = None) -> SetReport:
     """The candidate with the lowest mean log-perplexity over the domains; `scores[d]`
     holds each member's neighbours (at its k) for domain d's text, in member order, and
-    `off[d]` the same for text the set does not cover."""
+    `off[d]` the same for text the set does not cover, held within `tolerance` of the LM
+    (and each of its documents of DOCUMENT_TOKENS or more within `document_tolerance`,
+    as silo.relevance_tuning holds one datastore)."""
     if not scores:
         raise InvalidInputError("tuning a set needs text of at least one domain")
     off = off or {}
     lm_alone = {d: perplexity(s[0].lm_logprob) for d, s in off.items()}
+    # the candidates keep each member's k and decay: its context distances, once
+    context = {(on, d): member_contexts(s, members)
+               for on, texts in (("on", scores), ("off", off)) for d, s in texts.items()}
 
-    def ppl(on: Mapping[str, Sequence[TargetScores]], vote: str,
-            ms: Sequence[KnnParams]) -> dict[str, float]:
-        return {d: perplexity(combined_logprob(s, ms, vote)) for d, s in on.items()}
+    def ppl(on: str, vote: str, ms: Sequence[KnnParams]) -> dict[str, float]:
+        texts = scores if on == "on" else off
+        return {d: perplexity(combined_logprob(s, ms, vote, context[(on, d)]))
+                for d, s in texts.items()}
+
+    documents = {d: Documents(s[0]) for d, s in off.items()}
 
     def rank(c: tuple[str, tuple[KnnParams, ...]]) -> tuple[bool, float, float]:
-        worst = max((v / lm_alone[d] for d, v in ppl(off, *c).items()), default=1.0)
-        feasible = worst <= 1 + tolerance
-        mean_log = float(np.mean([math.log(v) for v in ppl(scores, *c).values()]))
+        vote, ms = c
+        mixed = {d: combined_logprob(s, ms, vote, context[("off", d)]) for d, s in off.items()}
+        worst = max((perplexity(x) / lm_alone[d] for d, x in mixed.items()), default=1.0)
+        feasible = worst <= 1 + tolerance and (document_tolerance is None or all(
+            documents[d].worst(x) <= 1 + document_tolerance for d, x in mixed.items()))
+        mean_log = float(np.mean([math.log(v) for v in ppl("on", *c).values()]))
         return not feasible, 0.0 if feasible else worst, mean_log
 
     vote, best = min(candidates(members, votes), key=rank)
-    return SetReport(best, vote, ppl(scores, DEFAULT_VOTE, members), ppl(scores, vote, best),
-                     {d: v / lm_alone[d] for d, v in ppl(off, vote, best).items()})
+    return SetReport(best, vote, ppl("on", DEFAULT_VOTE, members), ppl("on", vote, best),
+                     {d: v / lm_alone[d] for d, v in ppl("off", vote, best).items()})
 
 
 def tune_set(members: Sequence[tuple[str, Any]], seqs: Mapping[str, Sequence[Sequence[int]]],
              off: Mapping[str, Sequence[Sequence[int]]] | None = None,
-             tolerance: float = OFF_TOLERANCE) -> SetReport:
+             tolerance: float = OFF_TOLERANCE, document_tolerance: float | None = None,
+             ) -> SetReport:
     """`choose` for SiloLMs (name, lm) over token sequences per domain (and per text the
-    set does not cover)."""
+    set does not cover, each sequence a document)."""
     from silo.request import Mode, SiloOptions
 
     params = [lm.plan(SiloOptions(Mode.KNNLM, pointers=0)).knn for _, lm in members]
@@ -129,7 +157,8 @@ def tune_set(members: Sequence[tuple[str, Any]], seqs: Mapping[str, Sequence[Seq
                     for (_, lm), p in zip(members, params, strict=True)]
                 for d, s in sorted(texts.items())}
 
-    return choose(neighbours(seqs), params, neighbours(off or {}), tolerance)
+    return choose(neighbours(seqs), params, neighbours(off or {}), tolerance,
+                  document_tolerance=document_tolerance)
 
 
 def write_set(folder: Path, names: Sequence[str], params: KnnParams,

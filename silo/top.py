@@ -33,14 +33,15 @@ def voted_mass(distances: torch.Tensor, values: torch.Tensor, temperature: float
 
 
 def _weights(distances: torch.Tensor, values: torch.Tensor, plan: Plan,
-             ) -> tuple[list[KnnParams], list[slice], torch.Tensor]:
+             context: torch.Tensor | None) -> tuple[list[KnnParams], list[slice], torch.Tensor]:
     """The members, their columns and their weights a_i (m, M) float64, as the mixer
-    weighs them (one datastore: lam, or lam w with the relevance weight)."""
+    weighs them (one datastore: lam, or lam w with the relevance weight; `context` (m, M)
+    the distances relevance is measured from, where not each row's d_1)."""
     if plan.members:
         members = list(plan.members)
         return members, columns(members), member_weights(distances, values, members,
-                                                          plan.vote)
-    lam = plan.knn.row_lam(distances, values)
+                                                          plan.vote, context)
+    lam = plan.knn.row_lam(distances, values, None if context is None else context[:, 0])
     a = (lam.double() if isinstance(lam, torch.Tensor)
          else torch.full((len(values),), float(lam), dtype=torch.float64))
     # a row has a kNN distribution where it has a usable neighbour (knnlm)
@@ -49,11 +50,12 @@ def _weights(distances: torch.Tensor, values: torch.Tensor, plan: Plan,
 
 
 def mixture_top(lm: torch.Tensor, distances: torch.Tensor, values: torch.Tensor,
-                plan: Plan, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+                plan: Plan, n: int, context: torch.Tensor | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """The n most likely tokens of the plan's mixture and their log-probs, per row:
     lm (m, V) log-probs, distances, values (m, k) -> values (m, n), ids (m, n)."""
     n = min(n, lm.shape[1])
-    members, cols, a = _weights(distances, values, plan)
+    members, cols, a = _weights(distances, values, plan, context)
     top_lm = lm.topk(n, dim=1).indices
     cand = torch.cat([values.clamp(min=0), top_lm], dim=1)  # padding looks like token 0
     invalid = torch.cat([values < 0, torch.zeros_like(top_lm, dtype=torch.bool)], dim=1)

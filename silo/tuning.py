@@ -38,6 +38,7 @@ from silo.knnlm import (
     nearest_distance,
     target_neighbour_mass,
 )
+from silo.relevance import smooth
 
 if TYPE_CHECKING:
     from silo.relevance_tuning import RelevanceReport
@@ -72,13 +73,15 @@ class Grid:
 @dataclass(frozen=True)
 class TargetScores:
     """Per predicted token: LM-side log-prob (n,) float64, neighbour squared distances
-    (n, k_max) float32 ascending and their values (n, k_max) int64 (-1 padding), and the
-    target tokens (n,) int64."""
+    (n, k_max) float32 ascending and their values (n, k_max) int64 (-1 padding), the
+    target tokens (n,) int64, and `first` (n,) bool: the tokens that start a sequence
+    (None: the tokens are one sequence), for the context's distance (silo.relevance)."""
 
     lm_logprob: np.ndarray
     distances: np.ndarray
     values: np.ndarray
     targets: np.ndarray
+    first: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.lm_logprob)
@@ -86,6 +89,17 @@ class TargetScores:
             raise InvalidInputError("distances and values must be (n, k) with n = len(lm_logprob)")
         if self.targets.shape != (n,):
             raise InvalidInputError(f"targets must be ({n},), got {self.targets.shape}")
+        if self.first is not None and self.first.shape != (n,):
+            raise InvalidInputError(f"first must be ({n},), got {self.first.shape}")
+
+    @property
+    def starts(self) -> np.ndarray:
+        """(n,) bool: `first`, or the first token alone when the tokens are one sequence."""
+        if self.first is not None:
+            return self.first
+        out = np.zeros(len(self.lm_logprob), dtype=bool)
+        out[:1] = True
+        return out
 
 
 @dataclass(frozen=True)
@@ -98,11 +112,12 @@ class GridPoint:
     searched: float = 1.0  # the share of tokens that needed a search at that setting
     relevance: float | None = None  # d0 of the relevance weight (relevance_tuning); None: off
     relevance_temperature: float = 1.0
+    relevance_decay: float = 0.0  # beta of the context's distance (silo.relevance)
 
     @property
     def params(self) -> KnnParams:
         return KnnParams(self.k, self.lam, self.temperature, self.pointers, self.relevance,
-                         self.relevance_temperature)
+                         self.relevance_temperature, self.relevance_decay)
 
 
 def knn_target_prob(scores: TargetScores, k: int, temperature: float) -> np.ndarray:
@@ -131,13 +146,25 @@ def nearest_distances(scores: TargetScores, k: int) -> np.ndarray:
                             torch.from_numpy(scores.values[:, :k])).numpy()
 
 
+def context_distances(scores: TargetScores, k: int, decay: float) -> np.ndarray:
+    """(n,) float64 the distance each token's relevance is measured from: its nearest
+    of the first k neighbours, averaged over its sequence so far at `decay`
+    (silo.relevance; 0: the token's own)."""
+    nearest = nearest_distances(scores, k)
+    if decay == 0.0:
+        return nearest
+    return smooth(nearest[:, None], scores.starts, (decay,))[0][:, 0]
+
+
 def mixed_logprob(scores: TargetScores, params: KnnParams) -> np.ndarray:
     """log((1 - lam w) p_LM(target) + lam w p_kNN(target)) per token, (n,) float64;
     tokens without any neighbour keep the LM's log-prob."""
     has = np.asarray((scores.values[:, :params.k] >= 0).any(1))
     p_knn = knn_target_prob(scores, params.k, params.temperature)
+    context = (torch.from_numpy(context_distances(scores, params.k, params.relevance_decay))
+               if params.smooths else None)
     lam = params.row_lam(torch.from_numpy(scores.distances[:, :params.k]),
-                         torch.from_numpy(scores.values[:, :params.k]))
+                         torch.from_numpy(scores.values[:, :params.k]), context)
     return mix_at_targets(scores.lm_logprob, p_knn, has,
                 lam if isinstance(lam, float) else lam.double().numpy())
 
@@ -231,15 +258,17 @@ def read_defaults(folder: Path, relevance: bool = True) -> KnnParams | None:
     d0 = best.get("relevance")
     return KnnParams(int(best["k"]), float(best["lam"]), float(best["temperature"]),
                      int(best.get("pointers", 0)), None if d0 is None else float(d0),
-                     float(best.get("relevance_temperature", 1.0)))
+                     float(best.get("relevance_temperature", 1.0)),
+                     float(best.get("relevance_decay", 0.0)) if d0 is not None else 0.0)
 
 
 def has_relevance(folder: Path) -> bool:
-    """Whether the datastore's stored defaults were tuned with off-domain text (they
-    carry the relevance weight's d0 and T)."""
+    """Whether the datastore's stored defaults were tuned with off-domain text, with the
+    context's distance (they carry the relevance weight's d0, T and decay; defaults tuned
+    before the decay existed do not count)."""
     path = Path(folder) / DEFAULTS_FILE
-    return (path.is_file() and json.loads(path.read_text()).get("default", {}).get(
-        "relevance") is not None)
+    best = json.loads(path.read_text()).get("default", {}) if path.is_file() else {}
+    return best.get("relevance") is not None and "relevance_decay" in best
 
 
 def choose_pointers(score: Callable[[int], tuple[float, float]], best: GridPoint,
@@ -278,11 +307,12 @@ def tune_pointers(lm: Any, seqs: Mapping[str, Sequence[Sequence[int]]], best: Gr
 def tune_for(lm: Any, own: Mapping[str, Sequence[Sequence[int]]],
              off: Mapping[str, Sequence[Sequence[int]]] | None, grid: Grid,
              k_tolerance: float = 0.0, relevance_tolerance: float = 0.01,
+             document_tolerance: float | None = None,
              ) -> tuple[GridPoint, dict[str, list[GridPoint]], RelevanceReport | None]:
     """The whole search for a SiloLM over token sequences per domain: the grid on the
     `own` domains (`best_overall`), then with `off`-domain text the relevance weight
-    (silo.relevance_tuning). Returns the choice, each own domain's grid (best first) and the
-    relevance report (None without `off`)."""
+    (silo.relevance_tuning; each sequence a document). Returns the choice, each own
+    domain's grid (best first) and the relevance report (None without `off`)."""
     from silo.relevance_tuning import tune_relevance  # it builds on this module
     from silo.request import Mode, SiloOptions
 
@@ -294,5 +324,6 @@ def tune_for(lm: Any, own: Mapping[str, Sequence[Sequence[int]]],
         return best, points, None
     off_scores = {d: lm.target_scores(s, SiloOptions(Mode.KNNLM), best.k)
                   for d, s in sorted(off.items())}
-    report = tune_relevance(scores, off_scores, best, grid.lams, relevance_tolerance)
+    report = tune_relevance(scores, off_scores, best, grid.lams, relevance_tolerance,
+                            document_tolerance=document_tolerance)
     return report.choice, points, report

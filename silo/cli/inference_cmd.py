@@ -54,6 +54,16 @@ OffDomainOpt = Annotated[list[Path] | None, typer.Option(
 ToleranceOpt = Annotated[float, typer.Option(
     help="Largest perplexity increase over the LM alone the datastores may cause on "
          "off-domain text.")]
+DocumentToleranceOpt = Annotated[float | None, typer.Option(
+    help="Also hold each off-domain document of 256 tokens or more within this increase "
+         "over the LM alone (default: the pooled bound alone).")]
+
+
+def _check_tolerances(relevance: float, document: float | None) -> None:
+    if relevance < 0:
+        raise SiloError(f"--relevance-tolerance must be >= 0, got {relevance}")
+    if document is not None and document < 0:
+        raise SiloError(f"--document-tolerance must be >= 0, got {document}")
 
 
 def _split_texts(files: list[Path], split: str, lm: SiloLM, max_tokens: int,
@@ -88,35 +98,40 @@ def tune(
              "smaller k searches faster); 0: the best.")] = 0.0,
     off_domain: OffDomainOpt = None,
     relevance_tolerance: ToleranceOpt = 0.01,
+    document_tolerance: DocumentToleranceOpt = None,
 ) -> None:
     """Tune kNN-LM's k, lambda and temperature per domain (and with --off-domain the
-    relevance weight); store the best with the datastore as its defaults."""
+    relevance weight, measured from the context's distance); store the best with the
+    datastore as its defaults."""
     from silo.lm import SiloLM
     from silo.model import DEFAULT_MODEL
     from silo.tuning import Grid, tune_for, tune_pointers, write_defaults
 
     if k_tolerance < 0:  # checked before any work starts, as the lists below
         raise SiloError(f"--k-tolerance must be >= 0, got {k_tolerance}")
-    if relevance_tolerance < 0:
-        raise SiloError(f"--relevance-tolerance must be >= 0, got {relevance_tolerance}")
+    _check_tolerances(relevance_tolerance, document_tolerance)
     candidates = _counts(pointers, "pointers") if pointers.strip() else []
     grid = Grid(tuple(int(k) for k in _floats(ks, "ks")), _floats(lams, "lams"),
                 _floats(temperatures, "temperatures"))
     lm = SiloLM.from_dirs(model or DEFAULT_MODEL, datastore)
     seqs = _split_texts(corpus, split, lm, max_tokens)
     off = _split_texts(off_domain, split, lm, max_tokens) if off_domain else None
-    best, points, report = tune_for(lm, seqs, off, grid, k_tolerance, relevance_tolerance)
+    best, points, report = tune_for(lm, seqs, off, grid, k_tolerance, relevance_tolerance,
+                                    document_tolerance)
     for name, p in points.items():
         console.print(f"{name}: k={p[0].k} lambda={p[0].lam} tau={p[0].temperature:g} "
                       f"ppl {p[0].perplexity:.2f}")
     if report is not None:
+        closest = ("" if report.feasible else
+                   " (no setting keeps off-domain text within the tolerance of the LM "
+                   "alone; the closest)")
         console.print(f"relevance d0={best.relevance:g} T={best.relevance_temperature:g} "
-                      f"lambda={best.lam}" + ("" if report.feasible else
-                      f" (no setting keeps off-domain text within {relevance_tolerance:.0%}"
-                      " of the LM alone; the closest)"))
+                      f"decay={best.relevance_decay:g} lambda={best.lam}{closest}")
         for name in report.parametric:
             console.print(f"  {name}: ppl LM {report.parametric[name]:.2f}, one weight "
                           f"{report.uniform[name]:.2f}, weighted {report.weighted[name]:.2f}")
+        console.print(f"  worst off-domain document: {report.worst_document:.3f} of the LM "
+                      "alone")
     if candidates:
         best, swept = tune_pointers(lm, seqs, best, candidates, pointer_tolerance)
         for point in swept:
@@ -167,6 +182,7 @@ def tune_set(
     max_tokens: Annotated[int, typer.Option(help="Tokens per domain.")] = 4096,
     off_domain: OffDomainOpt = None,
     relevance_tolerance: ToleranceOpt = 0.01,
+    document_tolerance: DocumentToleranceOpt = None,
 ) -> None:
     """Tune several datastores as a set for requests that combine them (the vote, each
     member's relevance weight shifted and scaled alike, one lambda); stored with every
@@ -184,8 +200,7 @@ def tune_set(
     if len(named) < 2:
         raise SiloError("--datastore must name at least two datastores, got "
                         f"{len(named)}")
-    if relevance_tolerance < 0:
-        raise SiloError(f"--relevance-tolerance must be >= 0, got {relevance_tolerance}")
+    _check_tolerances(relevance_tolerance, document_tolerance)
     loaded = load_lm(model or DEFAULT_MODEL)
     members = [(n, SiloLM(loaded.model, loaded.tokenizer,
                           Datastore.open(f, encoder_fingerprint=loaded.fingerprint)))
@@ -193,7 +208,7 @@ def tune_set(
     first = members[0][1]
     report = tune(members, _split_texts(corpus, split, first, max_tokens),
                   _split_texts(off_domain, split, first, max_tokens) if off_domain else None,
-                  relevance_tolerance)
+                  relevance_tolerance, document_tolerance)
     for d in report.own:
         console.print(f"{d}: ppl {report.own[d]:.2f} with each datastore's own weight, "
                       f"{report.tuned[d]:.2f} tuned as a set")
@@ -206,4 +221,4 @@ def tune_set(
         assert lm.datastore is not None
         write_set(lm.datastore.folder, list(named), params, report.vote)
         console.print(f"{name}: lambda={params.lam} relevance d0={params.relevance} "
-                      f"T={params.relevance_temperature:g}")
+                      f"T={params.relevance_temperature:g} decay={params.relevance_decay:g}")

@@ -20,7 +20,12 @@ from datastore.errors import InvalidInputError, NotFoundError
 APP = "server.app:create_app"
 CORPUS = Path(__file__).resolve().parents[2] / "data" / "corpus" / "foldoc.jsonl.gz"
 DEFAULT_DOCUMENTS = 3000  # FOLDOC entries in the default datastore: a first start in minutes
-TUNE_TOKENS = 4096  # held-out FOLDOC validation tokens the default's k, lambda, tau are tuned on
+# held-out validation tokens per domain the default is tuned on: FOLDOC's for k, lambda,
+# tau, and with the other domains' for the relevance weight. At 4,096 the Python docs'
+# validation text was one or two files, and a weight from the context's distance tuned on
+# it came out 3-15% worse than the LM on their test text (docs/BENCHMARKS.md, "Relevance
+# weight"); FOLDOC's held-out validation split holds about 10,700
+TUNE_TOKENS = 16384
 # the default's k: the smallest within this share of the best perplexity (collecting k
 # results is a large part of a fast-scan search; README, "Retune after a reindex")
 K_TOLERANCE = 0.015
@@ -28,6 +33,10 @@ K_TOLERANCE = 0.015
 # a quarter of the 1% it is held to on test text, since the Python docs' test split
 # came out 3-4% above their validation split at 1% (docs/BENCHMARKS.md, "Relevance weight")
 RELEVANCE_TOLERANCE = 0.0025
+# and each validation document of such text (of 256 tokens or more) at most 1% worse: a
+# weight from the context's distance treats a document alike all through, and the Python
+# docs' test split came out 1.0-2.4% worse at the pooled bound alone (docs/BENCHMARKS.md)
+DOCUMENT_TOLERANCE = 0.01
 # text the default datastore does not cover (public domain and permissive: the pd+sw
 # validation split), on which its relevance weight is tuned to leave the LM alone
 OFF_DOMAIN = tuple(CORPUS.parent / f"{name}.jsonl.gz" for name in ("kjv", "wordnet", "pydoc"))
@@ -93,9 +102,9 @@ def default_datastore(model: Path) -> Path:
 
 def tune_default(folder: Path, model: Path) -> None:
     """Tune k, lambda and tau on FOLDOC validation documents that are not in the store,
-    and the relevance weight on validation text of other domains, and store them with
-    it, so clients that know nothing of SILO get tuned kNN-LM that leaves text outside
-    FOLDOC to the LM."""
+    and the relevance weight (measured from the context's distance: silo.relevance) on
+    validation text of other domains, and store them with it, so clients that know
+    nothing of SILO get tuned kNN-LM that leaves text outside FOLDOC to the LM."""
     from silo.corpus.jsonl import read_corpus, split_of
     from silo.evaluate import domain_sequences
     from silo.lm import SiloLM
@@ -108,7 +117,8 @@ def tune_default(folder: Path, model: Path) -> None:
     others = (d for d in read_corpus([p for p in OFF_DOMAIN if p.exists()])
               if split_of(d.doc_id) == "valid")
     off = domain_sequences(others, lm.encode, lm.eos_id, TUNE_TOKENS)
-    best, points, report = tune_for(lm, seqs, off, Grid(), K_TOLERANCE, RELEVANCE_TOLERANCE)
+    best, points, report = tune_for(lm, seqs, off, Grid(), K_TOLERANCE, RELEVANCE_TOLERANCE,
+                                    DOCUMENT_TOLERANCE)
     used = {d: sum(len(s) - 1 for s in ss) for d, ss in {**seqs, **off}.items()}
     write_defaults(folder, best, {d: p[0] for d, p in points.items()},
                    note=f"tuned at first start on held-out validation tokens {used}",

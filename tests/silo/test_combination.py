@@ -21,6 +21,7 @@ from silo.combination import (
 )
 from silo.knnlm import KnnParams, interpolate, knn_log_probs
 from silo.lm import GenerationRequest, ScoreRequest, SiloConfig, SiloLM, SiloOptions
+from silo.relevance import smooth
 from silo.ric import RicParams
 from silo.tuning import knn_target_prob, nearest_distances
 from tests.conftest import make_documents
@@ -162,17 +163,28 @@ def _lp(lm: SiloLM, options: SiloOptions, ids: tuple[int, ...]) -> np.ndarray:
     return np.array(res.token_logprobs[1:], dtype=np.float64)
 
 
-def _relevant(lm: SiloLM, ids: tuple[int, ...]) -> SiloLM:
-    """`lm` with a relevance weight at the median nearest distance of `ids`."""
+def _relevant(lm: SiloLM, ids: tuple[int, ...], decay: float = 0.0) -> SiloLM:
+    """`lm` with a relevance weight at the median nearest distance of `ids` (measured
+    from the context's distance at `decay`: silo.relevance)."""
     near = nearest_distances(lm.target_scores([ids], SiloOptions("knnlm"), 4), 4)
     weight = KnnParams(4, 0.6, 2.0, relevance=float(np.median(near)),
-                       relevance_temperature=float(near.std()) or 1.0)
+                       relevance_temperature=float(near.std()) or 1.0, relevance_decay=decay)
     return SiloLM(lm.model, lm.tokenizer, lm.datastore, CFG, weight)
 
 
-def test_a_combination_scores_the_mixture_of_its_members(members: dict[str, SiloLM]) -> None:
+def _context(near: np.ndarray, decay: float) -> np.ndarray:
+    """One sequence's context distances (silo.relevance) from its nearest (n,)."""
+    first = np.zeros(len(near), dtype=bool)
+    first[0] = True
+    return smooth(near[:, None], first, (decay,))[0][:, 0]
+
+
+@pytest.mark.parametrize("decays", [(0.0, 0.0), (0.8, 0.5)], ids=["position", "context"])
+def test_a_combination_scores_the_mixture_of_its_members(members: dict[str, SiloLM],
+                                                         decays: tuple[float, float]) -> None:
     ids = prompt_ids(members["bible"])[:20]
-    a, b = _relevant(members["bible"], ids), _relevant(members["dict"], ids)
+    a, b = (_relevant(members[n], ids, d) for n, d in zip(("bible", "dict"), decays,
+                                                          strict=True))
     both = SiloLM.combine([("bible", a), ("dict", b)])
     opts = SiloOptions("knnlm", attribution=True)
     res = both.score([ScoreRequest(ids, options=opts)])[0]
@@ -180,7 +192,8 @@ def test_a_combination_scores_the_mixture_of_its_members(members: dict[str, Silo
     # by hand, from each member's own neighbours
     p_lm = np.exp(_lp(a, SiloOptions("parametric"), ids))
     scores = [m.target_scores([ids], SiloOptions("knnlm"), 4) for m in (a, b)]
-    s = np.stack([(m.defaults.relevance - nearest_distances(sc, 4))  # type: ignore[operator]
+    s = np.stack([(m.defaults.relevance  # type: ignore[operator]
+                   - _context(nearest_distances(sc, 4), m.defaults.relevance_decay))
                   / m.defaults.relevance_temperature
                   for m, sc in zip((a, b), scores, strict=True)], 1)
     a_i = np.exp(s) / (1 + np.exp(s).sum(1, keepdims=True)) * 0.6

@@ -160,10 +160,12 @@ def test_filtered_output_equals_a_datastore_without_the_documents(
     near = nearest_distances(a.target_scores([ids], SiloOptions("knnlm"), 6, scope), 6)
     weight = KnnParams(relevance=float(np.median(near)),
                        relevance_temperature=float(near.std()) or 1.0)
-    a = SiloLM(tiny_lm, tiny_tokenizer, store, cfg, weight)
-    b = SiloLM(tiny_lm, tiny_tokenizer, reduced, cfg, weight)
-    # pointers 0: a search per position; 2: pointers followed where two remain
-    for base, pointers in itertools.product(ALL[1:], (0, 2)):
+    # pointers 0: a search per position; 2: pointers followed where two remain; the
+    # weight measured from each position, and from the context's distance
+    for base, pointers, decay in itertools.product(ALL[1:], (0, 2), (0.0, 0.8)):
+        a = SiloLM(tiny_lm, tiny_tokenizer, store, cfg, replace(weight, relevance_decay=decay))
+        b = SiloLM(tiny_lm, tiny_tokenizer, reduced, cfg, replace(weight,
+                                                                   relevance_decay=decay))
         opts = SiloOptions(base.mode, k=6, lam=0.5, knn_temperature=2.0, license_classes=policy,
                            attribution=True, ric=base.ric, pointers=pointers,
                            relevance=pointers == 0)  # with and without the weight

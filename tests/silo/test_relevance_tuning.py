@@ -1,5 +1,5 @@
 """Tuning the relevance weight on synthetic scores: far text left to the LM, near text
-keeping the gain."""
+keeping the gain, and the context's distance where one position's is not enough."""
 
 from __future__ import annotations
 
@@ -55,3 +55,72 @@ def test_when_no_setting_is_within_the_tolerance_the_closest_is_taken() -> None:
     assert not report.feasible
     worst = report.weighted["off:x"] / report.parametric["off:x"]
     assert 1.0 < worst < report.uniform["off:x"] / report.parametric["off:x"]
+
+
+
+
+def _noisy(seqs: int, length: int, centre: float, helpful: bool, seed: int,
+           ) -> TargetScores:
+    """Sequences whose tokens' nearest distances scatter widely around `centre` (one
+    position's distance says little; a sequence's average says much), 8 neighbours all
+    voting for the target (`helpful`) or for another token."""
+    rng = np.random.default_rng(seed)
+    n = seqs * length
+    near = centre + rng.uniform(-2.0, 2.0, n)
+    d = (near[:, None] + np.linspace(0.0, 0.5, 8)[None, :]).astype(np.float32)
+    targets = rng.integers(0, 50, n)
+    values = np.repeat((targets if helpful else targets + 1)[:, None], 8, axis=1)
+    first = np.zeros(n, dtype=bool)
+    first[::length] = True
+    return TargetScores(np.full(n, np.log(0.1)), d, values, targets, first)
+
+
+def test_the_context_distance_keeps_more_of_the_gain_where_one_position_cannot_tell() -> None:
+    own = {"a": _noisy(20, 60, 3.0, True, 0)}
+    off = {"x": _noisy(20, 60, 5.0, False, 1)}
+    best = GridPoint(8, 0.5, 1.0, 0.0)
+    alone = tune_relevance(own, off, best, (0.5, 0.9), tolerance=0.01, decays=(0.0,))
+    context = tune_relevance(own, off, best, (0.5, 0.9), tolerance=0.01)
+    assert alone.feasible and context.feasible
+    assert alone.choice.relevance_decay == 0.0 and context.choice.relevance_decay > 0.0
+    # within the same bound on the far text, the near text is much better off
+    assert context.weighted["off:x"] <= 1.01 * context.parametric["off:x"]
+    assert context.weighted["own:a"] < 0.8 * alone.weighted["own:a"]
+    # the figures are those of the mixture at the chosen parameters, sequence by sequence
+    for name, scores in (("own:a", own["a"]), ("off:x", off["x"])):
+        got = float(np.exp(-mixed_logprob(scores, context.choice.params).mean()))
+        assert got == pytest.approx(context.weighted[name], rel=1e-6)
+
+
+def _joined(*parts: TargetScores) -> TargetScores:
+    """The sequences of several scores, one after another."""
+    return TargetScores(*(np.concatenate([getattr(p, f) for p in parts])
+                          for f in ("lm_logprob", "distances", "values", "targets", "first")))
+
+
+def _worst_document(scores: TargetScores, params: GridPoint) -> float:
+    """The largest perplexity ratio to the LM over documents of 256 tokens or more,
+    written out."""
+    mixed = mixed_logprob(scores, params.params)
+    starts = [*np.flatnonzero(scores.starts), len(mixed)]
+    ratios = [np.exp(scores.lm_logprob[a:b].mean() - mixed[a:b].mean())
+              for a, b in zip(starts, starts[1:], strict=False) if b - a >= 256]
+    return float(max(ratios, default=1.0))
+
+
+def test_a_document_tolerance_holds_every_long_document_to_it() -> None:
+    own = {"a": _noisy(20, 60, 3.0, True, 0)}
+    # far documents, one nearer the own domain all through but not helped by it, and
+    # short ones as near as the own domain, which are not held to the document bound
+    off = {"x": _joined(_noisy(10, 300, 7.0, False, 1), _noisy(1, 300, 4.0, False, 2),
+                        _noisy(4, 40, 3.0, False, 3))}
+    best = GridPoint(8, 0.5, 1.0, 0.0)
+    pooled = tune_relevance(own, off, best, (0.5, 0.9), tolerance=0.05)
+    held = tune_relevance(own, off, best, (0.5, 0.9), tolerance=0.05, document_tolerance=0.01)
+    assert pooled.feasible and held.feasible
+    for report in (pooled, held):
+        assert report.worst_document == pytest.approx(
+            _worst_document(off["x"], report.choice), rel=1e-9)
+    assert pooled.worst_document > 1.01 >= held.worst_document
+    # the bound costs the own domain something, and the pooled choice was the better there
+    assert pooled.weighted["own:a"] < held.weighted["own:a"]

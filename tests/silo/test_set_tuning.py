@@ -13,7 +13,15 @@ from datastore.config import DatastoreConfig
 from datastore.store.datastore import Datastore
 from silo.knnlm import KnnParams
 from silo.lm import ScoreRequest, SiloLM, SiloOptions
-from silo.set_tuning import candidates, choose, read_set, set_key, write_set
+from silo.set_tuning import (
+    SetReport,
+    candidates,
+    choose,
+    combined_logprob,
+    read_set,
+    set_key,
+    write_set,
+)
 from silo.tuning import TargetScores, read_defaults
 from tests.conftest import make_documents
 from tests.silo.conftest import saved_model
@@ -119,7 +127,43 @@ def test_tune_set_command_stores_what_the_combination_uses(
     assert none.exit_code == 2 and "no valid documents" in none.output
     bad = CliRunner().invoke(app, [*args, "--relevance-tolerance", "-1"])
     assert bad.exit_code == 2 and "--relevance-tolerance must be >= 0" in bad.output
+    bad = CliRunner().invoke(app, [*args, "--document-tolerance", "-1"])
+    assert bad.exit_code == 2 and "--document-tolerance must be >= 0" in bad.output
     # text no member covers, as `silo tune --off-domain` takes it
-    off = CliRunner().invoke(app, [*args, "--off-domain", str(corpus_file)])
+    off = CliRunner().invoke(app, [*args, "--off-domain", str(corpus_file),
+                                   "--document-tolerance", "0.01"])
     assert off.exit_code == 0, off.output
     assert "(off-domain)" in off.output and "of the LM alone" in off.output
+
+
+def _docs(*parts: TargetScores) -> TargetScores:
+    """The parts one after another, each a document (TargetScores.first)."""
+    joined = [np.concatenate([getattr(p, f) for p in parts])
+              for f in ("lm_logprob", "distances", "values", "targets")]
+    first = np.concatenate([np.eye(1, len(p.targets), dtype=bool)[0] for p in parts])
+    return TargetScores(*joined, first)
+
+
+def test_a_set_holds_each_off_domain_document_and_its_members_context_distances() -> None:
+    own = [KnnParams(4, 0.5, 1.0, relevance=0.2, relevance_temperature=0.5,
+                     relevance_decay=0.9)] * 2
+    scores = {"a": [_member(300, 0.0, True, 1), _member(300, 4.0, False, 2)],
+              "b": [_member(300, 4.0, False, 3), _member(300, 0.0, True, 4)]}
+    # a long far document, and one as near as the members' own text but not helped
+    off = {"x": [_docs(_member(2700, 6.0, False, 5), _member(300, 1.5, False, 6)),
+                 _docs(_member(2700, 6.0, False, 7), _member(300, 1.5, False, 8))]}
+    pooled = choose(scores, own, off, tolerance=0.05)
+    held = choose(scores, own, off, tolerance=0.05, document_tolerance=0.01)
+
+    def near_document(report: SetReport) -> float:  # the near document's ratio to the LM
+        x = combined_logprob(off["x"], report.members, report.vote)[2700:]
+        return math.exp(off["x"][0].lm_logprob[2700:].mean() - x.mean())
+
+    assert near_document(pooled) > 1.01 >= near_document(held)
+    assert held.tuned["a"] > pooled.tuned["a"]  # the bound costs the members' own text
+    # the figures are the mixture's at the choice, each member's context distances
+    # computed afresh
+    for d in scores:
+        fresh = combined_logprob(scores[d], held.members, held.vote)
+        assert held.tuned[d] == pytest.approx(math.exp(-fresh.mean()), rel=1e-12)
+    assert all(p.relevance_decay == 0.9 for p in held.members)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -99,11 +100,22 @@ def test_defaults_round_trip_and_become_silolm_defaults(lm: SiloLM, tmp_path: Pa
 def test_relevance_defaults_round_trip(tmp_path: Path) -> None:
     write_defaults(tmp_path, GridPoint(64, 0.7, 40.0, 12.0), {})
     assert not has_relevance(tmp_path)
-    point = GridPoint(64, 0.9, 40.0, 12.0, relevance=55.5, relevance_temperature=3.0)
+    point = GridPoint(64, 0.9, 40.0, 12.0, relevance=55.5, relevance_temperature=3.0,
+                      relevance_decay=0.95)
     write_defaults(tmp_path, point, {})
     assert has_relevance(tmp_path)
     assert read_defaults(tmp_path) == point.params
     assert read_defaults(tmp_path).relevance == 55.5  # type: ignore[union-attr]
+    assert read_defaults(tmp_path).relevance_decay == 0.95  # type: ignore[union-attr]
+    # defaults stored before the context's distance existed read back with decay 0, and
+    # do not count as tuned with it (the default datastore is tuned again once)
+    path = tmp_path / "silo_knnlm.json"
+    data = json.loads(path.read_text())
+    del data["default"]["relevance_decay"]
+    path.write_text(json.dumps(data))
+    assert read_defaults(tmp_path) == replace(point, relevance_decay=0.0).params
+    assert not has_relevance(tmp_path)
+    write_defaults(tmp_path, point, {})
     # without a uniform point, a request without the weight takes the same k, lam, tau
     assert read_defaults(tmp_path, relevance=False) == GridPoint(64, 0.9, 40.0, 0.0).params
     write_defaults(tmp_path, point, {}, uniform=GridPoint(64, 0.5, 20.0, 14.0))
@@ -192,15 +204,19 @@ def test_tune_command_stores_defaults_the_next_silolm_uses(
     assert bad.exit_code == 2 and "--k-tolerance" in bad.output
     bad = CliRunner().invoke(app, [*args, "--relevance-tolerance", "-0.1"])
     assert bad.exit_code == 2 and "--relevance-tolerance" in bad.output
+    bad = CliRunner().invoke(app, [*args, "--document-tolerance", "-0.1"])
+    assert bad.exit_code == 2 and "--document-tolerance must be >= 0" in bad.output
     assert read_defaults(tmp_path / "ds") == stored  # refused before any work
     # text from outside the datastore: the relevance weight is tuned and stored too
     off = tmp_path / "off.jsonl"
     off.write_text("".join(json.dumps({"id": f"zz/{i}", "text": t, "source": "zz",
                                        "license": "CC0-1.0", "license_class": "pd"}) + "\n"
                            for i, t in enumerate(["qqq zzz xxj vvw " * 8, "kkq jjz " * 12])))
-    result = CliRunner().invoke(app, [*args, "--off-domain", str(off), "--pointers", ""])
+    result = CliRunner().invoke(app, [*args, "--off-domain", str(off), "--pointers", "",
+                                      "--document-tolerance", "0.01"])
     assert result.exit_code == 0, result.output
     assert "relevance d0=" in result.output and "off:zz: ppl LM" in result.output
+    assert " decay=" in result.output and "worst off-domain document" in result.output
     tuned = read_defaults(tmp_path / "ds")
     assert tuned is not None and tuned.relevance is not None and has_relevance(tmp_path / "ds")
     again = SiloLM.from_dirs(model_dir, tmp_path / "ds")
