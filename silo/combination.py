@@ -34,17 +34,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from datastore.errors import InvalidInputError
 from silo.knnlm import (
+    FLOAT32_TAU,
     KnnParams,
-    knn_log_probs,
     mix,
     nearest_distance,
     relative_logits,
-    target_neighbour_mass,
 )
 
 
@@ -55,6 +55,42 @@ def columns(members: Sequence[KnnParams]) -> list[slice]:
         out.append(slice(start, start + p.k))
         start += p.k
     return out
+
+
+@dataclass(frozen=True)
+class Votes:
+    """One member's neighbours as they vote, from one pass over its (n, k) block: the
+    log softmax(-d / tau) weights (n, k) float32 (-inf at padding), each row's nearest
+    distance d_1 (n,) float64 and log Z = log sum_j e^{-d_j / tau} (n,) float64 (inf
+    and -inf for a row without a neighbour)."""
+
+    log_weights: torch.Tensor
+    nearest: torch.Tensor
+    log_mass: torch.Tensor
+
+    @classmethod
+    def of(cls, distances: torch.Tensor, values: torch.Tensor, temperature: float) -> Votes:
+        """As silo.knnlm.neighbour_log_weights computes the weights (float64 below
+        FLOAT32_TAU), with log Z summed from the nearest so that it cannot underflow."""
+        dtype = torch.float32 if temperature >= FLOAT32_TAU else torch.float64
+        logits, nearest, none = relative_logits(distances, values, temperature, dtype)
+        log_weights = torch.log_softmax(logits, dim=1).masked_fill_(none, -math.inf)
+        rest = torch.logsumexp(logits, dim=1, keepdim=True).double()
+        log_mass = (rest - nearest.double() / temperature).masked_fill(none, -math.inf)
+        return cls(log_weights.float(), nearest.double()[:, 0], log_mass[:, 0])
+
+    def target_mass(self, values: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(n, k) each neighbour's weight where it voted for its row's target, else 0
+        (silo.knnlm.target_neighbour_mass)."""
+        weights = self.log_weights.exp()
+        return torch.where(values == targets[:, None], weights, torch.zeros_like(weights))
+
+
+def member_votes(distances: torch.Tensor, values: torch.Tensor,
+                 members: Sequence[KnnParams]) -> list[Votes]:
+    """Each member's Votes from its columns of the side-by-side block."""
+    return [Votes.of(distances[:, c], values[:, c], p.temperature)
+            for c, p in zip(columns(members), members, strict=True)]
 
 
 def member_nearest(distances: torch.Tensor, values: torch.Tensor,
@@ -80,11 +116,17 @@ def member_weights(distances: torch.Tensor, values: torch.Tensor,
                    context: torch.Tensor | None = None) -> torch.Tensor:
     """b_i per row and member under the vote: (n, sum k) each -> (n, M) float64;
     `context` (n, M) the distances relevance is measured from, where not d_1."""
-    nearest = member_nearest(distances, values, members)
+    return weights_of(member_votes(distances, values, members), members, vote, context)
+
+
+def weights_of(votes: Sequence[Votes], members: Sequence[KnnParams], vote: str = DEFAULT_VOTE,
+               context: torch.Tensor | None = None) -> torch.Tensor:
+    """`member_weights` from the members' Votes."""
+    nearest = torch.stack([v.nearest for v in votes], 1)
     shares = relevance_shares(nearest, members, context)
     if check_vote(vote) == "separate":
         return shares
-    return joint_shares(distances, values, members, shares, nearest)
+    return joint_shares(torch.stack([v.log_mass for v in votes], 1), members, shares, nearest)
 
 
 def relevance_shares(nearest: torch.Tensor, members: Sequence[KnnParams],
@@ -108,11 +150,10 @@ def relevance_shares(nearest: torch.Tensor, members: Sequence[KnnParams],
     return w * lams
 
 
-def joint_shares(distances: torch.Tensor, values: torch.Tensor, members: Sequence[KnnParams],
-                 shares: torch.Tensor, nearest: torch.Tensor) -> torch.Tensor:
-    """b_i of the joint vote from the shares a_i (n, M) and the nearest distances."""
-    log_z = torch.stack([_log_mass(distances[:, c], values[:, c], p.temperature)
-                         for c, p in zip(columns(members), members, strict=True)], 1)
+def joint_shares(log_z: torch.Tensor, members: Sequence[KnnParams], shares: torch.Tensor,
+                 nearest: torch.Tensor) -> torch.Tensor:
+    """b_i of the joint vote from each member's log Z (n, M), the shares a_i (n, M) and
+    the nearest distances."""
     total = shares.sum(1, keepdim=True)
     logits = torch.log(shares) + log_z
     # every logit -inf with a share somewhere: tau so small that -d_1 / tau overflows;
@@ -127,25 +168,18 @@ def joint_shares(distances: torch.Tensor, values: torch.Tensor, members: Sequenc
     return total * split
 
 
-def _log_mass(distances: torch.Tensor, values: torch.Tensor, temperature: float,
-              ) -> torch.Tensor:
-    """log Z = log sum_j e^{-d_j / tau} over each row's valid neighbours (n,) float64,
-    summed from the nearest so that the sum cannot underflow; -inf for a row without a
-    neighbour."""
-    logits, nearest, none = relative_logits(distances, values, temperature, torch.float64)
-    rest = torch.logsumexp(logits, dim=1, keepdim=True)
-    return (rest - nearest / temperature).masked_fill(none, -math.inf)[:, 0]
-
-
 def combined_log_probs(lm: torch.Tensor, distances: torch.Tensor, values: torch.Tensor,
                        members: Sequence[KnnParams], vocab_size: int,
                        vote: str = DEFAULT_VOTE, context: torch.Tensor | None = None,
                        ) -> torch.Tensor:
     """The mixture over the vocabulary: lm (n, V) -> (n, V) float32."""
-    weights = member_weights(distances, values, members, vote, context)
-    knn = [knn_log_probs(distances[:, c], values[:, c], vocab_size, p.temperature)
-           for c, p in zip(columns(members), members, strict=True)]
-    return mix(lm, knn, weights)
+    votes = member_votes(distances, values, members)
+    knn = []
+    for c, v in zip(columns(members), votes, strict=True):
+        probs = torch.zeros(len(values), vocab_size, dtype=torch.float32, device=values.device)
+        # padding adds 0 to token 0 (silo.knnlm.knn_log_probs)
+        knn.append(probs.scatter_add_(1, values[:, c].clamp(min=0), v.log_weights.exp()).log())
+    return mix(lm, knn, weights_of(votes, members, vote, context))
 
 
 def combined_target_log_probs(lm_target: torch.Tensor, distances: torch.Tensor,
@@ -153,10 +187,10 @@ def combined_target_log_probs(lm_target: torch.Tensor, distances: torch.Tensor,
                               members: Sequence[KnnParams], vote: str = DEFAULT_VOTE,
                               context: torch.Tensor | None = None) -> torch.Tensor:
     """The mixture at each row's target only: lm_target (n,) -> (n,)."""
-    weights = member_weights(distances, values, members, vote, context)
-    knn = [target_neighbour_mass(distances[:, c], values[:, c], targets, p.temperature)
-           .sum(1).log()[:, None] for c, p in zip(columns(members), members, strict=True)]
-    return mix(lm_target[:, None], knn, weights)[:, 0]
+    votes = member_votes(distances, values, members)
+    knn = [v.target_mass(values[:, c], targets).sum(1).log()[:, None]
+           for c, v in zip(columns(members), votes, strict=True)]
+    return mix(lm_target[:, None], knn, weights_of(votes, members, vote, context))[:, 0]
 
 
 def contributions(distances: torch.Tensor, values: torch.Tensor, targets: torch.Tensor,
@@ -164,9 +198,9 @@ def contributions(distances: torch.Tensor, values: torch.Tensor, targets: torch.
                   context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Each neighbour's share of its row's target in the mixture, b_i times its kNN
     mass: (n, sum k) float64; and the weights b_i (n, M)."""
-    weights = member_weights(distances, values, members, vote, context)
-    mass = torch.cat([target_neighbour_mass(distances[:, c], values[:, c], targets,
-                                            p.temperature).double() * weights[:, i, None]
-                      for i, (c, p) in enumerate(zip(columns(members), members, strict=True))],
+    votes = member_votes(distances, values, members)
+    weights = weights_of(votes, members, vote, context)
+    mass = torch.cat([v.target_mass(values[:, c], targets).double() * weights[:, i, None]
+                      for i, (c, v) in enumerate(zip(columns(members), votes, strict=True))],
                      dim=1)
     return mass, weights

@@ -93,9 +93,10 @@ class KnnParams:
 def nearest_distance(distances: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """(n,) the smallest valid neighbour distance of each row (float64; inf for a row
     without one)."""
-    d = distances.to(torch.float64, copy=True)
-    d.masked_fill_((values < 0) | torch.isnan(distances), math.inf)
-    return d.amin(dim=1)
+    # the minimum in the distances' own dtype, then widened: the same value, without a
+    # float64 copy of the whole block
+    d = distances.masked_fill((values < 0) | torch.isnan(distances), math.inf)
+    return d.amin(dim=1).to(torch.float64)
 
 
 def relevance_of(nearest: torch.Tensor, d0: float, temperature: float) -> torch.Tensor:
