@@ -7,7 +7,9 @@ Stores: the first --docs train-split documents of each domain (doc-id split,
 built from the same keys (no second forward pass). Each store is tuned as `silo tune`
 tunes it: the k, lambda, tau grid on its domain's validation text, then the relevance
 weight against the validation text of the other two domains and of the pd+sw domains it
-does not cover (KJV, WordNet, the Python docs). The merged store is tuned on all three
+does not cover (KJV, WordNet, the Python docs), measured from the context's distance and
+at the tolerances `silo serve` tunes its default at (0.25% pooled, 1% a document), on
+--tune-tokens validation tokens per domain. The merged store is tuned on all three
 domains (`best_overall`). Measured on the test split, up to --tokens per domain, with
 the mixtures SiloLM computes (`silo.knnlm`, `silo.combination`) over one search per
 token and store:
@@ -23,7 +25,8 @@ token and store:
     tuned as a set  the same, tuned as `silo tune-set` tunes it on the three domains'
                     validation text (silo.set_tuning): with the separate vote alone,
                     the joint vote alone, and either vote with the pd+sw validation
-                    text kept within 1% of the LM (`--off-domain`; stored and served)
+                    text kept within the default's tolerances (`--off-domain`; stored
+                    and served)
 
 Besides the three domains' perplexities, each method's perplexity over the LM's on the
 test split of the pd+sw text no store covers (KJV, WordNet, the Python docs).
@@ -95,7 +98,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--model", type=Path, default=Path("models/silo-small"))
     ap.add_argument("--out", type=Path, default=Path("runs/combination"))
     ap.add_argument("--docs", type=int, default=2000, help="Train documents per domain.")
-    ap.add_argument("--tokens", type=int, default=4096, help="Tokens per domain and split.")
+    ap.add_argument("--tokens", type=int, default=4096, help="Test tokens per domain.")
+    ap.add_argument("--tune-tokens", type=int, default=16384,
+                    help="Validation tokens per domain to tune on.")
     ap.add_argument("--build-only", action="store_true")
     ap.add_argument("--speed", action="store_true",
                     help="Only the served cost: three datastores against the largest alone.")
@@ -206,6 +211,7 @@ def speed(args: argparse.Namespace, paths: dict[str, Path]) -> None:
 
 def evaluate(args: argparse.Namespace, paths: dict[str, Path]) -> None:
 
+    from silo.cli.serve_cmd import DOCUMENT_TOLERANCE, RELEVANCE_TOLERANCE
     from silo.combination import DEFAULT_VOTE, VOTES
     from silo.evaluate import domain_sequences
     from silo.knnlm import KnnParams
@@ -226,25 +232,27 @@ def evaluate(args: argparse.Namespace, paths: dict[str, Path]) -> None:
         return SiloLM(loaded.model, loaded.tokenizer,
                       Datastore.open(path, encoder_fingerprint=loaded.fingerprint))
 
-    def seqs(names: Sequence[str], split: str) -> dict[str, list[tuple[int, ...]]]:
+    def seqs(names: Sequence[str], split: str, tokens: int) -> dict[str, list[tuple[int, ...]]]:
         docs = [d for n in names for d in held_docs(n, split)]
-        return domain_sequences(docs, base.encode, base.eos_id, args.tokens)
+        return domain_sequences(docs, base.encode, base.eos_id, tokens)
 
-    valid = seqs((*DOMAINS, *OFF), "valid")
-    test = seqs(DOMAINS, "test")
-    test_off = seqs(OFF, "test")
+    valid = seqs((*DOMAINS, *OFF), "valid", args.tune_tokens)
+    test = seqs(DOMAINS, "test", args.tokens)
+    test_off = seqs(OFF, "test", args.tokens)
     tuned: dict[str, KnnParams] = {}
     for name in (*DOMAINS, "merged"):
         lm = open_lm(paths[name])
         own = {d: valid[d] for d in (DOMAINS if name == "merged" else (name,))}
         off = None if name == "merged" else {d: s for d, s in valid.items() if d != name}
-        best, points, report = tune_for(lm, own, off, Grid())
+        best, points, report = tune_for(lm, own, off, Grid(), 0.0, RELEVANCE_TOLERANCE,
+                                        DOCUMENT_TOLERANCE)
         write_defaults(paths[name], best, {d: p[0] for d, p in points.items()},
                        note="bench/combination.py",
                        uniform=report.uniform_point if report else None)
         tuned[name] = best.params
         print(f"{name}: k={best.k} lambda={best.lam} tau={best.temperature:g} "
-              f"relevance={best.relevance} T={best.relevance_temperature:g}", flush=True)
+              f"relevance={best.relevance} T={best.relevance_temperature:g} "
+              f"decay={best.relevance_decay:g}", flush=True)
     lms = {n: open_lm(paths[n]) for n in (*DOMAINS, "merged")}
     scores: dict[tuple[str, str], TargetScores] = {}
     for n, lm in lms.items():
@@ -260,10 +268,12 @@ def evaluate(args: argparse.Namespace, paths: dict[str, Path]) -> None:
     on = {d: held[d] for d in DOMAINS}
     sets = {"separate": choose(on, members, votes=("separate",)),
             "joint": choose(on, members, votes=("joint",)),
-            "off": choose(on, members, {d: held[d] for d in OFF})}
+            "off": choose(on, members, {d: held[d] for d in OFF}, RELEVANCE_TOLERANCE,
+                          document_tolerance=DOCUMENT_TOLERANCE)}
     for label, rep in sets.items():
         print(f"tuned as a set ({label}): vote {rep.vote}, " + ", ".join(
-            f"{n} lambda {p.lam} d0 {p.relevance:.0f} T {p.relevance_temperature:.0f}"
+            f"{n} lambda {p.lam} d0 {p.relevance:.0f} T {p.relevance_temperature:.0f} "
+            f"decay {p.relevance_decay:g}"
             for n, p in zip(DOMAINS, rep.members, strict=True))
             + "".join(f", {d} {r:.3f}" for d, r in rep.off.items()), flush=True)
     as_set = list(sets["off"].members)

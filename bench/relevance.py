@@ -10,9 +10,12 @@ datastore's own domain the share of the one-weight gain the weight keeps (in log
 perplexity). Then the greedy continuation of a prompt outside the domain, both ways.
 
 With --tolerances, the trade-off: for each tolerance the weight is tuned again on the
-validation split (`silo.relevance_tuning.tune_relevance` at the stored k and tau, from the grid's
-one-weight lambda) and measured on the test split (`silo.tuning.mixed_logprob`, the
-mixture SiloLM computes, on one k-neighbour search per token).
+validation split (`silo.relevance_tuning.tune_relevance` at the stored k and tau, from the
+grid's one-weight lambda; --tune-tokens per domain, as the default is tuned) and measured
+on the test split (`silo.tuning.mixed_logprob`, the mixture SiloLM computes, on one
+k-neighbour search per token): with the weight from each position alone (decay 0), from
+the context's distance (the decay tuned too, silo.relevance), and from the context's
+distance with each off-domain validation document also held within 1% (as the default).
 
     SILO_CACHE_DIR=... python bench/relevance.py --tokens 4096 --tolerances 0,0.01,0.05
     python bench/relevance.py --datastore STORE --model MODEL --tokens 4096
@@ -28,11 +31,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from silo.cli.serve_cmd import CORPUS, DEFAULT_DOCUMENTS, OFF_DOMAIN  # noqa: E402
+from silo.cli.serve_cmd import (  # noqa: E402
+    CORPUS,
+    DEFAULT_DOCUMENTS,
+    DOCUMENT_TOLERANCE,
+    OFF_DOMAIN,
+    TUNE_TOKENS,
+)
 from silo.corpus.jsonl import read_corpus, split_of  # noqa: E402
 from silo.evaluate import domain_sequences  # noqa: E402
 from silo.lm import GenerationRequest, ScoreRequest, SiloLM, SiloOptions  # noqa: E402
-from silo.relevance_tuning import tune_relevance  # noqa: E402
+from silo.relevance_tuning import RELEVANCE_DECAYS, tune_relevance  # noqa: E402
 from silo.tuning import GridPoint, mixed_logprob, perplexity  # noqa: E402
 
 PROMPT = "The Lord said unto Moses,"
@@ -59,32 +68,40 @@ def split_domains(lm: SiloLM, split: str, tokens: int) -> dict[str, list[tuple[i
             **domain_sequences(others, lm.encode, lm.eos_id, tokens)}
 
 
-def trade_off(lm: SiloLM, test: dict[str, list[tuple[int, ...]]], tokens: int,
+def trade_off(lm: SiloLM, test: dict[str, list[tuple[int, ...]]], tune_tokens: int,
               tolerances: list[float]) -> None:
-    """The weight tuned again on validation text at each tolerance, measured on `test`."""
-    valid = split_domains(lm, "valid", tokens)
+    """The weight tuned again on validation text at each tolerance, measured on `test`:
+    from each position alone, and from the context's distance."""
+    valid = split_domains(lm, "valid", tune_tokens)
     u = lm.uniform_defaults
     k = u.k
     scores = {split: {d: lm.target_scores(s, SiloOptions("knnlm"), k) for d, s in doms.items()}
               for split, doms in (("valid", valid), ("test", test))}
     own = "foldoc"
     best = GridPoint(k, u.lam, u.temperature, 0.0)
-    print("| tolerance | lambda | d0 | T | FOLDOC ppl (LM, one weight, weighted) | gain kept | "
-          + " | ".join(f"{d} / LM" for d in test if d != own) + " |")
-    print("| --- " * (6 + len(test) - 1) + "|")
+    print(f"validation tokens: { {d: len(s.targets) for d, s in scores['valid'].items()} }")
+    print("| tolerance | weight from | decay | lambda | d0 | T | FOLDOC ppl (LM, one weight, "
+          "weighted) | gain kept | " + " | ".join(f"{d} / LM" for d in test if d != own) + " |")
+    print("| --- " * (8 + len(test) - 1) + "|")
     for tol in tolerances:
-        report = tune_relevance({own: scores["valid"][own]},
-                                {d: s for d, s in scores["valid"].items() if d != own},
-                                best, tolerance=tol)
-        c = report.choice
-        ppl = {d: (perplexity(s.lm_logprob), perplexity(mixed_logprob(s, best.params)),
-                   perplexity(mixed_logprob(s, c.params))) for d, s in scores["test"].items()}
-        lm_, one, w = ppl[own]
-        kept = (math.log(lm_) - math.log(w)) / (math.log(lm_) - math.log(one))
-        print(f"| {tol:g} | {c.lam} | {c.relevance:.0f} | {c.relevance_temperature:.0f} | "
-              f"{lm_:.1f}, {one:.1f}, {w:.1f} | {kept:.1%} | "
-              + " | ".join(f"{ppl[d][2] / ppl[d][0]:.3f}" for d in test if d != own) + " |",
-              flush=True)
+        for label, decays, per_doc in (
+                ("the position", (0.0,), None), ("the context", RELEVANCE_DECAYS, None),
+                ("the context, each document", RELEVANCE_DECAYS, DOCUMENT_TOLERANCE)):
+            report = tune_relevance({own: scores["valid"][own]},
+                                    {d: s for d, s in scores["valid"].items() if d != own},
+                                    best, tolerance=tol, decays=decays,
+                                    document_tolerance=per_doc)
+            c = report.choice
+            ppl = {d: (perplexity(s.lm_logprob), perplexity(mixed_logprob(s, best.params)),
+                       perplexity(mixed_logprob(s, c.params)))
+                   for d, s in scores["test"].items()}
+            lm_, one, w = ppl[own]
+            kept = (math.log(lm_) - math.log(w)) / (math.log(lm_) - math.log(one))
+            print(f"| {tol:g} | {label} | {c.relevance_decay:g} | {c.lam} | "
+                  f"{c.relevance:.0f} | {c.relevance_temperature:.0f} | "
+                  f"{lm_:.1f}, {one:.1f}, {w:.1f} | {kept:.1%} | "
+                  + " | ".join(f"{ppl[d][2] / ppl[d][0]:.3f}" for d in test if d != own)
+                  + " |", flush=True)
 
 
 def main() -> None:
@@ -96,6 +113,8 @@ def main() -> None:
     ap.add_argument("--split", default="test")
     ap.add_argument("--tolerances", default="",
                     help="Comma-separated tolerances to tune the weight at again.")
+    ap.add_argument("--tune-tokens", type=int, default=TUNE_TOKENS,
+                    help="Validation tokens per domain to tune the weight on again.")
     args = ap.parse_args()
     if args.datastore is None:
         from silo.cli.serve_cmd import default_datastore
@@ -104,7 +123,8 @@ def main() -> None:
     lm = SiloLM.from_dirs(args.model, args.datastore)
     d = lm.defaults
     print(f"datastore {args.datastore}: k={d.k} lambda={d.lam} tau={d.temperature:g} "
-          f"relevance d0={d.relevance} T={d.relevance_temperature:g}")
+          f"relevance d0={d.relevance} T={d.relevance_temperature:g} "
+          f"decay={d.relevance_decay:g}")
     domains = split_domains(lm, args.split, args.tokens)
     settings = {"LM alone": SiloOptions("parametric"),
                 "one weight": SiloOptions("knnlm", relevance=False),
@@ -124,7 +144,8 @@ def main() -> None:
             f" | {ppl['one weight'] / ppl['LM alone']:.3f} | "
             f"{ppl['weighted'] / ppl['LM alone']:.3f} | {kept} |", flush=True)
     if args.tolerances:
-        trade_off(lm, domains, args.tokens, [float(t) for t in args.tolerances.split(",")])
+        trade_off(lm, domains, args.tune_tokens,
+                  [float(t) for t in args.tolerances.split(",")])
     ids = (lm.eos_id, *lm.encode(PROMPT))
     for label, options in settings.items():
         res = lm.generate(GenerationRequest(ids, max_tokens=24, temperature=0,
