@@ -188,9 +188,16 @@ def combined_target_log_probs(lm_target: torch.Tensor, distances: torch.Tensor,
                               context: torch.Tensor | None = None) -> torch.Tensor:
     """The mixture at each row's target only: lm_target (n,) -> (n,)."""
     votes = member_votes(distances, values, members)
-    knn = [v.target_mass(values[:, c], targets).sum(1).log()[:, None]
-           for c, v in zip(columns(members), votes, strict=True)]
-    return mix(lm_target[:, None], knn, weights_of(votes, members, vote, context))[:, 0]
+    return mix(lm_target[:, None], target_logs(votes, values, targets, members),
+               weights_of(votes, members, vote, context))[:, 0]
+
+
+def target_logs(votes: Sequence[Votes], values: torch.Tensor, targets: torch.Tensor,
+                members: Sequence[KnnParams]) -> list[torch.Tensor]:
+    """log p_i(target) of each member's vote, (n, 1) each (-inf where none voted for
+    it): what the mixture at the targets weighs."""
+    return [v.target_mass(values[:, c], targets).sum(1).log()[:, None]
+            for c, v in zip(columns(members), votes, strict=True)]
 
 
 def contributions(distances: torch.Tensor, values: torch.Tensor, targets: torch.Tensor,

@@ -31,8 +31,16 @@ import numpy as np
 import torch
 
 from datastore.errors import InvalidInputError
-from silo.combination import DEFAULT_VOTE, VOTES, check_vote, combined_target_log_probs
-from silo.knnlm import KnnParams
+from silo.combination import (
+    DEFAULT_VOTE,
+    VOTES,
+    Votes,
+    check_vote,
+    member_votes,
+    target_logs,
+    weights_of,
+)
+from silo.knnlm import KnnParams, mix
 from silo.relevance_tuning import Documents
 from silo.tuning import DEFAULTS_FILE, TargetScores, context_distances, perplexity
 
@@ -69,19 +77,38 @@ def member_contexts(scores: Sequence[TargetScores], members: Sequence[KnnParams]
                                       for s, p in zip(scores, members, strict=True)], 1))
 
 
+@dataclass(frozen=True)
+class Neighbourhood:
+    """One text's neighbours in every member as each candidate reads them: what depends
+    on a member's k, tau and decay alone (its votes, its log p_i of each target, its
+    context distances), computed once for the candidates that change only the weights."""
+
+    lm: torch.Tensor  # (n,) the LM's log-prob of each target
+    votes: list[Votes]
+    knn: list[torch.Tensor]  # (n, 1) log p_i(target) per member
+    context: torch.Tensor | None
+
+    @classmethod
+    def of(cls, scores: Sequence[TargetScores], members: Sequence[KnnParams]) -> Neighbourhood:
+        values = torch.from_numpy(np.concatenate([s.values for s in scores], 1))
+        votes = member_votes(torch.from_numpy(np.concatenate([s.distances for s in scores], 1)),
+                             values, members)
+        return cls(torch.from_numpy(scores[0].lm_logprob), votes,
+                   target_logs(votes, values, torch.from_numpy(scores[0].targets), members),
+                   member_contexts(scores, members))
+
+    def logprob(self, members: Sequence[KnnParams], vote: str) -> np.ndarray:
+        """The mixture's log-prob at each target under members of the same k, tau and
+        decay as the ones it was made for (other lambdas and relevance weights)."""
+        weights = weights_of(self.votes, members, vote, self.context)
+        return mix(self.lm[:, None], self.knn, weights)[:, 0].double().numpy()
+
+
 def combined_logprob(scores: Sequence[TargetScores], members: Sequence[KnnParams],
-                     vote: str = DEFAULT_VOTE, context: torch.Tensor | None = None,
-                     ) -> np.ndarray:
+                     vote: str = DEFAULT_VOTE) -> np.ndarray:
     """The mixture's log-prob at each target from the members' cached neighbours
-    (`scores` in member order, for the same text); `context` their context distances
-    where already computed (`member_contexts`)."""
-    if context is None:
-        context = member_contexts(scores, members)
-    return combined_target_log_probs(
-        torch.from_numpy(scores[0].lm_logprob),
-        torch.from_numpy(np.concatenate([s.distances for s in scores], 1)),
-        torch.from_numpy(np.concatenate([s.values for s in scores], 1)),
-        torch.from_numpy(scores[0].targets), members, vote, context).double().numpy()
+    (`scores` in member order, for the same text)."""
+    return Neighbourhood.of(scores, members).logprob(members, vote)
 
 
 def candidates(members: Sequence[KnnParams], votes: Sequence[str] = VOTES,
@@ -116,20 +143,19 @@ def choose(scores: Mapping[str, Sequence[TargetScores]], members: Sequence[KnnPa
         raise InvalidInputError("tuning a set needs text of at least one domain")
     off = off or {}
     lm_alone = {d: perplexity(s[0].lm_logprob) for d, s in off.items()}
-    # the candidates keep each member's k and decay: its context distances, once
-    context = {(on, d): member_contexts(s, members)
-               for on, texts in (("on", scores), ("off", off)) for d, s in texts.items()}
+    # the candidates keep each member's k, tau and decay: each text read once
+    near = {(on, d): Neighbourhood.of(s, members)
+            for on, texts in (("on", scores), ("off", off)) for d, s in texts.items()}
 
     def ppl(on: str, vote: str, ms: Sequence[KnnParams]) -> dict[str, float]:
         texts = scores if on == "on" else off
-        return {d: perplexity(combined_logprob(s, ms, vote, context[(on, d)]))
-                for d, s in texts.items()}
+        return {d: perplexity(near[(on, d)].logprob(ms, vote)) for d in texts}
 
     documents = {d: Documents(s[0]) for d, s in off.items()}
 
     def rank(c: tuple[str, tuple[KnnParams, ...]]) -> tuple[bool, float, float]:
         vote, ms = c
-        mixed = {d: combined_logprob(s, ms, vote, context[("off", d)]) for d, s in off.items()}
+        mixed = {d: near[("off", d)].logprob(ms, vote) for d in off}
         worst = max((perplexity(x) / lm_alone[d] for d, x in mixed.items()), default=1.0)
         feasible = worst <= 1 + tolerance and (document_tolerance is None or all(
             documents[d].worst(x) <= 1 + document_tolerance for d, x in mixed.items()))
