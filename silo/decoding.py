@@ -56,12 +56,15 @@ class Decoder:
 
     def next(self, inputs: Sequence[Sequence[int]], cached: Sequence[Cached | None],
              keep: bool = True, prefixes: Sequence[int] | None = None,
+             positions: dict[int, torch.Tensor | None] | None = None,
              ) -> tuple[torch.Tensor, torch.Tensor, list[Cached | None]]:
         """Per input (each at most the context long): the last position's log-probs
         (m, V) and LM-head input (m, dim) float32, and its cache of all its tokens (None
         for all without `keep`, and for an input that fills the context, whose window
         slides at the next token). `prefixes[i]`: how many of input i's first tokens
-        are a prefix worth sharing (its passage; 0: none)."""
+        are a prefix worth sharing (its passage; 0: none). `positions`: for each input
+        it names, set to its LM-head inputs at every position (len, dim) where the input
+        is read whole (None where it is fed over a cache)."""
         m = len(inputs)
         lp: list[torch.Tensor | None] = [None] * m
         hidden: list[torch.Tensor | None] = [None] * m
@@ -80,9 +83,13 @@ class Decoder:
         whole = sorted(set(range(m)) - set(over), key=lambda i: len(inputs[i]))
         for part in _parts(whole, [len(inputs[i]) for i in whole], self.batch_size,
                            PREFILL_SLACK):
-            p_lp, p_h, caches = self.runner.prefill([[list(inputs[i])] for i in part])
+            every: list[torch.Tensor] | None = [] if positions else None
+            p_lp, p_h, caches = self.runner.prefill([[list(inputs[i])] for i in part], every)
             self._spread(part, inputs, p_lp, p_h, caches, lp, hidden, out, keep,
                          self.runner.max_length)
+            for j, i in enumerate(part):
+                if every is not None and positions is not None and i in positions:
+                    positions[i] = every[j]
         fed = sorted(over, key=lambda i: over[i][0][0].shape[2])
         for part in _parts(fed, [over[i][0][0].shape[2] for i in fed], self.batch_size,
                            DECODE_SLACK):

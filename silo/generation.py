@@ -21,8 +21,9 @@ plan and then one by one, so the failure lands on the states that cause it and t
 others get exactly the tokens they would have got without it.
 
 Where a plan measures relevance from the context (silo.relevance), each choice carries
-the running sums of its context's distances: from its prompt's positions (scored at
-start) and then one position per step, so its weights are those scoring its text gives.
+the running sums of its context's distances: from its prompt's positions (read by the
+first step's pass: silo.traces) and then one position per step, so its weights are those
+scoring its text gives.
 
 Decoding is incremental (`SiloConfig.kv_cache`, on by default) in every mode: an input
 that grew by the token just sampled is fed that token alone over its cache; a RIC input
@@ -41,12 +42,11 @@ import torch
 
 from silo.batch import Chunk
 from silo.codec import Codec
-from silo.combination import member_nearest
 from silo.contexts import Contexts
 from silo.decoding import Cached, Decoder
 from silo.events import completion, token_event
 from silo.mixer import Mixer
-from silo.relevance import Trace, advance, context_distance
+from silo.relevance import Trace
 from silo.request import (
     GenerationRequest,
     GenerationResult,
@@ -61,6 +61,7 @@ from silo.ric import Passage, ensemble, passage_head
 from silo.runner import ModelRunner
 from silo.sampling import Draw, choice_seed, sample_many, sample_one
 from silo.scoring import Scorer
+from silo.traces import Traces
 
 
 @dataclass(eq=False)
@@ -132,6 +133,7 @@ class Generator:
         self.codec = codec
         self.config = config
         self.decoder = Decoder(runner, config.batch_size)
+        self.traces = Traces(retriever, scorer, runner.max_length)
 
     def start(self, requests: Sequence[GenerationRequest], plans: Sequence[Plan],
               ) -> list[GenerationState]:
@@ -141,8 +143,7 @@ class Generator:
         for req, plan in zip(requests, plans, strict=True):
             seed = req.seed if req.seed is not None else int(torch.randint(2**31, ()).item())
             n = req.n
-            trace = (self.scorer.context_trace(req.prompt_ids, plan)
-                     if plan.decays is not None and req.max_tokens else None)
+            trace = self.traces.at_start(plan, req.prompt_ids) if req.max_tokens else None
             states.append(GenerationState(
                 req, plan, [torch.Generator().manual_seed(choice_seed(seed, i))
                             for i in range(n)],
@@ -208,7 +209,7 @@ class Generator:
         ready = self._retrieve(states)
         if not ready:
             return {}
-        lm, hidden = self._next_distributions(ready)
+        lm, hidden, prompts = self._next_distributions(ready)
         by_plan: dict[Plan, list[int]] = {}
         for i, s in enumerate(ready):
             by_plan.setdefault(s.plan, []).append(i)
@@ -223,7 +224,11 @@ class Generator:
             if plan.uses_knn:
                 self._search(chunk, group, hidden[rows], plan)
             if plan.decays is not None:
-                self._context(chunk, group, plan, plan.decays)
+                new = [x for x in group if id(x) in prompts]
+                first = dict(zip(map(id, new), self.traces.from_prompts(
+                    new, [prompts[id(x)] for x in new], plan), strict=True)) if new else {}
+                self.traces.step(chunk, [first.get(id(x)) or x.traces[r]
+                                         for x in group for r in x.live], plan)
             dist = self.mixer.mixed(chunk, plan)
             at = 0
             for i, s in zip(members, group, strict=True):
@@ -248,12 +253,14 @@ class Generator:
         return ready
 
     def _next_distributions(self, states: list[GenerationState],
-                            ) -> tuple[torch.Tensor, torch.Tensor]:
+                            ) -> tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor]]:
         """The LM (or RIC-LM) log-probs (m, V) of the next token of every live row of
         `states`, in order, and the kNN queries (m, dim): the LM-head inputs of the
         plain contexts (for a RIC plan with kNN too, whose keys were made without
         passages). Every input of every row (its plain context where it is needed, one
-        per RIC passage) goes through the decoder together, each over its own cache."""
+        per RIC passage) goes through the decoder together, each over its own cache.
+        Per state id whose prompt's context distances are to be read (silo.traces), the
+        LM-head inputs at every position of its prompt."""
         inputs: list[list[int]] = []
         keys: list[tuple[GenerationState, int, int]] = []  # state, row, input (-1: plain)
 
@@ -266,12 +273,14 @@ class Generator:
             return len(inputs) - 1
 
         rows: list[tuple[list[int], torch.Tensor, int]] = []  # inputs, weights, query
+        plains: dict[int, int] = {}  # state id -> its first live row's plain input
         for s in states:
             for r in s.live:
                 row = s.rows[r]
                 plain_at = None
                 if not s.plan.uses_ric or s.plan.uses_knn:
                     plain_at = add(row[-self.runner.max_length:], (s, r, -1))
+                    plains.setdefault(id(s), plain_at)
                 if not s.plan.uses_ric:
                     assert plain_at is not None
                     rows.append(([plain_at], torch.zeros(1), plain_at))
@@ -286,16 +295,25 @@ class Generator:
                     at = [plain_at if plain_at is not None
                           else add(group.inputs[0], (s, r, -1))]
                 rows.append((at, group.log_weights, at[0] if plain_at is None else plain_at))
+        # the prompt's positions, from the pass that reads it (a first step reads it whole)
+        wanted = {plains[id(s)]: s for s in states
+                  if Traces.pending(s) and id(s) in plains}
+        positions: dict[int, torch.Tensor | None] = dict.fromkeys(wanted)
         keep = self.config.kv_cache
         lp, hidden, caches = self.decoder.next(
-            inputs, [s.caches.get((r, j)) for s, r, j in keys], keep, prefixes)
+            inputs, [s.caches.get((r, j)) for s, r, j in keys], keep, prefixes, positions)
         for s in states:
             s.caches = {}
         for (s, r, j), c in zip(keys, caches, strict=True):
             if c is not None:
                 s.caches[(r, j)] = c
+        prompts = {}
+        for i, s in wanted.items():
+            got = positions[i]  # a first step reads the prompt whole, and all of it
+            assert got is not None and len(got) == len(s.request.prompt_ids)
+            prompts[id(s)] = got
         return (torch.cat([ensemble(lp[at][:, None], w) for at, w, _ in rows]),
-                hidden[[q for _, _, q in rows]])
+                hidden[[q for _, _, q in rows]], prompts)
 
     def _search(self, chunk: Chunk, states: list[GenerationState], queries: torch.Tensor,
                 plan: Plan) -> None:
@@ -310,19 +328,6 @@ class Generator:
                     last[i, :len(prev)] = prev
         tokens = np.array([s.rows[r][-1] for s in states for r in s.live], dtype=np.int64)
         self.retriever.search(chunk, queries, plan, last, tokens)
-
-    @staticmethod
-    def _context(chunk: Chunk, states: list[GenerationState], plan: Plan,
-                 decays: tuple[float, ...]) -> None:
-        """The context distances of a plan's rows: each row's trace one position on
-        (kept on the chunk until the state commits its token)."""
-        assert chunk.distances is not None and chunk.values is not None
-        nearest = member_nearest(chunk.distances, chunk.values, plan.members or (plan.knn,))
-        before = [s.traces[r] or Trace.empty(len(decays)) for s in states for r in s.live]
-        num, den = advance(np.stack([t.num for t in before]), np.stack([t.den for t in before]),
-                           nearest.numpy(), decays)
-        chunk.context = torch.from_numpy(context_distance(num, den))
-        chunk.trace = num, den
 
     def _commit_all(self, states: list[GenerationState], chunks: list[Chunk],
                     mixed: list[torch.Tensor]) -> dict[int, tuple[TokenEvent, ...]]:

@@ -136,11 +136,14 @@ class ModelRunner:
 
     @torch.inference_mode()
     def prefill(self, runs: list[list[list[int]]],
+                positions: list[torch.Tensor] | None = None,
                 ) -> tuple[torch.Tensor, torch.Tensor, list[Cache]]:
         """Read runs of rows (the rows of one run have equal lengths) whole in one
         right-padded pass (a causal model's first L positions ignore the padding after
         them): the last real position's log-probs (m, V) and LM-head inputs (m, dim) of
-        every row in order, and each run's cache."""
+        every row in order, and each run's cache. With `positions`, each row's LM-head
+        inputs at all its positions (L, dim) float32 are appended to it (the pass
+        computes them anyway)."""
         rows = [r for run in runs for r in run]
         self.check_rows(rows)
         ids, mask = right_padded(rows, self.pad_id)
@@ -155,6 +158,8 @@ class ModelRunner:
             caches.append([(layer.keys[at:at + n, :, :length],
                             layer.values[at:at + n, :, :length]) for layer in cache.layers])
             at += n
+        if positions is not None:
+            positions.extend(hidden[i, :len(r)].float().cpu() for i, r in enumerate(rows))
         return (torch.log_softmax(logits[picked, last].float(), dim=-1).cpu(),
                 hidden[picked, last].float().cpu(), caches)
 

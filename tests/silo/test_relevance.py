@@ -177,11 +177,14 @@ def test_generation_carries_the_context_distance_from_the_prompt_on(
     lm, _ = context_lm
     ids = prompt_ids(full, TEXT)
     opts = SiloOptions("knnlm")
-    for prompt in (ids[:1], ids[:7]):  # no scored prompt position, and several
-        gen = lm.generate(GenerationRequest(prompt, max_tokens=6, temperature=0,
-                                            options=opts))
+    # no scored prompt position, and several; the prompt's positions read by the first
+    # step, and (following pointers along the prompt) scored at start
+    for prompt, pointers in ((ids[:1], 0), (ids[:7], 0), (ids[:12], 2)):
+        o = SiloOptions("knnlm", pointers=pointers)
+        assert lm.generator.traces.at_first_step(lm.plan(o), prompt) == (pointers == 0)
+        gen = lm.generate(GenerationRequest(prompt, max_tokens=6, temperature=0, options=o))
         (choice,) = gen.choices
-        again = _lp(lm, opts, prompt + choice.token_ids)[len(prompt) - 1:]
+        again = _lp(lm, o, prompt + choice.token_ids)[len(prompt) - 1:]
         np.testing.assert_allclose(again, choice.token_logprobs, atol=1e-4)
     # several states and choices stepped together: each row its own context
     requests = [GenerationRequest(ids[:7], max_tokens=5, temperature=1.0, n=2, seed=3,
