@@ -8,8 +8,9 @@ built from the same keys (no second forward pass). Each store is tuned as `silo 
 tunes it: the k, lambda, tau grid on its domain's validation text, then the relevance
 weight against the validation text of the other two domains and of the pd+sw domains it
 does not cover (KJV, WordNet, the Python docs), measured from the context's distance and
-at the tolerances `silo serve` tunes its default at (0.25% pooled, 1% a document), on
---tune-tokens validation tokens per domain. The merged store is tuned on all three
+by default at the tolerances `silo serve` tunes its default at (0.25% pooled, 1% a
+document; --relevance-tolerance, --no-document-bound), on --tune-tokens validation
+tokens per domain. The merged store is tuned on all three
 domains (`best_overall`). Measured on the test split, up to --tokens per domain, with
 the mixtures SiloLM computes (`silo.knnlm`, `silo.combination`) over one search per
 token and store:
@@ -101,6 +102,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--tokens", type=int, default=4096, help="Test tokens per domain.")
     ap.add_argument("--tune-tokens", type=int, default=16384,
                     help="Validation tokens per domain to tune on.")
+    ap.add_argument("--relevance-tolerance", type=float, default=None,
+                    help="Pooled off-domain bound (default: the default datastore's).")
+    ap.add_argument("--no-document-bound", action="store_true",
+                    help="Hold off-domain text to the pooled bound alone.")
     ap.add_argument("--build-only", action="store_true")
     ap.add_argument("--speed", action="store_true",
                     help="Only the served cost: three datastores against the largest alone.")
@@ -213,6 +218,9 @@ def evaluate(args: argparse.Namespace, paths: dict[str, Path]) -> None:
 
     from silo.cli.serve_cmd import DOCUMENT_TOLERANCE, RELEVANCE_TOLERANCE
     from silo.combination import DEFAULT_VOTE, VOTES
+
+    pooled = RELEVANCE_TOLERANCE if args.relevance_tolerance is None else args.relevance_tolerance
+    per_doc = None if args.no_document_bound else DOCUMENT_TOLERANCE
     from silo.evaluate import domain_sequences
     from silo.knnlm import KnnParams
     from silo.lm import SiloLM, SiloOptions
@@ -244,8 +252,7 @@ def evaluate(args: argparse.Namespace, paths: dict[str, Path]) -> None:
         lm = open_lm(paths[name])
         own = {d: valid[d] for d in (DOMAINS if name == "merged" else (name,))}
         off = None if name == "merged" else {d: s for d, s in valid.items() if d != name}
-        best, points, report = tune_for(lm, own, off, Grid(), 0.0, RELEVANCE_TOLERANCE,
-                                        DOCUMENT_TOLERANCE)
+        best, points, report = tune_for(lm, own, off, Grid(), 0.0, pooled, per_doc)
         write_defaults(paths[name], best, {d: p[0] for d, p in points.items()},
                        note="bench/combination.py",
                        uniform=report.uniform_point if report else None)
@@ -268,8 +275,8 @@ def evaluate(args: argparse.Namespace, paths: dict[str, Path]) -> None:
     on = {d: held[d] for d in DOMAINS}
     sets = {"separate": choose(on, members, votes=("separate",)),
             "joint": choose(on, members, votes=("joint",)),
-            "off": choose(on, members, {d: held[d] for d in OFF}, RELEVANCE_TOLERANCE,
-                          document_tolerance=DOCUMENT_TOLERANCE)}
+            "off": choose(on, members, {d: held[d] for d in OFF}, pooled,
+                          document_tolerance=per_doc)}
     for label, rep in sets.items():
         print(f"tuned as a set ({label}): vote {rep.vote}, " + ", ".join(
             f"{n} lambda {p.lam} d0 {p.relevance:.0f} T {p.relevance_temperature:.0f} "
