@@ -38,6 +38,15 @@ from silo.tuning import TargetScores
 SCORE_PARTS = 4
 
 
+def sequence_starts(seqs: Sequence[Sequence[int]]) -> np.ndarray:
+    """(n,) bool over the predicted positions of `seqs` in order: the first of each
+    sequence."""
+    sizes = np.array([max(0, len(s) - 1) for s in seqs], dtype=np.int64)
+    first = np.zeros(int(sizes.sum()), dtype=bool)
+    first[np.concatenate([[0], np.cumsum(sizes)[:-1]])[sizes > 0]] = True
+    return first
+
+
 class ContextDistances:
     """The context distances of the predicted positions of `seqs` (silo.relevance),
     set on their chunks in order (`apply`); `trace` the sums after the last one."""
@@ -46,10 +55,7 @@ class ContextDistances:
         assert plan.decays is not None
         self.decays = plan.decays
         self.members = plan.members or (plan.knn,)
-        n_pred = np.array([max(0, len(s) - 1) for s in seqs], dtype=np.int64)
-        self.first = np.zeros(int(n_pred.sum()), dtype=bool)
-        starts = np.concatenate([[0], np.cumsum(n_pred)[:-1]])
-        self.first[starts[n_pred > 0]] = True
+        self.first = sequence_starts(seqs)
         self.trace = Trace.empty(len(self.decays))
 
     def apply(self, chunk: Chunk) -> Chunk:
@@ -106,10 +112,7 @@ class Scorer:
             if chunk.distances is not None and chunk.values is not None:
                 dist[chunk.index] = chunk.distances.numpy()
                 vals[chunk.index] = chunk.values.numpy()
-        sizes = [max(0, len(s) - 1) for s in seqs]
-        first = np.zeros(len(targets), dtype=bool)
-        first[np.cumsum([0, *sizes[:-1]])[np.asarray(sizes) > 0]] = True
-        return TargetScores(lp, dist, vals, targets.numpy(), first)
+        return TargetScores(lp, dist, vals, targets.numpy(), sequence_starts(seqs))
 
     def context_trace(self, seq: Sequence[int], plan: Plan) -> Trace:
         """The context distances' running sums over the predicted positions of `seq`
