@@ -40,11 +40,12 @@ import torch
 
 from datastore.errors import InvalidInputError
 from silo.knnlm import (
-    FLOAT32_TAU,
     KnnParams,
+    mass_on_targets,
     mix,
     nearest_distance,
-    relative_logits,
+    vote_log_probs,
+    vote_logits,
 )
 
 
@@ -70,10 +71,9 @@ class Votes:
 
     @classmethod
     def of(cls, distances: torch.Tensor, values: torch.Tensor, temperature: float) -> Votes:
-        """As silo.knnlm.neighbour_log_weights computes the weights (float64 below
-        FLOAT32_TAU), with log Z summed from the nearest so that it cannot underflow."""
-        dtype = torch.float32 if temperature >= FLOAT32_TAU else torch.float64
-        logits, nearest, none = relative_logits(distances, values, temperature, dtype)
+        """As silo.knnlm.neighbour_log_weights computes the weights, with log Z summed
+        from the nearest so that it cannot underflow."""
+        logits, nearest, none = vote_logits(distances, values, temperature)
         log_weights = torch.log_softmax(logits, dim=1).masked_fill_(none, -math.inf)
         rest = torch.logsumexp(logits, dim=1, keepdim=True).double()
         log_mass = (rest - nearest.double() / temperature).masked_fill(none, -math.inf)
@@ -82,8 +82,7 @@ class Votes:
     def target_mass(self, values: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """(n, k) each neighbour's weight where it voted for its row's target, else 0
         (silo.knnlm.target_neighbour_mass)."""
-        weights = self.log_weights.exp()
-        return torch.where(values == targets[:, None], weights, torch.zeros_like(weights))
+        return mass_on_targets(self.log_weights.exp(), values, targets)
 
 
 def member_votes(distances: torch.Tensor, values: torch.Tensor,
@@ -174,11 +173,8 @@ def combined_log_probs(lm: torch.Tensor, distances: torch.Tensor, values: torch.
                        ) -> torch.Tensor:
     """The mixture over the vocabulary: lm (n, V) -> (n, V) float32."""
     votes = member_votes(distances, values, members)
-    knn = []
-    for c, v in zip(columns(members), votes, strict=True):
-        probs = torch.zeros(len(values), vocab_size, dtype=torch.float32, device=values.device)
-        # padding adds 0 to token 0 (silo.knnlm.knn_log_probs)
-        knn.append(probs.scatter_add_(1, values[:, c].clamp(min=0), v.log_weights.exp()).log())
+    knn = [vote_log_probs(v.log_weights.exp(), values[:, c], vocab_size)
+           for c, v in zip(columns(members), votes, strict=True)]
     return mix(lm, knn, weights_of(votes, members, vote, context))
 
 

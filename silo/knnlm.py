@@ -105,12 +105,6 @@ def relevance_of(nearest: torch.Tensor, d0: float, temperature: float) -> torch.
     return torch.sigmoid((d0 - nearest.double()) / temperature)
 
 
-def relevance_weights(distances: torch.Tensor, values: torch.Tensor, d0: float,
-                      temperature: float) -> torch.Tensor:
-    """w per row (n,) float32 from the rows' neighbours (`relevance_of`)."""
-    return relevance_of(nearest_distance(distances, values), d0, temperature).float()
-
-
 def neighbour_log_weights(distances: torch.Tensor, values: torch.Tensor,
                           temperature: float) -> torch.Tensor:
     """log softmax(-d / tau) over each row's valid neighbours.
@@ -118,13 +112,18 @@ def neighbour_log_weights(distances: torch.Tensor, values: torch.Tensor,
     distances (n, k) squared L2, values (n, k) int64 with -1 for padding -> (n, k)
     float32 log weights, -inf at padding; a row with no valid neighbour is all -inf.
     """
-    # below FLOAT32_TAU, float64, so that tau keeps its value down to the smallest
-    # denormal (in float32 a tau below 1e-45 is 0 and d / tau is nan)
-    logits, _, none = relative_logits(
-        distances, values, temperature,
-        torch.float32 if temperature >= FLOAT32_TAU else torch.float64)
+    logits, _, none = vote_logits(distances, values, temperature)
     out = torch.log_softmax(logits, dim=1).masked_fill_(none, -math.inf)
     return out.float()
+
+
+def vote_logits(distances: torch.Tensor, values: torch.Tensor, temperature: float,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`relative_logits` in the dtype the vote is computed in: float32, or below
+    FLOAT32_TAU float64, so that tau keeps its value down to the smallest denormal (in
+    float32 a tau below 1e-45 is 0 and d / tau is nan)."""
+    return relative_logits(distances, values, temperature,
+                           torch.float32 if temperature >= FLOAT32_TAU else torch.float64)
 
 
 def relative_logits(distances: torch.Tensor, values: torch.Tensor, temperature: float,
@@ -151,7 +150,14 @@ def knn_log_probs(distances: torch.Tensor, values: torch.Tensor, vocab_size: int
     distances (n, k), values (n, k) int64 (-1 = padding) -> (n, vocab_size) float32;
     -inf for tokens no neighbour voted for (every token of a row with no neighbour).
     """
-    weights = neighbour_log_weights(distances, values, temperature).exp()  # (n, k)
+    return vote_log_probs(neighbour_log_weights(distances, values, temperature).exp(),
+                          values, vocab_size)
+
+
+def vote_log_probs(weights: torch.Tensor, values: torch.Tensor, vocab_size: int,
+                   ) -> torch.Tensor:
+    """log of the neighbours' weights (n, k) summed per token they voted for (values
+    (n, k), -1 = padding, whose weight is 0) -> (n, vocab_size) float32."""
     probs = torch.zeros(values.shape[0], vocab_size, dtype=torch.float32,
                         device=values.device)
     probs.scatter_add_(1, values.clamp(min=0), weights)  # padding adds 0 to token 0
@@ -239,11 +245,11 @@ def target_log_probs(lm_target: torch.Tensor, distances: torch.Tensor, values: t
     if not isinstance(lam, torch.Tensor) and lam == 0.0:
         return lm_target  # as interpolate returns it, without computing the weights
     weights = neighbour_log_weights(distances, values, temperature).exp()
-    knn = _mass_on_targets(weights, values, targets).sum(dim=1).log()
+    knn = mass_on_targets(weights, values, targets).sum(dim=1).log()
     return interpolate(lm_target[:, None], knn[:, None], lam, (weights > 0).any(dim=1))[:, 0]
 
 
-def _mass_on_targets(weights: torch.Tensor, values: torch.Tensor, targets: torch.Tensor,
+def mass_on_targets(weights: torch.Tensor, values: torch.Tensor, targets: torch.Tensor,
                      ) -> torch.Tensor:
     """(n, k) neighbour weights where the neighbour's value is its row's target, else 0."""
     return torch.where(values == targets[:, None], weights, torch.zeros_like(weights))
@@ -257,5 +263,5 @@ def target_neighbour_mass(distances: torch.Tensor, values: torch.Tensor,
     the neighbour's value is the target, 0 elsewhere. Rows sum to p_kNN(target); times lam
     this is each neighbour's contribution to the mixture (DESIGN: Attribution).
     """
-    return _mass_on_targets(neighbour_log_weights(distances, values, temperature).exp(),
+    return mass_on_targets(neighbour_log_weights(distances, values, temperature).exp(),
                             values, targets)

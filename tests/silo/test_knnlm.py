@@ -16,7 +16,7 @@ from silo.knnlm import (
     mixed_log_probs,
     nearest_distance,
     neighbour_log_weights,
-    relevance_weights,
+    relevance_of,
     target_log_probs,
     target_neighbour_mass,
 )
@@ -92,7 +92,7 @@ def test_the_relevance_weight_is_a_sigmoid_of_the_nearest_valid_distance() -> No
     d = torch.tensor([[3.0, 1.0, 0.5], [2.0, 4.0, 0.0], [1.0, 1.0, 1.0]])
     v = torch.tensor([[1, 2, -1], [5, 5, 5], [-1, -1, -1]])  # row 0: 0.5 is padding
     assert nearest_distance(d, v).tolist() == [1.0, 0.0, math.inf]
-    w = relevance_weights(d, v, d0=1.0, temperature=0.5)
+    w = relevance_of(nearest_distance(d, v), d0=1.0, temperature=0.5).float()
     torch.testing.assert_close(w, torch.tensor([0.5, 1 / (1 + math.exp(-2.0)), 0.0]))
     params = KnnParams(lam=0.4, relevance=1.0, relevance_temperature=0.5)
     torch.testing.assert_close(params.row_lam(d, v), 0.4 * w)
