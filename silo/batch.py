@@ -38,7 +38,8 @@ class Chunk:
     RIC-LM) log-probs (m, V), and the kNN neighbours (m, k) when the plan uses them.
     Where the plan measures relevance from the context (silo.relevance), `context`
     (m, M) float64 is each row's context distance per datastore, and in generation
-    `trace` each row's running sums (num, den) after this position."""
+    `trace` each row's running sums (num, den) after this position; where a weight is
+    measured from the reference, `baseline` (m,) float64 each row's distance to it."""
 
     index: np.ndarray
     lm: torch.Tensor
@@ -48,6 +49,7 @@ class Chunk:
     passages: list[tuple[Passage, ...]] = field(default_factory=list)
     context: torch.Tensor | None = None
     trace: tuple[np.ndarray, np.ndarray] | None = None
+    baseline: torch.Tensor | None = None
 
     def part(self, a: int, b: int) -> Chunk:
         """Positions a..b-1 of this chunk."""
@@ -56,7 +58,8 @@ class Chunk:
                      None if self.entry_ids is None else self.entry_ids[a:b],
                      None if self.values is None else self.values[a:b], self.passages[a:b],
                      None if self.context is None else self.context[a:b],
-                     None if self.trace is None else (self.trace[0][a:b], self.trace[1][a:b]))
+                     None if self.trace is None else (self.trace[0][a:b], self.trace[1][a:b]),
+                     None if self.baseline is None else self.baseline[a:b])
 
     def context_of(self, i: int) -> torch.Tensor | None:
         """Datastore i's column of `context` (m,), or None."""

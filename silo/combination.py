@@ -93,11 +93,18 @@ def member_votes(distances: torch.Tensor, values: torch.Tensor,
 
 
 def member_nearest(distances: torch.Tensor, values: torch.Tensor,
-                   members: Sequence[KnnParams]) -> torch.Tensor:
+                   members: Sequence[KnnParams], baseline: torch.Tensor | None = None,
+                   ) -> torch.Tensor:
     """d_1 of each member's neighbours: (n, sum k) each -> (n, M) float64 (inf where a
-    member has no neighbour in the row)."""
-    return torch.stack([nearest_distance(distances[:, c], values[:, c])
-                        for c in columns(members)], 1)
+    member has no neighbour in the row); for a member whose weight is measured from the
+    reference, d_1 - d_ref with `baseline` (n,) the rows' distances d_ref to it."""
+    out = torch.stack([nearest_distance(distances[:, c], values[:, c])
+                       for c in columns(members)], 1)
+    margin = [i for i, p in enumerate(members) if p.margin]
+    if margin:
+        assert baseline is not None, "a weight measured from the reference needs its distances"
+        out[:, margin] -= baseline.to(torch.float64)[:, None]
+    return out
 
 
 VOTES = ("joint", "separate")

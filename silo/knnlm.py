@@ -12,6 +12,9 @@ at distance d_1 and the parametric LM at a fixed d0, so a context far from every
 the datastore gets the LM alone. d0 and T are tuned with k, lam and tau (silo.tuning).
 r is d_1, or with a relevance decay beta > 0 the context's distance: d_1 averaged over
 the sequence's positions so far (silo.relevance), which the caller passes in as `nearest`.
+With `relevance_margin`, d_1 is measured from the query's distance to a reference index
+over the LM's own training text (d_1 - d_ref: silo.relevance), so that text the LM
+already knows well counts as far from the datastore even where it lands near its keys.
 
 d_i are squared L2 distances, as every datastore backend returns them; neighbours padded
 with entry id -1 (fewer than k allowed entries) take no part. A row with no neighbour at
@@ -50,6 +53,8 @@ class KnnParams:
     relevance_temperature: float = 1.0  # T of the relevance weight
     # beta of the context's distance (silo.relevance); 0: the position's own d_1
     relevance_decay: float = 0.0
+    # whether d_1 is measured from the distance to the reference (silo.relevance)
+    relevance_margin: bool = False
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -73,8 +78,15 @@ class KnnParams:
     @property
     def smooths(self) -> bool:
         """Whether the weight is measured from the context's distance (silo.relevance)
-        rather than the position's own nearest neighbour."""
-        return self.relevance is not None and self.relevance_decay > 0
+        rather than the position's own nearest neighbour: with a decay, or from the
+        reference (whose distances the caller carries, as it carries the context's)."""
+        return self.relevance is not None and (self.relevance_decay > 0
+                                               or self.relevance_margin)
+
+    @property
+    def margin(self) -> bool:
+        """Whether the weight reads the distance to the reference (silo.relevance)."""
+        return self.relevance is not None and self.relevance_margin
 
     def row_lam(self, distances: torch.Tensor, values: torch.Tensor,
                 nearest: torch.Tensor | None = None) -> float | torch.Tensor:

@@ -110,13 +110,20 @@ class SiloLM:
     """A causal LM plus (optionally) its datastore; see the module docstring."""
 
     def __init__(self, model: Any, tokenizer: Any, datastore: Datastore | None = None,
-                 config: SiloConfig | None = None, defaults: KnnParams | None = None) -> None:
+                 config: SiloConfig | None = None, defaults: KnnParams | None = None,
+                 reference: Datastore | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.datastore = datastore
         self.config = config or SiloConfig()
         stored = read_defaults(datastore.folder) if datastore is not None else None
         self.defaults = defaults or stored or KnnParams()
+        if self.defaults.margin and reference is None:
+            where = f"datastore {datastore.folder}" if datastore is not None else "the datastore"
+            raise InvalidInputError(
+                f"{where} measures its relevance weight from the distance to a reference "
+                "index of the LM's own text (relevance_margin); open it with one "
+                "(SILO_REFERENCE, --reference) or tune it again without")
         # for a request that turns the relevance weight off: the best without it
         plain = (read_defaults(datastore.folder, relevance=False)
                  if datastore is not None and defaults is None else None)
@@ -129,7 +136,7 @@ class SiloLM:
         self.members: tuple[tuple[str, SiloLM], ...] = ()  # over several datastores
         self.set_defaults: tuple[KnnParams | None, ...] = ()
         self.set_vote = DEFAULT_VOTE
-        self._assemble(Retriever(datastore, self.codec))
+        self._assemble(Retriever(datastore, self.codec, reference))
 
     def _assemble(self, retriever: Retriever) -> None:
         self.retriever = retriever
@@ -143,14 +150,16 @@ class SiloLM:
 
     @classmethod
     def from_dirs(cls, model_dir: Path, datastore_dir: Path | None = None,
-                  device: str = "cpu", config: SiloConfig | None = None) -> SiloLM:
-        """Load the LM and open its datastore (whose keys must come from this LM)."""
+                  device: str = "cpu", config: SiloConfig | None = None,
+                  reference_dir: Path | None = None) -> SiloLM:
+        """Load the LM and open its datastore and reference (whose keys must come from
+        this LM)."""
         from silo.model import load_lm
 
         lm = load_lm(model_dir, device=device)
-        store = None if datastore_dir is None else Datastore.open(
-            datastore_dir, encoder_fingerprint=lm.fingerprint)
-        return cls(lm.model, lm.tokenizer, store, config)
+        store, reference = (None if d is None else Datastore.open(
+            d, encoder_fingerprint=lm.fingerprint) for d in (datastore_dir, reference_dir))
+        return cls(lm.model, lm.tokenizer, store, config, reference=reference)
 
     @classmethod
     def combine(cls, members: Sequence[tuple[str, SiloLM]]) -> SiloLM:
@@ -167,13 +176,20 @@ class SiloLM:
             if m.model is not first.model:
                 raise InvalidInputError(f"{name!r} is served by another model; a "
                                         "combination needs datastores of one model")
-        lm = cls(first.model, first.tokenizer, None, first.config)
+            if m.reference is not first.reference:
+                raise InvalidInputError(f"{name!r} is served with another reference index; "
+                                        "a combination measures its weights from one")
+        lm = cls(first.model, first.tokenizer, None, first.config,
+                 reference=first.retriever.reference)
         lm.members = tuple(members)
         names = [n for n, _ in members]
         # the set's own tuning, where `silo tune-set` stored one (silo.set_tuning)
         stored = [read_set(m.datastore.folder, names)  # type: ignore[union-attr]
                   for _, m in members]
         lm.set_defaults = tuple(None if s is None else s[0] for s in stored)
+        if lm.reference is None and any(d is not None and d.margin for d in lm.set_defaults):
+            raise InvalidInputError(f"the set {', '.join(names)} was tuned with weights "
+                                    "measured from a reference index; none is open")
         votes = {s[1] for s in stored if s is not None}
         if len(votes) == 1 and None not in lm.set_defaults:
             lm.set_vote = votes.pop()
@@ -249,13 +265,22 @@ class SiloLM:
         return self.scorer.score(requests, [self._plan_of(r) for r in requests])
 
     def target_scores(self, seqs: Sequence[Sequence[int]], options: SiloOptions,
-                      k: int, scope: AccessScope | None = None) -> TargetScores:
+                      k: int, scope: AccessScope | None = None,
+                      reference: bool = False) -> TargetScores:
         """For hyperparameter search (silo.tuning): per predicted token of `seqs`, the LM
         side's log-prob of the target and its k nearest neighbours (queries as in
-        `options.mode`; k = 0: no search)."""
+        `options.mode`; k = 0: no search), and with `reference` its distance to the
+        reference (TargetScores.baseline)."""
+        if reference and self.reference is None:
+            raise InvalidInputError("no reference index is open to measure distances to")
         plan = self.plan(replace(options, lam=1.0 if k else 0.0, k=k or None,
                                  relevance=False), scope)
-        return self.scorer.target_scores(seqs, plan, k)
+        return self.scorer.target_scores(seqs, replace(plan, reference=reference), k)
+
+    @property
+    def reference(self) -> Datastore | None:
+        """The reference index over the LM's own text (silo.relevance), if one is open."""
+        return self.retriever.reference
 
     # ---- generation ------------------------------------------------------------------
 
@@ -294,6 +319,5 @@ class SiloLM:
 
 def _resolved(d: KnnParams, options: SiloOptions, pointers: int) -> KnnParams:
     """Tuned parameters `d` under a request's overrides (k, lambda, tau)."""
-    return KnnParams(options.k or d.k, d.lam if options.lam is None else options.lam,
-                     options.knn_temperature or d.temperature, pointers, d.relevance,
-                     d.relevance_temperature, d.relevance_decay)
+    return replace(d, k=options.k or d.k, lam=d.lam if options.lam is None else options.lam,
+                   temperature=options.knn_temperature or d.temperature, pointers=pointers)

@@ -14,6 +14,14 @@ whole context. Positions without a neighbour (d_s = inf) take no part; r_t is in
 no position had one. `beta` is tuned with the weight (silo.relevance_tuning) and stored
 as KnnParams.relevance_decay, one per datastore (M of them in a combination).
 
+What is averaged may be d_1 measured from the LM's own text (KnnParams.relevance_margin):
+d_1 - d_ref, with d_ref the query's distance to its nearest entry of a reference index
+over the LM's training text (silo.retrieval). Text about computing that the LM was
+trained on (the Python docs) lands as near FOLDOC's keys as FOLDOC's own text, but much
+nearer the reference; FOLDOC's text the other way round. The reference holds none of the
+datastore's documents and is searched without a filter, so an opt-out or a scope never
+changes d_ref, and in a combination every member reads the same d_ref.
+
 A trace is the running sums (num, den) of one sequence, per datastore: scoring carries it
 from position to position (`smooth`, rows of several sequences in order), generation from
 step to step (`advance`, one row per sequence).

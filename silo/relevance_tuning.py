@@ -2,8 +2,9 @@
 
 With text from outside the datastore's domain, the relevance weight (silo.knnlm:
 w = sigmoid((d0 - r) / T)) is tuned at the grid's k and tau: the decay beta of the
-context's distance r (silo.relevance; 0: the position's own nearest distance d_1), d0
-and T over the spread of r, and lam again with them, so that the datastore makes no
+context's distance r (silo.relevance; 0: the position's own nearest distance d_1),
+where the scores carry the distances to the reference whether d_1 is measured from them,
+d0 and T over the spread of r, and lam again with them, so that the datastore makes no
 off-domain text worse than the parametric LM by more than a tolerance while keeping as
 much of its gain on its own domain as it can. With a document tolerance, each
 off-domain document of at least DOCUMENT_TOKENS tokens is held to it as well: a weight
@@ -15,6 +16,7 @@ runs once; every candidate recombines the cached scores.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -127,9 +129,12 @@ def tune_relevance(own: Mapping[str, TargetScores], off: Mapping[str, TargetScor
     own_names = [n for n in parts if n.startswith("own:")]
     off_names = [n for n in parts if n.startswith("off:")]
     documents = {n: Documents(domains[n]) for n in off_names}
+    # the distance to the reference as a second way to measure it, where it was measured
+    margins = (False, True) if all(s.baseline is not None for s in domains.values()) \
+        else (False,)
     ranked = []
-    for decay in decays:
-        context = {n: context_distances(s, best.k, decay) for n, s in domains.items()}
+    for margin, decay in itertools.product(margins, decays):
+        context = {n: context_distances(s, best.k, decay, margin) for n, s in domains.items()}
         for d0, t in relevance_grid(np.concatenate(list(context.values()))):
             weights = {n: _relevance(r, d0, t) for n, r in context.items()}
             for lam in lams:
@@ -140,11 +145,12 @@ def tune_relevance(own: Mapping[str, TargetScores], off: Mapping[str, TargetScor
                 ok = worst <= 1 + tolerance and (document_tolerance is None
                                                  or doc <= 1 + document_tolerance)
                 own_log = float(np.mean([math.log(ppl[n]) for n in own_names]))
-                ranked.append((ok, worst, own_log, d0, t, lam, decay, ppl, doc))
+                ranked.append((ok, worst, own_log, d0, t, lam, decay, margin, ppl, doc))
     feasible = [r for r in ranked if r[0]]
     pick = (min(feasible, key=lambda r: r[2]) if feasible
             else min(ranked, key=lambda r: (r[1], r[2])))
-    _, _, own_log, d0, t, lam, decay, ppl, doc = pick
+    _, _, own_log, d0, t, lam, decay, margin, ppl, doc = pick
     choice = replace(best, lam=lam, relevance=d0, relevance_temperature=t,
-                     relevance_decay=decay, perplexity=float(np.exp(own_log)))
+                     relevance_decay=decay, relevance_margin=margin,
+                     perplexity=float(np.exp(own_log)))
     return RelevanceReport(choice, best, parametric, uniform, ppl, bool(feasible), doc)

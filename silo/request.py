@@ -65,6 +65,9 @@ class Plan:
     members: tuple[KnnParams, ...] = ()
     datastores: tuple[str, ...] = ()
     vote: str = DEFAULT_VOTE  # how the members' neighbours vote (silo.combination)
+    # search the reference at every kNN position even where no weight reads it (for
+    # tuning the weight against it: silo.tuning.TargetScores.baseline)
+    reference: bool = False
 
     @property
     def uses_knn(self) -> bool:
@@ -82,6 +85,14 @@ class Plan:
         if not self.uses_knn or not any(p.smooths for p in members):
             return None
         return tuple(p.relevance_decay for p in members)
+
+    @property
+    def reads_reference(self) -> bool:
+        """Whether each kNN position needs its distance to the reference (silo.relevance):
+        a datastore's weight is measured from it, or the plan asks for it."""
+        members = self.members or (self.knn,)
+        return self.mode.uses_knn and (self.reference or (self.uses_knn and any(
+            p.margin for p in members)))
 
 
 def _check_ids(ids: Sequence[int], name: str) -> None:

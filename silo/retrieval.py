@@ -4,11 +4,15 @@ one entry filter.
     passages     BM25 passages for a context (RIC-LM), tokenized once and cached
     neighbours   the k nearest entries of kNN queries, or with pointers their followed
                  successors (datastore.pointers), and the tokens those entries vote for
+    reference    each kNN query's distance to a reference index over the LM's own text,
+                 where a relevance weight is measured from it (silo.relevance)
     provenance   per token, the neighbours that voted for it and the passages in context
     attribution  per sentence of a text, the documents behind it
 
 Datastore faults surface as `UnavailableError` (HTTP 503): a search that fails is never
-replaced by an answer without the filter.
+replaced by an answer without the filter. The reference holds none of the datastore's
+text and is searched without a filter: it is text the LM was trained on, and it reads
+nothing a request may not see.
 """
 
 from __future__ import annotations
@@ -74,11 +78,14 @@ def datastore_faults(what: str) -> Iterator[None]:
 
 
 class Retriever:
-    """SiloLM's side of its datastore (None: the LM alone, and nothing here is called)."""
+    """SiloLM's side of its datastore (None: the LM alone, and nothing here is called)
+    and of the reference, where it has one."""
 
-    def __init__(self, datastore: Datastore | None, codec: Codec) -> None:
+    def __init__(self, datastore: Datastore | None, codec: Codec,
+                 reference: Datastore | None = None) -> None:
         self.datastore = datastore
         self.codec = codec
+        self.reference = reference
         self.searches = SearchCounts()
         self._passage_ids: dict[int, tuple[int, ...]] = {}  # block id -> tokens, bounded
 
@@ -134,8 +141,24 @@ class Retriever:
 
     def search(self, chunk: Chunk, queries: torch.Tensor, plan: Plan,
                previous: np.ndarray | None = None, tokens: np.ndarray | None = None) -> None:
-        """The chunk's kNN neighbours (one row per query, in order)."""
+        """The chunk's kNN neighbours (one row per query, in order), and their distances
+        to the reference where the plan reads them."""
         self.attach(chunk, *self.neighbours(queries.numpy(), plan, previous, tokens))
+        self.measure(chunk, queries, plan)
+
+    def baseline(self, queries: np.ndarray) -> torch.Tensor:
+        """(q,) float64 each query's distance d_ref to its nearest entry of the reference
+        (silo.relevance; inf where it has none)."""
+        assert self.reference is not None, "a plan that reads the reference needs one"
+        with datastore_faults("the reference search"):
+            dist, ids = self.reference.knn_search(queries, 1)
+        return torch.from_numpy(np.where(ids[:, 0] >= 0, dist[:, 0], np.inf)
+                                .astype(np.float64))
+
+    def measure(self, chunk: Chunk, queries: torch.Tensor, plan: Plan) -> None:
+        """Set the chunk's distances to the reference where the plan reads them."""
+        if plan.reads_reference:
+            chunk.baseline = self.baseline(queries.numpy())
 
     # ---- attribution ---------------------------------------------------------------------
 

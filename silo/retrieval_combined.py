@@ -40,10 +40,12 @@ class CombinedRetriever(Retriever):
     def __init__(self, members: Sequence[tuple[str, Retriever]], codec: Codec) -> None:
         if len(members) < 2:
             raise InvalidInputError("a combination needs at least two datastores")
-        super().__init__(None, codec)  # no single datastore
+        # no single datastore; the members' one reference (they share one model)
+        super().__init__(None, codec, members[0][1].reference)
         self.names = tuple(name for name, _ in members)
         self.members = tuple(r for _, r in members)
-        self._pool = ThreadPoolExecutor(len(members), thread_name_prefix="silo-search")
+        # a thread per member, and one for the reference
+        self._pool = ThreadPoolExecutor(len(members) + 1, thread_name_prefix="silo-search")
 
     def _member_plan(self, plan: Plan, i: int) -> Plan:
         return replace(plan, knn=plan.members[i], members=(), datastores=())
@@ -70,7 +72,10 @@ class CombinedRetriever(Retriever):
 
     def search(self, chunk: Chunk, queries: torch.Tensor, plan: Plan,
                previous: np.ndarray | None = None, tokens: np.ndarray | None = None) -> None:
-        """The chunk's neighbours in every member and the tokens they vote for."""
+        """The chunk's neighbours in every member and the tokens they vote for, and
+        their distances to the reference (searched beside them) where the plan reads them."""
+        baseline = (self._pool.submit(self.baseline, queries.numpy())
+                    if plan.reads_reference else None)
         dist, ids = self.neighbours(queries.numpy(), plan)
         values = np.empty_like(ids)
         for c, r in zip(columns(plan.members), self.members, strict=True):
@@ -80,6 +85,7 @@ class CombinedRetriever(Retriever):
         chunk.distances = torch.from_numpy(dist)
         chunk.entry_ids = ids
         chunk.values = torch.from_numpy(values)
+        chunk.baseline = None if baseline is None else baseline.result()
 
     def provenance(self, chunk: Chunk, targets: torch.Tensor, plan: Plan,
                    ) -> list[TokenProvenance]:

@@ -61,7 +61,8 @@ class ContextDistances:
     def apply(self, chunk: Chunk) -> Chunk:
         """Set the chunk's context distances; its rows follow the last chunk's."""
         assert chunk.distances is not None and chunk.values is not None
-        nearest = member_nearest(chunk.distances, chunk.values, self.members).numpy()
+        nearest = member_nearest(chunk.distances, chunk.values, self.members,
+                                 chunk.baseline).numpy()
         r, self.trace = smooth(nearest, self.first[chunk.index], self.decays, self.trace)
         chunk.context = torch.from_numpy(r)
         return chunk
@@ -101,18 +102,22 @@ class Scorer:
                       ) -> TargetScores:
         """For hyperparameter search, over every predicted token of `seqs` in order: the
         LM side's log-prob of the target (parametric, or RIC-LM in the ric modes) and its
-        k nearest neighbours (k = 0: no search)."""
+        k nearest neighbours (k = 0: no search), and where the plan reads the reference
+        each token's distance to it."""
         targets = torch.tensor([t for s in seqs for t in list(s)[1:]], dtype=torch.long)
         lp = np.zeros(len(targets), np.float64)
         dist = np.full((len(targets), k), np.inf, np.float32)
         vals = np.full((len(targets), k), -1, np.int64)
+        base = np.full(len(targets), np.inf) if plan.reads_reference else None
         for chunk in self.chunks(seqs, plan):
             tgt = targets[torch.from_numpy(chunk.index)]
             lp[chunk.index] = chunk.lm.gather(1, tgt[:, None])[:, 0].double().numpy()
             if chunk.distances is not None and chunk.values is not None:
                 dist[chunk.index] = chunk.distances.numpy()
                 vals[chunk.index] = chunk.values.numpy()
-        return TargetScores(lp, dist, vals, targets.numpy(), sequence_starts(seqs))
+            if base is not None and chunk.baseline is not None:
+                base[chunk.index] = chunk.baseline.numpy()
+        return TargetScores(lp, dist, vals, targets.numpy(), sequence_starts(seqs), base)
 
     def context_trace(self, seq: Sequence[int], plan: Plan) -> Trace:
         """The context distances' running sums over the predicted positions of `seq`
@@ -210,6 +215,7 @@ class Scorer:
                 dist[rows], ids[rows] = self.retriever.neighbours(
                     q[rows], plan, ids[rows - 1], targets[chunk.index[rows - 1]])
         self.retriever.attach(chunk, dist, ids)
+        self.retriever.measure(chunk, queries, plan)
 
     # ---- one group of requests ------------------------------------------------------------
 

@@ -73,7 +73,7 @@ def member_contexts(scores: Sequence[TargetScores], members: Sequence[KnnParams]
     one measures relevance from it; they depend on each member's k and decay alone."""
     if not any(p.smooths for p in members):
         return None
-    return torch.from_numpy(np.stack([context_distances(s, p.k, p.relevance_decay)
+    return torch.from_numpy(np.stack([context_distances(s, p.k, p.relevance_decay, p.margin)
                                       for s, p in zip(scores, members, strict=True)], 1))
 
 
@@ -179,7 +179,7 @@ def tune_set(members: Sequence[tuple[str, Any]], seqs: Mapping[str, Sequence[Seq
 
     def neighbours(texts: Mapping[str, Sequence[Sequence[int]]],
                    ) -> dict[str, list[TargetScores]]:
-        return {d: [lm.target_scores(s, SiloOptions(Mode.KNNLM), p.k)
+        return {d: [lm.target_scores(s, SiloOptions(Mode.KNNLM), p.k, reference=p.margin)
                     for (_, lm), p in zip(members, params, strict=True)]
                 for d, s in sorted(texts.items())}
 
@@ -215,10 +215,11 @@ def _parse_set(found: dict[str, Any]) -> tuple[KnnParams, str]:
     return KnnParams(**found), vote
 
 
-def check_sets(folder: Path) -> None:
+def check_sets(folder: Path, reference: bool = True) -> None:
     """Raise InvalidInputError, naming the file and the set, unless every set stored with
-    the datastore reads back (a known vote, valid parameters): a service checks this at
-    start, where a bad entry would otherwise fail the first request over its set."""
+    the datastore reads back (a known vote, valid parameters, and without a `reference`
+    no weight measured from one): a service checks this at start, where a bad entry
+    would otherwise fail the first request over its set."""
     path = Path(folder) / DEFAULTS_FILE
     if not path.is_file():
         return
@@ -228,6 +229,9 @@ def check_sets(folder: Path) -> None:
         raise InvalidInputError(f"{path}: not a JSON object of tuned parameters ({e})") from None
     for key, found in sets:
         try:
-            _parse_set(found)
+            params, _ = _parse_set(found)
         except (InvalidInputError, TypeError, ValueError) as e:
             raise InvalidInputError(f"{path}: the set {key!r} does not read back: {e}") from None
+        if params.margin and not reference:
+            raise InvalidInputError(f"{path}: the set {key!r} measures its weights from the "
+                                    "distance to a reference index, and none is set")

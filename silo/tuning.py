@@ -75,13 +75,16 @@ class TargetScores:
     """Per predicted token: LM-side log-prob (n,) float64, neighbour squared distances
     (n, k_max) float32 ascending and their values (n, k_max) int64 (-1 padding), the
     target tokens (n,) int64, and `first` (n,) bool: the tokens that start a sequence
-    (None: the tokens are one sequence), for the context's distance (silo.relevance)."""
+    (None: the tokens are one sequence), for the context's distance (silo.relevance);
+    `baseline` (n,) float64 each token's distance to the reference (None: not measured),
+    for a weight measured from it."""
 
     lm_logprob: np.ndarray
     distances: np.ndarray
     values: np.ndarray
     targets: np.ndarray
     first: np.ndarray | None = None
+    baseline: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.lm_logprob)
@@ -91,6 +94,8 @@ class TargetScores:
             raise InvalidInputError(f"targets must be ({n},), got {self.targets.shape}")
         if self.first is not None and self.first.shape != (n,):
             raise InvalidInputError(f"first must be ({n},), got {self.first.shape}")
+        if self.baseline is not None and self.baseline.shape != (n,):
+            raise InvalidInputError(f"baseline must be ({n},), got {self.baseline.shape}")
 
     @property
     def starts(self) -> np.ndarray:
@@ -113,11 +118,13 @@ class GridPoint:
     relevance: float | None = None  # d0 of the relevance weight (relevance_tuning); None: off
     relevance_temperature: float = 1.0
     relevance_decay: float = 0.0  # beta of the context's distance (silo.relevance)
+    relevance_margin: bool = False  # d_1 measured from the distance to the reference
 
     @property
     def params(self) -> KnnParams:
         return KnnParams(self.k, self.lam, self.temperature, self.pointers, self.relevance,
-                         self.relevance_temperature, self.relevance_decay)
+                         self.relevance_temperature, self.relevance_decay,
+                         self.relevance_margin)
 
 
 def knn_target_prob(scores: TargetScores, k: int, temperature: float) -> np.ndarray:
@@ -146,11 +153,17 @@ def nearest_distances(scores: TargetScores, k: int) -> np.ndarray:
                             torch.from_numpy(scores.values[:, :k])).numpy()
 
 
-def context_distances(scores: TargetScores, k: int, decay: float) -> np.ndarray:
+def context_distances(scores: TargetScores, k: int, decay: float,
+                      margin: bool = False) -> np.ndarray:
     """(n,) float64 the distance each token's relevance is measured from: its nearest
-    of the first k neighbours, averaged over its sequence so far at `decay`
-    (silo.relevance; 0: the token's own)."""
+    of the first k neighbours (with `margin`, less its distance to the reference),
+    averaged over its sequence so far at `decay` (silo.relevance; 0: the token's own)."""
     nearest = nearest_distances(scores, k)
+    if margin:
+        if scores.baseline is None:
+            raise InvalidInputError("a weight measured from the reference needs the "
+                                    "tokens' distances to it (TargetScores.baseline)")
+        nearest = nearest - scores.baseline
     if decay == 0.0:
         return nearest
     return smooth(nearest[:, None], scores.starts, (decay,))[0][:, 0]
@@ -161,7 +174,8 @@ def mixed_logprob(scores: TargetScores, params: KnnParams) -> np.ndarray:
     tokens without any neighbour keep the LM's log-prob."""
     has = np.asarray((scores.values[:, :params.k] >= 0).any(1))
     p_knn = knn_target_prob(scores, params.k, params.temperature)
-    context = (torch.from_numpy(context_distances(scores, params.k, params.relevance_decay))
+    context = (torch.from_numpy(context_distances(scores, params.k, params.relevance_decay,
+                                                  params.margin))
                if params.smooths else None)
     lam = params.row_lam(torch.from_numpy(scores.distances[:, :params.k]),
                          torch.from_numpy(scores.values[:, :params.k]), context)
@@ -259,16 +273,18 @@ def read_defaults(folder: Path, relevance: bool = True) -> KnnParams | None:
     return KnnParams(int(best["k"]), float(best["lam"]), float(best["temperature"]),
                      int(best.get("pointers", 0)), None if d0 is None else float(d0),
                      float(best.get("relevance_temperature", 1.0)),
-                     float(best.get("relevance_decay", 0.0)) if d0 is not None else 0.0)
+                     float(best.get("relevance_decay", 0.0)) if d0 is not None else 0.0,
+                     bool(best.get("relevance_margin", False)) and d0 is not None)
 
 
 def has_relevance(folder: Path) -> bool:
     """Whether the datastore's stored defaults were tuned with off-domain text, with the
-    context's distance (they carry the relevance weight's d0, T and decay; defaults tuned
-    before the decay existed do not count)."""
+    context's distance and the reference (they carry the relevance weight's d0, T, decay
+    and margin; defaults tuned before those existed do not count)."""
     path = Path(folder) / DEFAULTS_FILE
     best = json.loads(path.read_text()).get("default", {}) if path.is_file() else {}
-    return best.get("relevance") is not None and "relevance_decay" in best
+    return (best.get("relevance") is not None and "relevance_decay" in best
+            and "relevance_margin" in best)
 
 
 def choose_pointers(score: Callable[[int], tuple[float, float]], best: GridPoint,
@@ -296,7 +312,8 @@ def tune_pointers(lm: Any, seqs: Mapping[str, Sequence[Sequence[int]]], best: Gr
     def score(m: int) -> tuple[float, float]:
         searched, positions = lm.searches.searched, lm.searches.positions
         logs = [math.log(perplexity(mixed_logprob(
-            lm.target_scores(s, SiloOptions(Mode.KNNLM, pointers=m), best.k),
+            lm.target_scores(s, SiloOptions(Mode.KNNLM, pointers=m), best.k,
+                             reference=best.relevance_margin),
             replace(best, pointers=m).params))) for s in seqs.values()]
         share = (lm.searches.searched - searched) / max(lm.searches.positions - positions, 1)
         return float(np.exp(np.mean(logs))), share
@@ -311,18 +328,21 @@ def tune_for(lm: Any, own: Mapping[str, Sequence[Sequence[int]]],
              ) -> tuple[GridPoint, dict[str, list[GridPoint]], RelevanceReport | None]:
     """The whole search for a SiloLM over token sequences per domain: the grid on the
     `own` domains (`best_overall`), then with `off`-domain text the relevance weight
-    (silo.relevance_tuning; each sequence a document). Returns the choice, each own
+    (silo.relevance_tuning; each sequence a document), measured from the reference too
+    where the LM has one. Returns the choice, each own
     domain's grid (best first) and the relevance report (None without `off`)."""
     from silo.relevance_tuning import tune_relevance  # it builds on this module
     from silo.request import Mode, SiloOptions
 
-    scores = {d: lm.target_scores(s, SiloOptions(Mode.KNNLM), grid.k_max)
+    # with a reference open, the weight may be measured from it (silo.relevance)
+    reference = bool(off) and lm.reference is not None
+    scores = {d: lm.target_scores(s, SiloOptions(Mode.KNNLM), grid.k_max, reference=reference)
               for d, s in sorted(own.items())}
     points = {d: grid_search(sc, grid) for d, sc in scores.items()}
     best = best_overall(points, k_tolerance)
     if not off:
         return best, points, None
-    off_scores = {d: lm.target_scores(s, SiloOptions(Mode.KNNLM), best.k)
+    off_scores = {d: lm.target_scores(s, SiloOptions(Mode.KNNLM), best.k, reference=reference)
                   for d, s in sorted(off.items())}
     report = tune_relevance(scores, off_scores, best, grid.lams, relevance_tolerance,
                             document_tolerance=document_tolerance)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from datastore.errors import InvalidInputError
+from datastore.store.datastore import Datastore
 from silo.combination import (
     combined_log_probs,
     combined_target_log_probs,
@@ -25,7 +26,7 @@ from silo.relevance import smooth
 from silo.ric import RicParams
 from silo.tuning import knn_target_prob, nearest_distances
 from tests.conftest import make_documents
-from tests.silo.conftest import build_store, prompt_ids
+from tests.silo.conftest import CONFIG, build_store, prompt_ids
 
 CFG = SiloConfig(batch_size=3, window=24, stride=8)
 
@@ -163,13 +164,27 @@ def _lp(lm: SiloLM, options: SiloOptions, ids: tuple[int, ...]) -> np.ndarray:
     return np.array(res.token_logprobs[1:], dtype=np.float64)
 
 
-def _relevant(lm: SiloLM, ids: tuple[int, ...], decay: float = 0.0) -> SiloLM:
+def _relevant(lm: SiloLM, ids: tuple[int, ...], decay: float = 0.0,
+              reference: Datastore | None = None, margin: bool = False) -> SiloLM:
     """`lm` with a relevance weight at the median nearest distance of `ids` (measured
-    from the context's distance at `decay`: silo.relevance)."""
-    near = nearest_distances(lm.target_scores([ids], SiloOptions("knnlm"), 4), 4)
+    from the context's distance at `decay`, and with `margin` from the distance to the
+    `reference`: silo.relevance), served with the `reference`."""
+    lm = SiloLM(lm.model, lm.tokenizer, lm.datastore, CFG, reference=reference)
+    scores = lm.target_scores([ids], SiloOptions("knnlm"), 4, reference=margin)
+    near = nearest_distances(scores, 4) - (scores.baseline if margin else 0.0)
     weight = KnnParams(4, 0.6, 2.0, relevance=float(np.median(near)),
-                       relevance_temperature=float(near.std()) or 1.0, relevance_decay=decay)
-    return SiloLM(lm.model, lm.tokenizer, lm.datastore, CFG, weight)
+                       relevance_temperature=float(near.std()) or 1.0, relevance_decay=decay,
+                       relevance_margin=margin)
+    return SiloLM(lm.model, lm.tokenizer, lm.datastore, CFG, weight, reference=reference)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, tiny_lm: object,
+              tiny_tokenizer: object) -> Datastore:
+    """A reference index over text of neither datastore combined below (the code's)."""
+    docs = [d for d in make_documents() if d.source == "stdlib"]
+    return build_store(tmp_path_factory.mktemp("reference"), tiny_lm, tiny_tokenizer, docs,
+                       replace(CONFIG, bm25=False))
 
 
 def _context(near: np.ndarray, decay: float) -> np.ndarray:
@@ -179,23 +194,27 @@ def _context(near: np.ndarray, decay: float) -> np.ndarray:
     return smooth(near[:, None], first, (decay,))[0][:, 0]
 
 
-@pytest.mark.parametrize("decays", [(0.0, 0.0), (0.8, 0.5)], ids=["position", "context"])
-def test_a_combination_scores_the_mixture_of_its_members(members: dict[str, SiloLM],
-                                                         decays: tuple[float, float]) -> None:
+@pytest.mark.parametrize(("decays", "margins"), [
+    ((0.0, 0.0), (False, False)), ((0.8, 0.5), (False, False)), ((0.5, 0.0), (True, False))],
+    ids=["position", "context", "reference"])
+def test_a_combination_scores_the_mixture_of_its_members(
+        members: dict[str, SiloLM], reference: Datastore, decays: tuple[float, float],
+        margins: tuple[bool, bool]) -> None:
     ids = prompt_ids(members["bible"])[:20]
-    a, b = (_relevant(members[n], ids, d) for n, d in zip(("bible", "dict"), decays,
-                                                          strict=True))
+    a, b = (_relevant(members[n], ids, d, reference, m)
+            for n, d, m in zip(("bible", "dict"), decays, margins, strict=True))
     both = SiloLM.combine([("bible", a), ("dict", b)])
     opts = SiloOptions("knnlm", attribution=True)
     res = both.score([ScoreRequest(ids, options=opts)])[0]
     got = np.array(res.token_logprobs[1:], float)
     # by hand, from each member's own neighbours
     p_lm = np.exp(_lp(a, SiloOptions("parametric"), ids))
-    scores = [m.target_scores([ids], SiloOptions("knnlm"), 4) for m in (a, b)]
+    scores = [m.target_scores([ids], SiloOptions("knnlm"), 4, reference=True) for m in (a, b)]
     s = np.stack([(m.defaults.relevance  # type: ignore[operator]
-                   - _context(nearest_distances(sc, 4), m.defaults.relevance_decay))
+                   - _context(nearest_distances(sc, 4) - (sc.baseline if margin else 0.0),
+                              m.defaults.relevance_decay))
                   / m.defaults.relevance_temperature
-                  for m, sc in zip((a, b), scores, strict=True)], 1)
+                  for m, sc, margin in zip((a, b), scores, margins, strict=True)], 1)
     a_i = np.exp(s) / (1 + np.exp(s).sum(1, keepdims=True)) * 0.6
     # the joint vote: each member's share of sum a_i in proportion to a_i Z_i
     d = [np.where(sc.values[:, :4] >= 0, sc.distances[:, :4], np.inf).astype(np.float64)

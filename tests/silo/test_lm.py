@@ -13,6 +13,7 @@ import torch
 from datastore.document import LicenseClass
 from datastore.errors import InvalidInputError
 from datastore.filter import AccessScope
+from datastore.store.datastore import Datastore
 from silo.knnlm import KnnParams
 from silo.lm import (
     GenerationRequest,
@@ -22,8 +23,9 @@ from silo.lm import (
     SiloOptions,
     TokenEvent,
 )
+from silo.relevance import smooth
 from silo.ric import RicParams, with_passage
-from silo.tuning import knn_target_prob, nearest_distances
+from silo.tuning import knn_target_prob, mixed_logprob, nearest_distances
 from tests.conftest import make_documents
 from tests.silo.conftest import ALL, CONFIG, TEXT, build_store, prompt_ids
 
@@ -160,12 +162,20 @@ def test_filtered_output_equals_a_datastore_without_the_documents(
     near = nearest_distances(a.target_scores([ids], SiloOptions("knnlm"), 6, scope), 6)
     weight = KnnParams(relevance=float(np.median(near)),
                        relevance_temperature=float(near.std()) or 1.0)
+    # and from the margin to a reference, which holds none of the datastore's documents
+    reference = build_store(tmp_path / "reference", tiny_lm, tiny_tokenizer,
+                            [d for d in docs if d.source == "kjv"], replace(CONFIG, bm25=False))
+    with_reference = SiloLM(tiny_lm, tiny_tokenizer, store, cfg, reference=reference)
+    margin = near - with_reference.target_scores([ids], SiloOptions("knnlm"), 6, scope,
+                                                 reference=True).baseline
+    weights = {(0.0, False): weight, (0.8, False): replace(weight, relevance_decay=0.8),
+               (0.0, True): replace(weight, relevance=float(np.median(margin)),
+                                    relevance_margin=True)}
     # pointers 0: a search per position; 2: pointers followed where two remain; the
-    # weight measured from each position, and from the context's distance
-    for base, pointers, decay in itertools.product(ALL[1:], (0, 2), (0.0, 0.8)):
-        a = SiloLM(tiny_lm, tiny_tokenizer, store, cfg, replace(weight, relevance_decay=decay))
-        b = SiloLM(tiny_lm, tiny_tokenizer, reduced, cfg, replace(weight,
-                                                                   relevance_decay=decay))
+    # weight measured from each position, from the context's distance and from the margin
+    for base, pointers, w in itertools.product(ALL[1:], (0, 2), weights.values()):
+        a = SiloLM(tiny_lm, tiny_tokenizer, store, cfg, w, reference=reference)
+        b = SiloLM(tiny_lm, tiny_tokenizer, reduced, cfg, w, reference=reference)
         opts = SiloOptions(base.mode, k=6, lam=0.5, knn_temperature=2.0, license_classes=policy,
                            attribution=True, ric=base.ric, pointers=pointers,
                            relevance=pointers == 0)  # with and without the weight
@@ -185,6 +195,7 @@ def test_filtered_output_equals_a_datastore_without_the_documents(
         assert not gen.choices[0].attribution.doc_ids() & excluded
     store.close()
     reduced.close()
+    reference.close()
 
 
 @pytest.mark.parametrize("pointers", [0, 1], ids=["search", "pointers"])
@@ -251,6 +262,59 @@ def test_the_relevance_weight_in_scoring_attribution_and_generation(full: SiloLM
     assert np.array_equal(_lp(far, opts, ids), _lp(full, SiloOptions("parametric"), ids))
     assert weighted.plan(opts).knn.relevance == d0
     assert weighted.plan(plain).knn.relevance is None
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, tiny_lm: object,
+              tiny_tokenizer: object) -> Datastore:
+    """A reference index: some of the same kind of text, none of the datastore's."""
+    docs = [d for d in make_documents() if d.source in ("kjv", "stdlib")]
+    return build_store(tmp_path_factory.mktemp("reference"), tiny_lm, tiny_tokenizer,
+                       docs, replace(CONFIG, bm25=False))
+
+
+def test_the_weight_measured_from_the_margin_to_the_reference(full: SiloLM,
+                                                              reference: Datastore) -> None:
+    ids = prompt_ids(full)[:20]
+    lm = SiloLM(full.model, full.tokenizer, full.datastore, full.config, reference=reference)
+    scores = lm.target_scores([ids], SiloOptions("knnlm"), 5, reference=True)
+    assert scores.baseline is not None
+    # d_ref: the nearest distance the reference gives when it is searched as a datastore
+    as_store = SiloLM(full.model, full.tokenizer, reference, full.config)
+    np.testing.assert_allclose(scores.baseline, nearest_distances(
+        as_store.target_scores([ids], SiloOptions("knnlm"), 1), 1), rtol=1e-6)
+    margin = nearest_distances(scores, 5) - scores.baseline
+    d0, t = float(np.median(margin)), float(margin.std()) or 1.0
+    p_lm = np.exp(_lp(full, SiloOptions("parametric"), ids))
+    p_knn = knn_target_prob(scores, 5, 3.0)
+    first = np.zeros(len(margin), dtype=bool)
+    first[0] = True
+    for decay in (0.0, 0.8):
+        params = KnnParams(5, 0.6, 3.0, relevance=d0, relevance_temperature=t,
+                           relevance_decay=decay, relevance_margin=True)
+        weighted = SiloLM(full.model, full.tokenizer, full.datastore, full.config, params,
+                          reference=reference)
+        opts = SiloOptions("knnlm", attribution=True)
+        got = _lp(weighted, opts, ids)
+        # by hand: w from the margin, averaged over the context
+        r = smooth(margin[:, None], first, (decay,))[0][:, 0]
+        w = 1.0 / (1.0 + np.exp((r - d0) / t))
+        assert w.max() - w.min() > 0.2  # contexts of differing relevance
+        np.testing.assert_allclose(got, np.log((1 - 0.6 * w) * p_lm + 0.6 * w * p_knn),
+                                   atol=1e-5)
+        np.testing.assert_allclose(got, mixed_logprob(scores, params), atol=1e-5)
+        # greedy generation follows the same weights (the prompt's read at the first step)
+        gen = weighted.generate(GenerationRequest(ids[:6], max_tokens=5, temperature=0,
+                                                  options=opts))
+        (choice,) = gen.choices
+        again = _lp(weighted, opts, ids[:6] + choice.token_ids)[5:]
+        np.testing.assert_allclose(again, choice.token_logprobs, atol=1e-4)
+    # a weight read from the reference needs one
+    with pytest.raises(InvalidInputError, match="reference"):
+        SiloLM(full.model, full.tokenizer, full.datastore, full.config,
+               KnnParams(relevance=d0, relevance_margin=True))
+    with pytest.raises(InvalidInputError, match="reference"):
+        full.target_scores([ids], SiloOptions("knnlm"), 5, reference=True)
 
 
 def test_attribution_off_does_no_provenance_work(full: SiloLM,

@@ -1,13 +1,22 @@
 """Tuning the relevance weight on synthetic scores: far text left to the LM, near text
-keeping the gain, and the context's distance where one position's is not enough."""
+keeping the gain, the context's distance where one position's is not enough, and the
+margin to the reference where the datastore's distance is not."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from silo.relevance_tuning import relevance_grid, tune_relevance
-from silo.tuning import GridPoint, TargetScores, mixed_logprob, nearest_distances
+from silo.tuning import (
+    GridPoint,
+    TargetScores,
+    context_distances,
+    mixed_logprob,
+    nearest_distances,
+)
 
 
 def _synthetic(n: int, near: float, helpful: bool, seed: int) -> TargetScores:
@@ -124,3 +133,35 @@ def test_a_document_tolerance_holds_every_long_document_to_it() -> None:
     assert pooled.worst_document > 1.01 >= held.worst_document
     # the bound costs the own domain something, and the pooled choice was the better there
     assert pooled.weighted["own:a"] < held.weighted["own:a"]
+
+
+def test_the_margin_to_the_reference_tells_apart_what_the_datastore_distance_cannot() -> None:
+    # off-domain text lands as near the datastore's keys as its own domain's text, but
+    # much nearer the reference (the LM's own kind of text): only the margin d_1 - d_ref
+    # tells them apart
+    rng = np.random.default_rng(5)
+    own = replace(_noisy(20, 60, 3.0, True, 0), baseline=8.0 + rng.uniform(-1, 1, 1200))
+    off = replace(_noisy(20, 60, 3.0, False, 1), baseline=1.0 + rng.uniform(-1, 1, 1200))
+    best = GridPoint(8, 0.5, 1.0, 0.0)
+    plain = tune_relevance({"a": replace(own, baseline=None)}, {"x": replace(off, baseline=None)},
+                           best, (0.5, 0.9), tolerance=0.01)
+    margin = tune_relevance({"a": own}, {"x": off}, best, (0.5, 0.9), tolerance=0.01)
+    assert not plain.choice.relevance_margin and margin.choice.relevance_margin
+    assert margin.feasible and margin.weighted["off:x"] <= 1.01 * margin.parametric["off:x"]
+    # the own domain keeps far more of its gain within the same bound
+    assert margin.weighted["own:a"] < 0.8 * plain.weighted["own:a"]
+    assert margin.choice.relevance is not None and margin.choice.relevance < 0  # d_1 < d_ref
+    # the figures are the mixture's at the choice: its weight reads d_1 - d_ref
+    for name, scores in (("own:a", own), ("off:x", off)):
+        got = float(np.exp(-mixed_logprob(scores, margin.choice.params).mean()))
+        assert got == pytest.approx(margin.weighted[name], rel=1e-6)
+    shifted = context_distances(own, 8, margin.choice.relevance_decay, margin=True)
+    want = context_distances(replace(own, distances=(own.distances - own.baseline[:, None])
+                                      .astype(np.float32), baseline=None),
+                             8, margin.choice.relevance_decay)
+    np.testing.assert_allclose(shifted, want, rtol=1e-5)
+    # without the distances to the reference a weight read from it cannot be computed
+    with pytest.raises(ValueError, match="reference"):
+        mixed_logprob(replace(own, baseline=None), margin.choice.params)
+    with pytest.raises(ValueError, match="baseline"):
+        replace(own, baseline=np.zeros(3))
