@@ -49,19 +49,23 @@ def load_service(settings: Settings, metrics: Metrics) -> SiloService:
     config = SiloConfig(batch_size=settings.max_batch_size)
 
     signer = read_key_file(settings.log_key_file) if settings.log_key_file else None
-
-    def open_lm(path: Path) -> SiloLM:
-        store = Datastore.open(path, encoder_fingerprint=loaded.fingerprint,
-                               on_knn_search=metrics.knn_seconds.observe)
-        store.log.signer = signer or store.log.signer
-        return SiloLM(loaded.model, loaded.tokenizer, store, config)
-
     paths = settings.named_datastores()
     active = None
     if settings.datastore is not None:
         active = Path(settings.datastore).name
         paths[active] = settings.datastore
-    check_datastores(paths, settings.default_set(), loaded.fingerprint)
+    check_datastores(paths, settings.default_set(), loaded.fingerprint,
+                     settings.reference is not None)
+    # one reference for every datastore (it is the model's own text)
+    reference = None if settings.reference is None else Datastore.open(
+        settings.reference, encoder_fingerprint=loaded.fingerprint)
+
+    def open_lm(path: Path) -> SiloLM:
+        store = Datastore.open(path, encoder_fingerprint=loaded.fingerprint,
+                               on_knn_search=metrics.knn_seconds.observe)
+        store.log.signer = signer or store.log.signer
+        return SiloLM(loaded.model, loaded.tokenizer, store, config, reference=reference)
+
     registry = DatastoreRegistry(paths, active, open_lm,
                                  SiloLM(loaded.model, loaded.tokenizer, None, config))
     if active is not None:
@@ -71,17 +75,25 @@ def load_service(settings: Settings, metrics: Metrics) -> SiloService:
 
 
 def check_datastores(paths: dict[str, Path], default: list[str] | None,
-                     fingerprint: str) -> None:
+                     fingerprint: str, reference: bool = False) -> None:
     """Refuse to start when a listed datastore's keys come from another model (any
-    request may combine them, so all must share the model) or when the default set
-    names a datastore that is not listed, or a set stored with a datastore does not
-    read back. Folders without a manifest yet are checked when they open."""
+    request may combine them, so all must share the model), when its weight is measured
+    from a reference and none is set (`reference`), when the default set names a
+    datastore that is not listed, or a set stored with a datastore does not read back.
+    Folders without a manifest yet are checked when they open."""
     from datastore.errors import ModelMismatchError, NotFoundError
     from datastore.manifest import MANIFEST_FILE, read_manifest
     from silo.set_tuning import check_sets
+    from silo.tuning import read_defaults
 
     for name, path in paths.items():
-        check_sets(path)
+        check_sets(path, reference)
+        tuned = read_defaults(path)
+        if tuned is not None and tuned.margin and not reference:
+            raise NotFoundError(
+                f"datastore {name!r} ({path}) measures its relevance weight from the "
+                "distance to a reference index of the model's own text; set SILO_REFERENCE "
+                "to one (silo serve builds the default's)")
         if (Path(path) / MANIFEST_FILE).exists():
             theirs = read_manifest(path).model_fingerprint
             if theirs != fingerprint:

@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     default_datastores: str = Field(default="", description=(
         "The datastores a request uses when it names none: name,name,... or 'all'; "
         "unset: the active datastore."))
+    reference: Path | None = Field(default=None, description=(
+        "A reference index over the model's own training text (a datastore folder), for "
+        "datastores whose relevance weight is measured from the distance to it."))
     default_mode: Mode = Mode.KNNLM
     device: str = "cpu"
     dtype: str = Field(default="auto", description=(

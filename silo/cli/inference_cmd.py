@@ -54,6 +54,9 @@ OffDomainOpt = Annotated[list[Path] | None, typer.Option(
 ToleranceOpt = Annotated[float, typer.Option(
     help="Largest perplexity increase over the LM alone the datastores may cause on "
          "off-domain text.")]
+ReferenceOpt = Annotated[Path | None, typer.Option(help=(
+    "A reference index over the LM's own training text (a datastore folder): the "
+    "relevance weight may then be measured from the distance to it as well."))]
 DocumentToleranceOpt = Annotated[float | None, typer.Option(
     help="Also hold each off-domain document of 256 tokens or more within this increase "
          "over the LM alone (default: the pooled bound alone).")]
@@ -99,10 +102,12 @@ def tune(
     off_domain: OffDomainOpt = None,
     relevance_tolerance: ToleranceOpt = 0.01,
     document_tolerance: DocumentToleranceOpt = None,
+    reference: ReferenceOpt = None,
 ) -> None:
     """Tune kNN-LM's k, lambda and temperature per domain (and with --off-domain the
-    relevance weight, measured from the context's distance); store the best with the
-    datastore as its defaults."""
+    relevance weight, measured from the context's distance, and with --reference from
+    its margin to the LM's own text as well); store the best with the datastore as its
+    defaults."""
     from silo.lm import SiloLM
     from silo.model import DEFAULT_MODEL
     from silo.tuning import Grid, tune_for, tune_pointers, write_defaults
@@ -113,7 +118,7 @@ def tune(
     candidates = _counts(pointers, "pointers") if pointers.strip() else []
     grid = Grid(tuple(int(k) for k in _floats(ks, "ks")), _floats(lams, "lams"),
                 _floats(temperatures, "temperatures"))
-    lm = SiloLM.from_dirs(model or DEFAULT_MODEL, datastore)
+    lm = SiloLM.from_dirs(model or DEFAULT_MODEL, datastore, reference_dir=reference)
     seqs = _split_texts(corpus, split, lm, max_tokens)
     off = _split_texts(off_domain, split, lm, max_tokens) if off_domain else None
     best, points, report = tune_for(lm, seqs, off, grid, k_tolerance, relevance_tolerance,
@@ -126,7 +131,8 @@ def tune(
                    " (no setting keeps off-domain text within the tolerance of the LM "
                    "alone; the closest)")
         console.print(f"relevance d0={best.relevance:g} T={best.relevance_temperature:g} "
-                      f"decay={best.relevance_decay:g} lambda={best.lam}{closest}")
+                      f"decay={best.relevance_decay:g} lambda={best.lam}"
+                      f"{' from the reference' if best.relevance_margin else ''}{closest}")
         for name in report.parametric:
             console.print(f"  {name}: ppl LM {report.parametric[name]:.2f}, one weight "
                           f"{report.uniform[name]:.2f}, weighted {report.weighted[name]:.2f}")
@@ -155,12 +161,13 @@ def complete(
     top_p: float = 1.0,
     seed: int = 0,
     attribution: Annotated[bool, typer.Option(help="Print per-sentence attribution.")] = True,
+    reference: ReferenceOpt = None,
 ) -> None:
     """Continue a prompt with SiloLM in any mode, with attribution."""
     from silo.lm import GenerationRequest, SiloLM, SiloOptions
     from silo.model import DEFAULT_MODEL
 
-    lm = SiloLM.from_dirs(model or DEFAULT_MODEL, datastore)
+    lm = SiloLM.from_dirs(model or DEFAULT_MODEL, datastore, reference_dir=reference)
     opts = SiloOptions(mode, attribution=attribution and datastore is not None)
     ids = (lm.eos_id, *lm.encode(prompt))  # EOS: a document starts, as in training
     res = lm.generate(GenerationRequest(ids, max_tokens, temperature, top_p, seed=seed,
@@ -183,6 +190,7 @@ def tune_set(
     off_domain: OffDomainOpt = None,
     relevance_tolerance: ToleranceOpt = 0.01,
     document_tolerance: DocumentToleranceOpt = None,
+    reference: ReferenceOpt = None,
 ) -> None:
     """Tune several datastores as a set for requests that combine them (the vote, each
     member's relevance weight shifted and scaled alike, one lambda); stored with every
@@ -202,8 +210,11 @@ def tune_set(
                         f"{len(named)}")
     _check_tolerances(relevance_tolerance, document_tolerance)
     loaded = load_lm(model or DEFAULT_MODEL)
+    ref = None if reference is None else Datastore.open(
+        reference, encoder_fingerprint=loaded.fingerprint)
     members = [(n, SiloLM(loaded.model, loaded.tokenizer,
-                          Datastore.open(f, encoder_fingerprint=loaded.fingerprint)))
+                          Datastore.open(f, encoder_fingerprint=loaded.fingerprint),
+                          reference=ref))
                for n, f in sorted(named.items())]
     first = members[0][1]
     report = tune(members, _split_texts(corpus, split, first, max_tokens),

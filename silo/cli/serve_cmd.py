@@ -2,7 +2,9 @@
 
 With no arguments it serves the shipped default model (`models/silo-small`) with a
 default datastore: a copyleft subset of the shipped corpus (FOLDOC), built once into
-the cache folder with a progress bar, then reused (start within seconds). The app is
+the cache folder with a progress bar, then reused (start within seconds), and a
+reference index over the model's own training text that its relevance weight is
+measured from (silo.relevance), built and reused alike. The app is
 handed to uvicorn by its import string, so `silo` never imports `server`.
 """
 
@@ -11,11 +13,15 @@ from __future__ import annotations
 import os
 from itertools import islice
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from datastore.errors import InvalidInputError, NotFoundError
+
+if TYPE_CHECKING:
+    from datastore.config import DatastoreConfig
+    from silo.model import LoadedLM
 
 APP = "server.app:create_app"
 CORPUS = Path(__file__).resolve().parents[2] / "data" / "corpus" / "foldoc.jsonl.gz"
@@ -40,6 +46,12 @@ DOCUMENT_TOLERANCE = 0.01
 # text the default datastore does not cover (public domain and permissive: the pd+sw
 # validation split), on which its relevance weight is tuned to leave the LM alone
 OFF_DOMAIN = tuple(CORPUS.parent / f"{name}.jsonl.gz" for name in ("kjv", "wordnet", "pydoc"))
+# the default reference (silo.relevance): the first training documents of each source the
+# shipped model was trained on (the pd+sw train split), about 2M tokens. The Python docs
+# are about computing, as FOLDOC is, and land as near its keys; measured from their
+# distance to the LM's own text they stop looking like FOLDOC (docs/BENCHMARKS.md)
+REFERENCE = {"kjv": 300, "wordnet": 3000, "pydoc": 120, "stdlib": 120, "jargon": 600,
+             "devil": 300, "elements": 100}
 
 
 def check_model_dir(model: Path) -> None:
@@ -65,10 +77,54 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SILO_CACHE_DIR", Path.home() / ".cache" / "silo"))
 
 
+def index_config(name: str, lm: LoadedLM, text: bool = True) -> DatastoreConfig:
+    """The default's index: IVF-PQ fast-scan (4-bit codes, one dimension per
+    sub-quantizer) searches several times faster than 8-bit IVF-PQ at the same recall;
+    exact search keeps only about a fifth of the parametric speed (docs/BENCHMARKS.md,
+    "Default datastore"). Without `text`, no BM25 or n-gram index (a reference is only
+    searched by its keys)."""
+    from datastore.config import DatastoreConfig
+
+    return DatastoreConfig(backend="faiss-ivfpq-fs", name=name, nlist=1024,
+                           m=lm.model.get_output_embeddings().weight.shape[1], nbits=4,
+                           nprobe=8, bm25=text, ngram=text)
+
+
+def is_built(folder: Path) -> bool:
+    manifest = folder / "manifest.json"
+    return manifest.exists() and '"ready"' in manifest.read_text()
+
+
+def default_reference(model: Path) -> Path:
+    """The reference index for `model` (the default model's own training text), built on
+    first use; the relevance weight of the default datastore is measured from it."""
+    from datastore.store.datastore import Datastore
+    from silo.corpus.jsonl import read_corpus, split_of
+    from silo.encoder import LMEncoder
+    from silo.model import load_lm
+
+    lm = load_lm(model)
+    folder = cache_dir() / "references" / f"pdsw-ivfpq-fs-{lm.fingerprint[:12]}"
+    if not is_built(folder):
+        files = {n: CORPUS.parent / f"{n}.jsonl.gz" for n in REFERENCE}
+        missing = [str(p) for p in files.values() if not p.exists()]
+        if missing:
+            raise NotFoundError(f"no corpus at {', '.join(missing)} to build the default "
+                                "reference from")
+        typer.echo(f"building the reference index of the model's own text in {folder} "
+                   "(once)", err=True)
+        docs = (d for name, n in REFERENCE.items()
+                for d in islice((d for d in read_corpus([files[name]])
+                                 if split_of(d.doc_id) == "train"), n))
+        Datastore.build(folder, docs, LMEncoder.from_loaded(lm),
+                        index_config("reference", lm, text=False),
+                        progress=True).close()
+    return folder
+
+
 def default_datastore(model: Path) -> Path:
     """The default datastore for `model`, built on first use (keys belong to one model,
     so the folder is named after the model's fingerprint)."""
-    from datastore.config import DatastoreConfig
     from datastore.store.datastore import Datastore
     from silo.corpus.jsonl import read_corpus
     from silo.encoder import LMEncoder
@@ -78,39 +134,35 @@ def default_datastore(model: Path) -> Path:
     lm = load_lm(model)
     # the name says the index: a cache built with another one is not reused, but rebuilt
     folder = cache_dir() / "datastores" / f"foldoc-ivfpq-fs-{lm.fingerprint[:12]}"
-    manifest = folder / "manifest.json"
-    if not (manifest.exists() and '"ready"' in manifest.read_text()):
+    if not is_built(folder):
         if not CORPUS.exists():
             raise NotFoundError(f"no corpus at {CORPUS} to build the default datastore from")
         typer.echo(f"building the default datastore in {folder} (once)", err=True)
         docs = islice(read_corpus([CORPUS]), DEFAULT_DOCUMENTS)
-        # IVF-PQ fast-scan (4-bit codes, one dimension per sub-quantizer) searches several
-        # times faster than 8-bit IVF-PQ at the same recall; exact search keeps only about a
-        # fifth of the parametric speed (docs/BENCHMARKS.md, "Default datastore")
-        config = DatastoreConfig(backend="faiss-ivfpq-fs", name="foldoc", nlist=1024,
-                                 m=lm.model.get_output_embeddings().weight.shape[1],
-                                 nbits=4, nprobe=8)
-        Datastore.build(folder, docs, LMEncoder.from_loaded(lm), config, progress=True).close()
+        Datastore.build(folder, docs, LMEncoder.from_loaded(lm), index_config("foldoc", lm),
+                        progress=True).close()
+    reference = default_reference(model)
     # also after a start cut short while tuning, and for defaults tuned before the
-    # relevance weight existed
+    # relevance weight (or its reference) existed
     if not has_relevance(folder):
         typer.echo("tuning kNN-LM's k, lambda, tau and relevance weight for the default "
                    "datastore (once)", err=True)
-        tune_default(folder, model)
+        tune_default(folder, model, reference)
     return folder
 
 
-def tune_default(folder: Path, model: Path) -> None:
+def tune_default(folder: Path, model: Path, reference: Path) -> None:
     """Tune k, lambda and tau on FOLDOC validation documents that are not in the store,
-    and the relevance weight (measured from the context's distance: silo.relevance) on
-    validation text of other domains, and store them with it, so clients that know
-    nothing of SILO get tuned kNN-LM that leaves text outside FOLDOC to the LM."""
+    and the relevance weight (measured from the context's distance, and its margin to the
+    `reference`: silo.relevance) on validation text of other domains, and store them with
+    it, so clients that know nothing of SILO get tuned kNN-LM that leaves text outside
+    FOLDOC to the LM."""
     from silo.corpus.jsonl import read_corpus, split_of
     from silo.evaluate import domain_sequences
     from silo.lm import SiloLM
     from silo.tuning import Grid, tune_for, write_defaults
 
-    lm = SiloLM.from_dirs(model, folder)
+    lm = SiloLM.from_dirs(model, folder, reference_dir=reference)
     held_out = islice(read_corpus([CORPUS]), DEFAULT_DOCUMENTS, None)  # not in the store
     docs = (d for d in held_out if split_of(d.doc_id) == "valid")
     seqs = domain_sequences(docs, lm.encode, lm.eos_id, TUNE_TOKENS)
@@ -137,6 +189,10 @@ def serve(
     no_datastore: Annotated[bool, typer.Option(
         "--no-datastore", help="Serve the parametric LM alone (answers within seconds).")
     ] = False,
+    reference: Annotated[Path | None, typer.Option(
+        help="A reference index over the model's own text (SILO_REFERENCE), for datastores "
+             "whose relevance weight is measured from it; default: with the default "
+             "datastore, its reference, built once into the cache.")] = None,
     dtype: Annotated[str | None, typer.Option(
         help="The model's dtype: auto (float32), float32, bfloat16 or float16 "
              "(SILO_DTYPE); bfloat16 pays only on CPUs with AVX512-BF16 or AMX, or a GPU."
@@ -160,7 +216,12 @@ def serve(
     else:
         if datastore is None and not os.environ.get("SILO_DATASTORE"):
             datastore = default_datastore(model)
+            if reference is None and not os.environ.get("SILO_REFERENCE"):
+                reference = default_reference(model)
         check_datastore_dir(datastore or Path(os.environ["SILO_DATASTORE"]))
+    if reference is not None:
+        check_datastore_dir(reference)
+        os.environ["SILO_REFERENCE"] = str(reference)
     os.environ["SILO_MODEL"] = str(model)
     # torch's threads spinning on every core starve the event loop of the one it needs
     # (on 2 cores a 32-token completion took 1.0 s with two threads, 0.16 s with one)

@@ -168,3 +168,46 @@ def test_a_stored_set_that_does_not_read_back_fails_the_start(
     path.write_text(json.dumps(data))
     with pytest.raises(InvalidInputError, match="'code,dict'.*lam must be in"):
         load_service(settings, Metrics(lambda: {}))
+    # a set whose weights are measured from a reference needs one set
+    data["sets"]["code,dict"] = {"k": 8, "lam": 0.3, "relevance": -1.0,
+                                 "relevance_margin": True, "vote": "joint"}
+    path.write_text(json.dumps(data))
+    with pytest.raises(InvalidInputError, match="'code,dict'.*reference"):
+        load_service(settings, Metrics(lambda: {}))
+
+
+def test_a_weight_measured_from_a_reference_is_served_with_it(make_live, model_dir: Path,
+                                                               tmp_path: Path) -> None:
+    import numpy as np
+
+    from datastore.errors import NotFoundError
+    from server.app import load_service
+    from silo.lm import ScoreRequest, SiloLM, SiloOptions
+    from silo.tuning import GridPoint, nearest_distances, write_defaults
+
+    docs = make_documents()
+    store = build_store(model_dir, tmp_path / "bible",
+                        [d for d in docs if d.source in PARTS["bible"]])
+    reference = build_store(model_dir, tmp_path / "reference",
+                            [d for d in docs if d.source == "stdlib"])
+    lm = SiloLM.from_dirs(model_dir, store, reference_dir=reference)
+    ids = tuple(lm.encode("And God said, Let there be light"))  # as the server reads it
+    scores = lm.target_scores([ids], SiloOptions("knnlm"), 8, reference=True)
+    assert scores.baseline is not None
+    margin = nearest_distances(scores, 8) - scores.baseline
+    write_defaults(store, GridPoint(8, 0.6, 5.0, 0.0, relevance=float(np.median(margin)),
+                                    relevance_temperature=float(margin.std()) or 1.0,
+                                    relevance_decay=0.5, relevance_margin=True), {})
+    # without the reference the weight cannot be measured: the start fails, saying so
+    bare = Settings(model=model_dir, audit_log=tmp_path / "audit.jsonl", datastore=store)
+    with pytest.raises(NotFoundError, match="SILO_REFERENCE"):
+        load_service(bare, Metrics(lambda: {}))
+    live = make_live(model=model_dir, datastore=store, reference=reference)
+    got = _complete(live, {"mode": "knnlm"}, max_tokens=0)
+    served = got["choices"][0]["logprobs"]["token_logprobs"][1:]
+    want = SiloLM.from_dirs(model_dir, store, reference_dir=reference).score(
+        [ScoreRequest(ids, options=SiloOptions("knnlm"))])[0].token_logprobs[1:]
+    np.testing.assert_allclose(np.array(served, float), np.array(want, float), atol=1e-4)
+    # and it reads the reference: one weight everywhere gives other numbers
+    plain = _complete(live, {"mode": "knnlm", "relevance": False}, max_tokens=0)
+    assert plain["choices"][0]["logprobs"] != got["choices"][0]["logprobs"]

@@ -115,6 +115,16 @@ def test_relevance_defaults_round_trip(tmp_path: Path) -> None:
     path.write_text(json.dumps(data))
     assert read_defaults(tmp_path) == replace(point, relevance_decay=0.0).params
     assert not has_relevance(tmp_path)
+    # a weight measured from the reference reads back as such; defaults stored before
+    # the reference existed read back without it, and do not count as tuned with it
+    write_defaults(tmp_path, replace(point, relevance_margin=True), {})
+    assert read_defaults(tmp_path) == replace(point, relevance_margin=True).params
+    assert read_defaults(tmp_path).margin  # type: ignore[union-attr]
+    data = json.loads(path.read_text())
+    del data["default"]["relevance_margin"]
+    path.write_text(json.dumps(data))
+    assert read_defaults(tmp_path) == point.params
+    assert not has_relevance(tmp_path)
     write_defaults(tmp_path, point, {})
     # without a uniform point, a request without the weight takes the same k, lam, tau
     assert read_defaults(tmp_path, relevance=False) == GridPoint(64, 0.9, 40.0, 0.0).params
@@ -229,3 +239,24 @@ def test_tune_command_stores_defaults_the_next_silolm_uses(
     empty.write_text("")
     bad = CliRunner().invoke(app, [*args, "--off-domain", str(empty)])
     assert bad.exit_code != 0 and "no train documents" in bad.output
+    # with a reference index of the LM's own text, the weight may be measured from it
+    ref = tmp_path / "ref"
+    Datastore.build(ref, [d for d in make_documents() if d.source == "kjv"], enc,
+                    DatastoreConfig(backend="exact", ngram=False, bm25=False),
+                    progress=False).close()
+    result = CliRunner().invoke(app, [*args, "--off-domain", str(off), "--reference", str(ref)])
+    assert result.exit_code == 0, result.output
+    tuned = read_defaults(tmp_path / "ds")
+    assert tuned is not None and tuned.relevance is not None and has_relevance(tmp_path / "ds")
+    assert ("from the reference" in result.output) == tuned.margin
+    assert SiloLM.from_dirs(model_dir, tmp_path / "ds", reference_dir=ref).defaults == tuned
+    # stored measured from the reference, it needs one to be opened (and says so)
+    write_defaults(tmp_path / "ds", GridPoint(4, 0.5, 1.0, 0.0, relevance=-1.0,
+                                              relevance_margin=True), {})
+    done = CliRunner().invoke(app, ["complete", "In the", "--datastore", str(tmp_path / "ds"),
+                                    "--model", str(model_dir), "--max-tokens", "2"])
+    assert done.exit_code != 0 and "reference" in done.output
+    done = CliRunner().invoke(app, ["complete", "In the", "--datastore", str(tmp_path / "ds"),
+                                    "--model", str(model_dir), "--max-tokens", "2",
+                                    "--reference", str(ref)])
+    assert done.exit_code == 0, done.output
