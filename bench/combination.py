@@ -7,7 +7,8 @@ Stores: the first --docs train-split documents of each domain (doc-id split,
 built from the same keys (no second forward pass). Each store is tuned as `silo tune`
 tunes it: the k, lambda, tau grid on its domain's validation text, then the relevance
 weight against the validation text of the other two domains and of the pd+sw domains it
-does not cover (KJV, WordNet, the Python docs), measured from the context's distance and
+does not cover (KJV, WordNet, the Python docs), measured from the context's distance
+or its margin to the reference `silo serve` builds (--reference, --no-reference), and
 by default at the tolerances `silo serve` tunes its default at (0.25% pooled, 1% a
 document; --relevance-tolerance, --no-document-bound), on --tune-tokens validation
 tokens per domain. The merged store is tuned on all three
@@ -106,6 +107,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="Pooled off-domain bound (default: the default datastore's).")
     ap.add_argument("--no-document-bound", action="store_true",
                     help="Hold off-domain text to the pooled bound alone.")
+    ap.add_argument("--reference", type=Path, default=None,
+                    help="A reference index of the LM's own text the weights may be "
+                         "measured from (default: the one `silo serve` builds).")
+    ap.add_argument("--no-reference", action="store_true",
+                    help="Measure the weights from the datastores' distances alone.")
     ap.add_argument("--build-only", action="store_true")
     ap.add_argument("--speed", action="store_true",
                     help="Only the served cost: three datastores against the largest alone.")
@@ -181,8 +187,13 @@ def speed(args: argparse.Namespace, paths: dict[str, Path]) -> None:
     prompts = [tok(d.text)["input_ids"][:128] for n in DOMAINS for d in held_docs(n, "test")
                if len(tok(d.text)["input_ids"]) >= 32][:args.clients * 4]
     listed = ",".join(f"{n}={paths[n]}" for n in DOMAINS)
+    extra = {}
+    if not args.no_reference:  # stores tuned with the margin need their reference
+        from silo.cli.serve_cmd import default_reference
+
+        extra["reference"] = args.reference or default_reference(args.model)
     proc, url = serve(args.model, paths[largest], threads=2, datastores=listed,
-                      max_batch_size=16)
+                      max_batch_size=16, **extra)
     try:
         def run(silo: dict[str, object]) -> float:
             def one(i: int) -> None:
@@ -217,7 +228,7 @@ def speed(args: argparse.Namespace, paths: dict[str, Path]) -> None:
 def evaluate(args: argparse.Namespace, paths: dict[str, Path]) -> None:
 
     from silo.cli.serve_cmd import DOCUMENT_TOLERANCE, RELEVANCE_TOLERANCE
-    from silo.combination import DEFAULT_VOTE, VOTES
+    from silo.combination import VOTES
 
     pooled = RELEVANCE_TOLERANCE if args.relevance_tolerance is None else args.relevance_tolerance
     per_doc = None if args.no_document_bound else DOCUMENT_TOLERANCE
@@ -235,10 +246,17 @@ def evaluate(args: argparse.Namespace, paths: dict[str, Path]) -> None:
 
     loaded = load_lm(args.model)
     base = SiloLM(loaded.model, loaded.tokenizer)
+    reference = None
+    if not args.no_reference:
+        from silo.cli.serve_cmd import default_reference
 
-    def open_lm(path: Path) -> SiloLM:  # one model for all: a combination shares it
+        reference = Datastore.open(args.reference or default_reference(args.model),
+                                   encoder_fingerprint=loaded.fingerprint)
+
+    def open_lm(path: Path) -> SiloLM:  # one model and reference for all, as served
         return SiloLM(loaded.model, loaded.tokenizer,
-                      Datastore.open(path, encoder_fingerprint=loaded.fingerprint))
+                      Datastore.open(path, encoder_fingerprint=loaded.fingerprint),
+                      reference=reference)
 
     def seqs(names: Sequence[str], split: str, tokens: int) -> dict[str, list[tuple[int, ...]]]:
         docs = [d for n in names for d in held_docs(n, split)]
@@ -259,18 +277,20 @@ def evaluate(args: argparse.Namespace, paths: dict[str, Path]) -> None:
         tuned[name] = best.params
         print(f"{name}: k={best.k} lambda={best.lam} tau={best.temperature:g} "
               f"relevance={best.relevance} T={best.relevance_temperature:g} "
-              f"decay={best.relevance_decay:g}", flush=True)
+              f"decay={best.relevance_decay:g} margin={best.relevance_margin}", flush=True)
     lms = {n: open_lm(paths[n]) for n in (*DOMAINS, "merged")}
     scores: dict[tuple[str, str], TargetScores] = {}
     for n, lm in lms.items():
         for d, ss in {**test, **test_off}.items():
-            scores[(n, d)] = lm.target_scores(ss, SiloOptions("knnlm"), tuned[n].k)
+            scores[(n, d)] = lm.target_scores(ss, SiloOptions("knnlm"), tuned[n].k,
+                                              reference=tuned[n].margin)
     members = [tuned[n] for n in DOMAINS]
     plain = [KnnParams(p.k, p.lam, p.temperature) for p in members]
     # the combination tuned as a set on the validation text of its domains, as
     # `silo tune-set` tunes it (silo.set_tuning): with either vote, with both, and with
     # both keeping the pd+sw text within 1% of the LM (`silo tune-set --off-domain`)
-    held = {d: [lms[n].target_scores(valid[d], SiloOptions("knnlm"), tuned[n].k)
+    held = {d: [lms[n].target_scores(valid[d], SiloOptions("knnlm"), tuned[n].k,
+                                     reference=tuned[n].margin)
                 for n in DOMAINS] for d in (*DOMAINS, *OFF)}
     on = {d: held[d] for d in DOMAINS}
     sets = {"separate": choose(on, members, votes=("separate",)),
@@ -280,7 +300,7 @@ def evaluate(args: argparse.Namespace, paths: dict[str, Path]) -> None:
     for label, rep in sets.items():
         print(f"tuned as a set ({label}): vote {rep.vote}, " + ", ".join(
             f"{n} lambda {p.lam} d0 {p.relevance:.0f} T {p.relevance_temperature:.0f} "
-            f"decay {p.relevance_decay:g}"
+            f"decay {p.relevance_decay:g}{' margin' if p.relevance_margin else ''}"
             for n, p in zip(DOMAINS, rep.members, strict=True))
             + "".join(f", {d} {r:.3f}" for d, r in rep.off.items()), flush=True)
     as_set = list(sets["off"].members)
@@ -329,7 +349,7 @@ def evaluate(args: argparse.Namespace, paths: dict[str, Path]) -> None:
             [ScoreRequest(s, options=SiloOptions("knnlm")) for s in test[d]])
             for x in r.token_logprobs[1:] if x is not None])
 
-    for label, lm in ((f"weighted, {DEFAULT_VOTE}", both), ("tuned as a set, off", None)):
+    for label, lm in ((f"weighted, {both.set_vote}", both), ("tuned as a set, off", None)):
         if lm is None:  # stored as `silo tune-set` stores it, then combined again
             for n, p in zip(DOMAINS, as_set, strict=True):
                 write_set(paths[n], DOMAINS, p, sets["off"].vote)

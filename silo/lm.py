@@ -74,7 +74,7 @@ from datastore.errors import InvalidInputError
 from datastore.filter import AccessScope, SearchFilter
 from datastore.store.datastore import Datastore
 from silo.codec import Codec
-from silo.combination import DEFAULT_VOTE
+from silo.combination import DEFAULT_VOTE, default_vote
 from silo.contexts import Contexts
 from silo.generation import GenerationState, Generator
 from silo.knnlm import KnnParams
@@ -193,6 +193,9 @@ class SiloLM:
         votes = {s[1] for s in stored if s is not None}
         if len(votes) == 1 and None not in lm.set_defaults:
             lm.set_vote = votes.pop()
+        else:
+            lm.set_vote = default_vote([d or m.defaults for d, (_, m)
+                                        in zip(lm.set_defaults, members, strict=True)])
         lm._assemble(CombinedRetriever([(n, m.retriever) for n, m in members], lm.codec))
         return lm
 

@@ -36,6 +36,7 @@ from silo.combination import (
     VOTES,
     Votes,
     check_vote,
+    default_vote,
     member_votes,
     target_logs,
     weights_of,
@@ -163,7 +164,7 @@ def choose(scores: Mapping[str, Sequence[TargetScores]], members: Sequence[KnnPa
         return not feasible, 0.0 if feasible else worst, mean_log
 
     vote, best = min(candidates(members, votes), key=rank)
-    return SetReport(best, vote, ppl("on", DEFAULT_VOTE, members), ppl("on", vote, best),
+    return SetReport(best, vote, ppl("on", default_vote(members), members), ppl("on", vote, best),
                      {d: v / lm_alone[d] for d, v in ppl("off", vote, best).items()})
 
 

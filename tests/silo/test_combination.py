@@ -14,9 +14,11 @@ import torch
 from datastore.errors import InvalidInputError
 from datastore.store.datastore import Datastore
 from silo.combination import (
+    DEFAULT_VOTE,
     combined_log_probs,
     combined_target_log_probs,
     contributions,
+    default_vote,
     member_weights,
     relevance_shares,
 )
@@ -104,6 +106,13 @@ def test_the_joint_vote_survives_extreme_temperatures() -> None:
         assert w[2, 0] == 0  # no neighbour in a: all to b
     near = torch.tensor([[math.inf, math.inf]], dtype=torch.float64)
     assert relevance_shares(near, [KnnParams(2, 0.5, 1.0)] * 2).sum() == 0
+
+
+def test_the_default_vote_is_separate_only_where_every_member_is_weighted() -> None:
+    weighted = KnnParams(4, 0.5, 1.0, relevance=2.0)
+    assert default_vote([weighted, weighted]) == "separate"
+    assert default_vote([weighted, KnnParams(4, 0.5, 1.0)]) == DEFAULT_VOTE == "joint"
+    assert default_vote([]) == "joint"
 
 
 def test_weights_are_a_softmax_with_the_lm_at_score_zero() -> None:
@@ -204,9 +213,8 @@ def test_a_combination_scores_the_mixture_of_its_members(
     a, b = (_relevant(members[n], ids, d, reference, m)
             for n, d, m in zip(("bible", "dict"), decays, margins, strict=True))
     both = SiloLM.combine([("bible", a), ("dict", b)])
+    assert both.set_vote == "separate"  # every member weighted by relevance
     opts = SiloOptions("knnlm", attribution=True)
-    res = both.score([ScoreRequest(ids, options=opts)])[0]
-    got = np.array(res.token_logprobs[1:], float)
     # by hand, from each member's own neighbours
     p_lm = np.exp(_lp(a, SiloOptions("parametric"), ids))
     scores = [m.target_scores([ids], SiloOptions("knnlm"), 4, reference=True) for m in (a, b)]
@@ -221,10 +229,15 @@ def test_a_combination_scores_the_mixture_of_its_members(
          for sc in scores]
     low = np.minimum(*(x.min(1) for x in d))[:, None]
     z = np.stack([np.exp(-(x - low) / 2.0).sum(1) for x in d], 1)
-    w = a_i.sum(1, keepdims=True) * a_i * z / (a_i * z).sum(1, keepdims=True)
     p = [knn_target_prob(sc, 4, 2.0) for sc in scores]
-    want = np.log((1 - w.sum(1)) * p_lm + w[:, 0] * p[0] + w[:, 1] * p[1])
-    np.testing.assert_allclose(got, want, atol=1e-5)
+    for vote in ("joint", "separate"):  # the default last
+        both.set_vote = vote
+        res = both.score([ScoreRequest(ids, options=opts)])[0]
+        got = np.array(res.token_logprobs[1:], float)
+        w = (a_i if vote == "separate"
+             else a_i.sum(1, keepdims=True) * a_i * z / (a_i * z).sum(1, keepdims=True))
+        want = np.log((1 - w.sum(1)) * p_lm + w[:, 0] * p[0] + w[:, 1] * p[1])
+        np.testing.assert_allclose(got, want, atol=1e-5)
     # attribution names each document's datastore and each datastore's weight
     assert res.provenance is not None and res.attribution is not None
     named = {(n.datastore, n.doc_id) for prov in res.provenance[1:] if prov
@@ -312,6 +325,7 @@ def test_what_a_combination_refuses(members: dict[str, SiloLM]) -> None:
     with pytest.raises(InvalidInputError, match="at least two"):
         SiloLM.combine([("bible", members["bible"])])
     both = SiloLM.combine([("bible", members["bible"]), ("code", members["code"])])
+    assert both.set_vote == "joint"  # members without relevance weights: as one store
     with pytest.raises(ValueError, match="merge must be one of"):
         RicParams(merge="best")
     alone = SiloLM(members["bible"].model, members["bible"].tokenizer, None, CFG)
