@@ -18,6 +18,7 @@ nothing a request may not see.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -86,6 +87,9 @@ class Retriever:
         self.datastore = datastore
         self.codec = codec
         self.reference = reference
+        # the reference is searched beside the datastore (faiss releases the GIL)
+        self._beside = None if reference is None else ThreadPoolExecutor(
+            1, thread_name_prefix="silo-reference")
         self.searches = SearchCounts()
         self._passage_ids: dict[int, tuple[int, ...]] = {}  # block id -> tokens, bounded
 
@@ -142,9 +146,19 @@ class Retriever:
     def search(self, chunk: Chunk, queries: torch.Tensor, plan: Plan,
                previous: np.ndarray | None = None, tokens: np.ndarray | None = None) -> None:
         """The chunk's kNN neighbours (one row per query, in order), and their distances
-        to the reference where the plan reads them."""
+        to the reference where the plan reads them (searched at the same time)."""
+        baseline = self.baseline_beside(queries, plan)
         self.attach(chunk, *self.neighbours(queries.numpy(), plan, previous, tokens))
-        self.measure(chunk, queries, plan)
+        if baseline is not None:
+            chunk.baseline = baseline.result()
+
+    def baseline_beside(self, queries: torch.Tensor, plan: Plan,
+                        ) -> Future[torch.Tensor] | None:
+        """`baseline` on a thread of its own where the plan reads the reference."""
+        if not plan.reads_reference:
+            return None
+        assert self._beside is not None, "a plan that reads the reference needs one"
+        return self._beside.submit(self.baseline, queries.numpy())
 
     def baseline(self, queries: np.ndarray) -> torch.Tensor:
         """(q,) float64 each query's distance d_ref to its nearest entry of the reference

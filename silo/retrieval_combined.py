@@ -44,8 +44,7 @@ class CombinedRetriever(Retriever):
         super().__init__(None, codec, members[0][1].reference)
         self.names = tuple(name for name, _ in members)
         self.members = tuple(r for _, r in members)
-        # a thread per member, and one for the reference
-        self._pool = ThreadPoolExecutor(len(members) + 1, thread_name_prefix="silo-search")
+        self._pool = ThreadPoolExecutor(len(members), thread_name_prefix="silo-search")
 
     def _member_plan(self, plan: Plan, i: int) -> Plan:
         return replace(plan, knn=plan.members[i], members=(), datastores=())
@@ -74,8 +73,7 @@ class CombinedRetriever(Retriever):
                previous: np.ndarray | None = None, tokens: np.ndarray | None = None) -> None:
         """The chunk's neighbours in every member and the tokens they vote for, and
         their distances to the reference (searched beside them) where the plan reads them."""
-        baseline = (self._pool.submit(self.baseline, queries.numpy())
-                    if plan.reads_reference else None)
+        baseline = self.baseline_beside(queries, plan)
         dist, ids = self.neighbours(queries.numpy(), plan)
         values = np.empty_like(ids)
         for c, r in zip(columns(plan.members), self.members, strict=True):
