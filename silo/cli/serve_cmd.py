@@ -73,6 +73,18 @@ def check_datastore_dir(folder: Path) -> None:
     read_manifest(folder)  # CorruptDatastoreError naming the file
 
 
+def check_reference(datastore: Path | str | None) -> None:
+    """Fail before the server starts when the datastore's weight is measured from a
+    reference and none is set (the server would refuse to start, inside uvicorn)."""
+    from silo.tuning import read_defaults
+
+    tuned = read_defaults(Path(datastore)) if datastore else None
+    if tuned is not None and tuned.margin and not os.environ.get("SILO_REFERENCE"):
+        raise NotFoundError(f"{datastore}: its relevance weight is measured from the "
+                            "distance to a reference index of the model's own text; give "
+                            "it with --reference (or SILO_REFERENCE)")
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("SILO_CACHE_DIR", Path.home() / ".cache" / "silo"))
 
@@ -222,6 +234,7 @@ def serve(
     if reference is not None:
         check_datastore_dir(reference)
         os.environ["SILO_REFERENCE"] = str(reference)
+    check_reference(datastore or os.environ.get("SILO_DATASTORE"))
     os.environ["SILO_MODEL"] = str(model)
     # torch's threads spinning on every core starve the event loop of the one it needs
     # (on 2 cores a 32-token completion took 1.0 s with two threads, 0.16 s with one)

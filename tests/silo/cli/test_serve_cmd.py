@@ -74,3 +74,24 @@ def test_the_default_datastore_is_built_from_the_shipped_corpus() -> None:
 
     assert CORPUS.is_file() and CORPUS.parent == ROOT / "data" / "corpus"
     assert (DEFAULT_MODEL / "config.json").is_file()
+
+
+def test_serve_refuses_a_datastore_measured_from_a_reference_without_one(
+        tmp_path: Path, tiny_lm: object, tiny_tokenizer: object) -> None:
+    from silo.tuning import GridPoint, write_defaults
+    from tests.conftest import make_documents
+    from tests.silo.conftest import build_store
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    store = tmp_path / "ds"
+    build_store(store, tiny_lm, tiny_tokenizer, make_documents()[:2]).close()
+    write_defaults(store, GridPoint(4, 0.5, 1.0, 0.0, relevance=-1.0, relevance_margin=True),
+                   {})
+    for extra, needle in (([], "--reference"), (["--reference", str(tmp_path / "none")],
+                                                "no such datastore folder")):
+        result = silo("serve", "--model", str(model), "--datastore", str(store), *extra)
+        output = result.stdout + result.stderr
+        assert result.returncode == 2 and needle in output, output
+        assert "Traceback" not in output
