@@ -17,7 +17,8 @@ the mixtures SiloLM computes (`silo.knnlm`, `silo.combination`) over one search 
 token and store:
 
     parametric      the LM alone
-    <domain>        that domain's store alone, weighted by its relevance
+    <domain>        that domain's store alone, weighted by its relevance (and at one
+                    weight everywhere: the gain on its own domain the weight keeps)
     merged          the one merged store at its tuned k, lambda, tau
     massiveds       the three stores' top k merged by raw distance (MassiveDS), one
                     kNN distribution at the merged store's parameters
@@ -314,6 +315,8 @@ def evaluate(args: argparse.Namespace, paths: dict[str, Path]) -> None:
         out = {"parametric": lm_side}
         for n in (*DOMAINS, "merged"):
             out[n] = mixed_logprob(scores[(n, d)], tuned[n])
+        for n in DOMAINS:  # at the grid's best without the weight, for the gain it keeps
+            out[f"{n}, one weight"] = mixed_logprob(scores[(n, d)], lms[n].uniform_defaults)
         m = tuned["merged"]
         dist = np.concatenate([scores[(n, d)].distances for n in DOMAINS], 1)
         vals = np.concatenate([scores[(n, d)].values for n in DOMAINS], 1)
@@ -340,6 +343,10 @@ def evaluate(args: argparse.Namespace, paths: dict[str, Path]) -> None:
                  for d in test_off]
         print(f"| {meth} | " + " | ".join(f"{p:.2f}" for p in ppl) + f" | {mixed:.2f} | "
               + " | ".join(f"{r:.3f}" for r in ratio) + " |", flush=True)
+    for n in DOMAINS:  # each store's weight against one weight, on its own domain
+        lm_, one, w = (-rows[n][m].mean() for m in ("parametric", f"{n}, one weight", n))
+        print(f"{n} store: the weight keeps {(lm_ - w) / (lm_ - one):.1%} of the gain of "
+              "one weight everywhere on its own test text")
     # the served path: SiloLM.combine scoring the mixed test set equals the table's row
     both = SiloLM.combine([(n, lms[n]) for n in DOMAINS])
     from silo.lm import ScoreRequest

@@ -142,6 +142,9 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=None, help="default: the shipped model")
     ap.add_argument("--datastore", type=Path, default=None,
                     help="default: silo serve's default datastore (built once)")
+    ap.add_argument("--reference", type=Path, default=None,
+                    help="the reference index the datastore's weight reads, if it reads one "
+                         "(default: with the default datastore, its reference)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--per-client", type=int, default=4)
     ap.add_argument("--loads", default=",".join(LOADS))
@@ -149,17 +152,19 @@ def main() -> None:
     ap.add_argument("--no-served", action="store_true", help="only the direct rows")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    from silo.cli.serve_cmd import default_datastore
+    from silo.cli.serve_cmd import default_datastore, default_reference
     from silo.model import DEFAULT_MODEL
 
     model = args.model or DEFAULT_MODEL
     store = args.datastore or default_datastore(model)
+    reference = args.reference or (default_reference(model) if args.datastore is None else None)
+    with_reference = {} if reference is None else {"reference": reference}
     loads = args.loads.split(",")
     served: dict[str, tuple[list[float], list[float]]] = {n: ([], []) for n in loads}
     if not args.no_served:
         per = args.per_client
         budget = args.rounds * len(loads) * (CLIENTS * per * 2) + 100
-        proc, url = serve(model, store, 1, budget, torch_threads=1)
+        proc, url = serve(model, store, 1, budget, torch_threads=1, **with_reference)
         try:
             _served(url, "mix", 1, 4)  # warm up
             for _ in range(args.rounds):
@@ -168,7 +173,8 @@ def main() -> None:
                     served[name][1].append(_served(url, name, CLIENTS, per))
         finally:
             stop(proc)
-    lm = SiloLM.from_dirs(model, store, config=SiloConfig(batch_size=16))
+    lm = SiloLM.from_dirs(model, store, config=SiloConfig(batch_size=16),
+                          reference_dir=reference)
     direct: dict[str, tuple[list[float], list[float]]] = {n: ([], []) for n in loads}
     _stepped(lm, _requests(lm, "mix", 4))  # warm up
     for _ in range(args.rounds):
@@ -177,7 +183,8 @@ def main() -> None:
             # one at a time, as the one served client sends them
             direct[name][0].append(len(reqs) / sum(1 / _stepped(lm, [r])[0] for r in reqs))
             direct[name][1].append(_stepped(lm, reqs)[0])
-    print(f"model {model}, datastore {store}; {TOKENS} tokens, temperature 0.8, "
+    print(f"model {model}, datastore {store}, reference {reference}; {TOKENS} tokens, "
+          "temperature 0.8, "
           f"{args.rounds} rounds, medians")
     print("| load | served, 1 client | served, 16 clients | 16 : 1 | x parametric at 16 "
           "| direct, 1 | direct, 16 stepped together | 16 : 1 |")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from silo.cli.serve_cmd import default_datastore
+from silo.cli.serve_cmd import default_datastore, default_reference
 from silo.lm import GenerationRequest, SiloLM, SiloOptions
 from silo.model import DEFAULT_MODEL
 
@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("docs/model_samples.md"))
     args = ap.parse_args()
     store = default_datastore(args.model)
-    lm = SiloLM.from_dirs(args.model, store)
+    lm = SiloLM.from_dirs(args.model, store, reference_dir=default_reference(args.model))
     lines = [
         f"# Completions of `{args.model.name}`, unedited",
         "",

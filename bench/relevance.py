@@ -15,10 +15,18 @@ grid's one-weight lambda; --tune-tokens per domain, as the default is tuned) and
 on the test split (`silo.tuning.mixed_logprob`, the mixture SiloLM computes, on one
 k-neighbour search per token): with the weight from each position alone (decay 0), from
 the context's distance (the decay tuned too, silo.relevance), and from the context's
-distance with each off-domain validation document also held within 1% (as the default).
+distance with each off-domain validation document also held within 1%, and from the
+context's distance measured from the distance to the reference as well (the default:
+silo.relevance; the tuner picks either way of measuring it).
+
+The reference: the Python docs are about computing, as FOLDOC is, so their queries land
+as near FOLDOC's keys as FOLDOC's own do, and no weight from the datastore's distance
+alone tells the two apart well. What does is that the Python docs are the LM's own kind
+of text (the pd+sw split it was trained on) and FOLDOC is not: the margin d_1 - d_ref
+between the datastore's distance and the distance to a reference index over that text.
 
     SILO_CACHE_DIR=... python bench/relevance.py --tokens 4096 --tolerances 0,0.01,0.05
-    python bench/relevance.py --datastore STORE --model MODEL --tokens 4096
+    python bench/relevance.py --datastore STORE --reference REF --model MODEL --tokens 4096
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from dataclasses import replace
 from itertools import islice
 from pathlib import Path
 
@@ -75,26 +84,36 @@ def trade_off(lm: SiloLM, test: dict[str, list[tuple[int, ...]]], tune_tokens: i
     valid = split_domains(lm, "valid", tune_tokens)
     u = lm.uniform_defaults
     k = u.k
-    scores = {split: {d: lm.target_scores(s, SiloOptions("knnlm"), k) for d, s in doms.items()}
+    reference = lm.reference is not None
+    scores = {split: {d: lm.target_scores(s, SiloOptions("knnlm"), k, reference=reference)
+                      for d, s in doms.items()}
               for split, doms in (("valid", valid), ("test", test))}
+    alone = {split: {d: replace(s, baseline=None) for d, s in doms.items()}
+             for split, doms in scores.items()}  # the datastore's distance alone
     own = "foldoc"
     best = GridPoint(k, u.lam, u.temperature, 0.0)
     print(f"validation tokens: { {d: len(s.targets) for d, s in scores['valid'].items()} }")
     print("| tolerance | weight from | decay | lambda | d0 | T | FOLDOC ppl (LM, one weight, "
           "weighted) | gain kept | " + " | ".join(f"{d} / LM" for d in test if d != own) + " |")
     print("| --- " * (8 + len(test) - 1) + "|")
+    variants = [("the position", alone, (0.0,), None),
+                ("the context", alone, RELEVANCE_DECAYS, None),
+                ("the context, each document", alone, RELEVANCE_DECAYS, DOCUMENT_TOLERANCE)]
+    if reference:
+        variants.append(("the context or its margin to the reference, each document",
+                         scores, RELEVANCE_DECAYS, DOCUMENT_TOLERANCE))
     for tol in tolerances:
-        for label, decays, per_doc in (
-                ("the position", (0.0,), None), ("the context", RELEVANCE_DECAYS, None),
-                ("the context, each document", RELEVANCE_DECAYS, DOCUMENT_TOLERANCE)):
-            report = tune_relevance({own: scores["valid"][own]},
-                                    {d: s for d, s in scores["valid"].items() if d != own},
+        for label, sc, decays, per_doc in variants:
+            report = tune_relevance({own: sc["valid"][own]},
+                                    {d: s for d, s in sc["valid"].items() if d != own},
                                     best, tolerance=tol, decays=decays,
                                     document_tolerance=per_doc)
             c = report.choice
             ppl = {d: (perplexity(s.lm_logprob), perplexity(mixed_logprob(s, best.params)),
                        perplexity(mixed_logprob(s, c.params)))
-                   for d, s in scores["test"].items()}
+                   for d, s in sc["test"].items()}
+            if c.relevance_margin:
+                label += " (the margin)"
             lm_, one, w = ppl[own]
             kept = (math.log(lm_) - math.log(w)) / (math.log(lm_) - math.log(one))
             print(f"| {tol:g} | {label} | {c.relevance_decay:g} | {c.lam} | "
@@ -109,6 +128,9 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=Path("models/silo-small"))
     ap.add_argument("--datastore", type=Path, default=None,
                     help="A datastore folder; default: the one `silo serve` builds.")
+    ap.add_argument("--reference", type=Path, default=None,
+                    help="A reference index (default: with the default datastore, the one "
+                         "`silo serve` builds).")
     ap.add_argument("--tokens", type=int, default=4096, help="Test tokens per domain.")
     ap.add_argument("--split", default="test")
     ap.add_argument("--tolerances", default="",
@@ -117,14 +139,15 @@ def main() -> None:
                     help="Validation tokens per domain to tune the weight on again.")
     args = ap.parse_args()
     if args.datastore is None:
-        from silo.cli.serve_cmd import default_datastore
+        from silo.cli.serve_cmd import default_datastore, default_reference
 
         args.datastore = default_datastore(args.model)
-    lm = SiloLM.from_dirs(args.model, args.datastore)
+        args.reference = args.reference or default_reference(args.model)
+    lm = SiloLM.from_dirs(args.model, args.datastore, reference_dir=args.reference)
     d = lm.defaults
     print(f"datastore {args.datastore}: k={d.k} lambda={d.lam} tau={d.temperature:g} "
           f"relevance d0={d.relevance} T={d.relevance_temperature:g} "
-          f"decay={d.relevance_decay:g}")
+          f"decay={d.relevance_decay:g} margin={d.relevance_margin}")
     domains = split_domains(lm, args.split, args.tokens)
     settings = {"LM alone": SiloOptions("parametric"),
                 "one weight": SiloOptions("knnlm", relevance=False),

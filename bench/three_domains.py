@@ -55,9 +55,9 @@ METHODS = {
     "merged": "one merged store",
     "massiveds": "MassiveDS (top k of the three by raw distance)",
     "uniform, joint": "combination, uniform",
-    "weighted, joint": "combination, relevance-weighted (each store's own weights)",
+    "weighted, separate": "combination, relevance-weighted (each store's own weights, as served)",
     "tuned as a set, joint": "combination, tuned as a set",
-    "tuned as a set, off": "combination, tuned as a set, pd+sw within 1% (as served)",
+    "tuned as a set, off": "combination, tuned as a set, pd+sw within 1% (stored, served)",
 }
 
 
