@@ -261,22 +261,28 @@ def test_a_combination_scores_the_mixture_of_its_members(
 
 
 def test_an_optout_inside_a_combination_equals_never_added(
-        members: dict[str, SiloLM], tmp_path: Path, tiny_lm: object,
+        members: dict[str, SiloLM], reference: Datastore, tmp_path: Path, tiny_lm: object,
         tiny_tokenizer: object) -> None:
     docs = [d for d in make_documents() if d.source == "gcide"]
     with_doc = build_store(tmp_path / "with", tiny_lm, tiny_tokenizer, docs)
     without = build_store(tmp_path / "without", tiny_lm, tiny_tokenizer,
                           [d for d in docs if d.doc_id != "cl/0"])
     with_doc.optout(doc_ids=["cl/0"])
-    a = members["bible"]
-    opted = SiloLM.combine([("bible", a), ("dict", SiloLM(tiny_lm, tiny_tokenizer, with_doc,
-                                                          CFG))])
-    never = SiloLM.combine([("bible", a), ("dict", SiloLM(tiny_lm, tiny_tokenizer, without,
-                                                         CFG))])
-    ids = prompt_ids(a)
-    ric = RicParams(query_tokens=8, stride=6, k=2)
-    for mode, relevance, merge in (("knnlm", True, "score"), ("knnlm", False, "score"),
-                                   ("ric", True, "score"), ("knnlm+ric", True, "quota")):
+    ids = prompt_ids(members["bible"])
+    # the members without relevance weights, and weighted from the margin to a reference
+    # (the datastore's weight set alike in both: from the store that never held cl/0)
+    plain = (members["bible"], None, None)
+    margin = (_relevant(members["bible"], ids, 0.5, reference, True),
+              _relevant(SiloLM(tiny_lm, tiny_tokenizer, without, CFG), ids, 0.5, reference,
+                        True).defaults, reference)
+    cases = [(w, *c) for w in (plain, margin) for c in (
+        ("knnlm", True, "score"), ("knnlm", False, "score"), ("ric", True, "score"),
+        ("knnlm+ric", True, "quota"))]
+    for (a, weight, ref), mode, relevance, merge in cases:
+        opted, never = (SiloLM.combine([("bible", a), ("dict", SiloLM(
+            tiny_lm, tiny_tokenizer, store, CFG, weight, reference=ref))])
+            for store in (with_doc, without))
+        ric = RicParams(query_tokens=8, stride=6, k=2)
         opts = SiloOptions(mode, k=6, lam=0.5, knn_temperature=2.0, attribution=True,
                            relevance=relevance, ric=replace(ric, merge=merge))
         got = opted.score([ScoreRequest(ids, options=opts)])[0]
@@ -286,9 +292,9 @@ def test_an_optout_inside_a_combination_equals_never_added(
         assert got.attribution is not None and "cl/0" not in got.attribution.doc_ids()
         gen = opted.generate(GenerationRequest(ids[:6], max_tokens=5, temperature=0,
                                                options=opts))
-        ref = never.generate(GenerationRequest(ids[:6], max_tokens=5, temperature=0,
-                                               options=opts))
-        assert gen.choices[0].token_ids == ref.choices[0].token_ids
+        alone = never.generate(GenerationRequest(ids[:6], max_tokens=5, temperature=0,
+                                                 options=opts))
+        assert gen.choices[0].token_ids == alone.choices[0].token_ids
     with_doc.close()
     without.close()
 
