@@ -42,11 +42,12 @@ def texts_of(corpus: Path, docs: int, chars: int) -> list[str]:
 
 
 def bits_per_byte(model: Path, datastore: Path | None, mode: str, texts: list[str],
-                  k: int | None = None, lam: float | None = None) -> float:
+                  k: int | None = None, lam: float | None = None,
+                  index_reference: Path | None = None) -> float:
     from silo.lm import SiloLM
     from silo.request import SiloOptions
 
-    lm = SiloLM.from_dirs(model, datastore)
+    lm = SiloLM.from_dirs(model, datastore, reference_dir=index_reference)
     nats = nats_of(lm, texts, SiloOptions(mode=mode, k=k, lam=lam))
     return nats / math.log(2) / sum(len(t.encode()) for t in texts)
 
@@ -79,6 +80,9 @@ def main() -> None:
     ap.add_argument("--datastore", type=Path, default=None)
     ap.add_argument("--reference", type=Path, default=None,
                     help="another model folder, scored alone (e.g. SmolLM2-135M)")
+    ap.add_argument("--index-reference", type=Path, default=None,
+                    help="the reference index of the model's own text, for a datastore "
+                         "whose relevance weight is measured from it (silo tune --reference)")
     ap.add_argument("--k", type=int, default=None, help="kNN-LM's k; default: the tuned one")
     ap.add_argument("--lam", type=float, default=None, help="kNN-LM's lambda; default: tuned")
     ap.add_argument("--docs", type=int, default=100)
@@ -102,7 +106,8 @@ def main() -> None:
     print("| model | bits per byte |\n|---|---:|")
     for name, folder, store, mode in rows:
         bpb = bits_per_byte(folder, store, mode, texts, args.k if store else None,
-                            args.lam if store else None)
+                            args.lam if store else None,
+                            args.index_reference if store else None)
         print(f"| {name} | {bpb:.3f} |", flush=True)
 
 
