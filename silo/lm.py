@@ -179,8 +179,7 @@ class SiloLM:
             if m.reference is not first.reference:
                 raise InvalidInputError(f"{name!r} is served with another reference index; "
                                         "a combination measures its weights from one")
-        lm = cls(first.model, first.tokenizer, None, first.config,
-                 reference=first.retriever.reference)
+        lm = cls(first.model, first.tokenizer, None, first.config, reference=first.reference)
         lm.members = tuple(members)
         names = [n for n, _ in members]
         # the set's own tuning, where `silo tune-set` stored one (silo.set_tuning)

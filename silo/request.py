@@ -78,21 +78,25 @@ class Plan:
         return self.mode.uses_ric
 
     @property
+    def stores(self) -> tuple[KnnParams, ...]:
+        """Each datastore's parameters in the order of its neighbours' columns: the
+        members of a combination, or the one datastore's `knn`."""
+        return self.members or (self.knn,)
+
+    @property
     def decays(self) -> tuple[float, ...] | None:
         """Each datastore's relevance decay where the plan measures relevance from the
         context (silo.relevance), in the order of its columns; None where none does."""
-        members = self.members or (self.knn,)
-        if not self.uses_knn or not any(p.smooths for p in members):
+        if not self.uses_knn or not any(p.smooths for p in self.stores):
             return None
-        return tuple(p.relevance_decay for p in members)
+        return tuple(p.relevance_decay for p in self.stores)
 
     @property
     def reads_reference(self) -> bool:
         """Whether each kNN position needs its distance to the reference (silo.relevance):
         a datastore's weight is measured from it, or the plan asks for it."""
-        members = self.members or (self.knn,)
         return self.mode.uses_knn and (self.reference or (self.uses_knn and any(
-            p.margin for p in members)))
+            p.margin for p in self.stores)))
 
 
 def _check_ids(ids: Sequence[int], name: str) -> None:

@@ -135,22 +135,24 @@ class Retriever:
         self.searches.count(int(searched.sum()), len(queries))
         return dist, ids
 
-    def attach(self, chunk: Chunk, dist: np.ndarray, ids: np.ndarray) -> None:
-        """Set a chunk's neighbours and the tokens they vote for."""
+    def attach(self, chunk: Chunk, dist: np.ndarray, ids: np.ndarray,
+               baseline: Future[torch.Tensor] | None = None) -> None:
+        """Set a chunk's neighbours and the tokens they vote for, and its distances to
+        the reference once `baseline` (from `baseline_beside`) has them."""
         with datastore_faults("the kNN search"):
             values = self._store().values(ids)
         chunk.distances = torch.from_numpy(dist)
         chunk.entry_ids = ids
         chunk.values = torch.from_numpy(values)
+        if baseline is not None:
+            chunk.baseline = baseline.result()
 
     def search(self, chunk: Chunk, queries: torch.Tensor, plan: Plan,
                previous: np.ndarray | None = None, tokens: np.ndarray | None = None) -> None:
         """The chunk's kNN neighbours (one row per query, in order), and their distances
         to the reference where the plan reads them (searched at the same time)."""
         baseline = self.baseline_beside(queries, plan)
-        self.attach(chunk, *self.neighbours(queries.numpy(), plan, previous, tokens))
-        if baseline is not None:
-            chunk.baseline = baseline.result()
+        self.attach(chunk, *self.neighbours(queries.numpy(), plan, previous, tokens), baseline)
 
     def baseline_beside(self, queries: torch.Tensor, plan: Plan,
                         ) -> Future[torch.Tensor] | None:
@@ -168,11 +170,6 @@ class Retriever:
             dist, ids = self.reference.knn_search(queries, 1)
         return torch.from_numpy(np.where(ids[:, 0] >= 0, dist[:, 0], np.inf)
                                 .astype(np.float64))
-
-    def measure(self, chunk: Chunk, queries: torch.Tensor, plan: Plan) -> None:
-        """Set the chunk's distances to the reference where the plan reads them."""
-        if plan.reads_reference:
-            chunk.baseline = self.baseline(queries.numpy())
 
     # ---- attribution ---------------------------------------------------------------------
 

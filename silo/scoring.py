@@ -54,7 +54,7 @@ class ContextDistances:
     def __init__(self, seqs: Sequence[Sequence[int]], plan: Plan) -> None:
         assert plan.decays is not None
         self.decays = plan.decays
-        self.members = plan.members or (plan.knn,)
+        self.members = plan.stores
         self.first = sequence_starts(seqs)
         self.trace = Trace.empty(len(self.decays))
 
@@ -202,6 +202,7 @@ class Scorer:
         """Neighbours of a chunk whose rows are groups of consecutive positions (`lengths`
         rows each), following pointers along each group: step j takes the j-th position
         of every group at once, with the neighbours and target of position j - 1."""
+        baseline = self.retriever.baseline_beside(queries, plan)  # meanwhile
         offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         sizes = np.asarray(lengths)
         dist = np.full((len(chunk.index), plan.knn.k), np.inf, np.float32)
@@ -214,8 +215,7 @@ class Scorer:
             else:
                 dist[rows], ids[rows] = self.retriever.neighbours(
                     q[rows], plan, ids[rows - 1], targets[chunk.index[rows - 1]])
-        self.retriever.attach(chunk, dist, ids)
-        self.retriever.measure(chunk, queries, plan)
+        self.retriever.attach(chunk, dist, ids, baseline)
 
     # ---- one group of requests ------------------------------------------------------------
 

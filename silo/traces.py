@@ -72,7 +72,7 @@ class Traces:
         self.retriever.search(chunk, torch.cat(queries), plan)
         assert chunk.distances is not None and chunk.values is not None
         nearest = member_nearest(chunk.distances, chunk.values,
-                                 plan.members or (plan.knn,), chunk.baseline).numpy()
+                                 plan.stores, chunk.baseline).numpy()
         out, at = [], 0
         for n in sizes:
             first = np.zeros(n, dtype=bool)
@@ -87,8 +87,7 @@ class Traces:
         position on, kept on the chunk until its state commits."""
         assert plan.decays is not None
         assert chunk.distances is not None and chunk.values is not None
-        nearest = member_nearest(chunk.distances, chunk.values, plan.members or (plan.knn,),
-                                 chunk.baseline)
+        nearest = member_nearest(chunk.distances, chunk.values, plan.stores, chunk.baseline)
         before = [t or Trace.empty(len(plan.decays)) for t in rows]
         num, den = advance(np.stack([t.num for t in before]), np.stack([t.den for t in before]),
                            nearest.numpy(), plan.decays)
