@@ -84,12 +84,11 @@ def check_datastores(paths: dict[str, Path], default: list[str] | None,
     from datastore.errors import ModelMismatchError, NotFoundError
     from datastore.manifest import MANIFEST_FILE, read_manifest
     from silo.set_tuning import check_sets
-    from silo.tuning import read_defaults
+    from silo.tuning import needs_reference
 
     for name, path in paths.items():
         check_sets(path, reference)
-        tuned = read_defaults(path)
-        if tuned is not None and tuned.margin and not reference:
+        if not reference and needs_reference(path):
             raise NotFoundError(
                 f"datastore {name!r} ({path}) measures its relevance weight from the "
                 "distance to a reference index of the model's own text; set SILO_REFERENCE "

@@ -277,6 +277,13 @@ def read_defaults(folder: Path, relevance: bool = True) -> KnnParams | None:
                      bool(best.get("relevance_margin", False)) and d0 is not None)
 
 
+def needs_reference(folder: Path) -> bool:
+    """Whether the datastore's stored defaults measure its weight from the distance to a
+    reference (silo.relevance), so that it cannot be served without one."""
+    tuned = read_defaults(folder)
+    return tuned is not None and tuned.margin
+
+
 def has_relevance(folder: Path) -> bool:
     """Whether the datastore's stored defaults were tuned with off-domain text, with the
     context's distance and the reference (they carry the relevance weight's d0, T, decay

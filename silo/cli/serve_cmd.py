@@ -81,10 +81,9 @@ def check_datastore_dir(folder: Path) -> None:
 def check_reference(datastore: Path | str | None) -> None:
     """Fail before the server starts when the datastore's weight is measured from a
     reference and none is set (the server would refuse to start, inside uvicorn)."""
-    from silo.tuning import read_defaults
+    from silo.tuning import needs_reference
 
-    tuned = read_defaults(Path(datastore)) if datastore else None
-    if tuned is not None and tuned.margin and not os.environ.get("SILO_REFERENCE"):
+    if datastore and not os.environ.get("SILO_REFERENCE") and needs_reference(Path(datastore)):
         raise NotFoundError(f"{datastore}: its relevance weight is measured from the "
                             "distance to a reference index of the model's own text; give "
                             "it with --reference (or SILO_REFERENCE)")
